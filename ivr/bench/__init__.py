@@ -1,0 +1,1 @@
+"""Benchmarks run by `ivr bench NAME`; each prints its figures and the command that made them."""

@@ -1,0 +1,1 @@
+"""Subcommands of `ivr`; see ivr.cli.COMMANDS."""

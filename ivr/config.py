@@ -1,0 +1,100 @@
+"""One settings object, read from `IVR_*` environment variables (and command-line overrides).
+
+Every option has an environment variable; `ivr serve --help` lists them. Bad values fail at
+start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _env_name(name: str) -> str:
+    return "IVR_" + name.upper()
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8080, metadata={"help": "port to listen on"})
+    public_url: str = field(
+        default="",
+        metadata={"help": "public base URL Twilio reaches (https://bot.example.com); "
+                  "unset: taken from each request, proxy headers honoured"},
+    )
+    max_calls: int = field(default=100, metadata={"help": "concurrent calls; more get a busy message"})
+    max_message_bytes: int = field(default=64 * 1024, metadata={"help": "largest inbound WebSocket message"})
+    forwarded_allow_ips: str = field(
+        default="127.0.0.1", metadata={"help": "proxies trusted for X-Forwarded-* headers (comma list, or *)"}
+    )
+    capture_dir: str = field(
+        default="", metadata={"help": "write each call's inbound Twilio messages here (off when empty)"}
+    )
+    log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    # Secrets come from their vendors' usual variables, not IVR_*.
+    twilio_auth_token: str = field(default="", repr=False, metadata={"env": "TWILIO_AUTH_TOKEN", "secret": True})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = f.metadata.get("env", _env_name(f.name))
+            raw = overrides.get(f.name)
+            source = "option --" + f.name.replace("_", "-")
+            if raw is None:
+                raw = env.get(var)
+                source = var
+            if raw is None:
+                continue
+            values[f.name] = _convert(f.type, raw, source)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"IVR_PORT: {self.port} is not a TCP port")
+        if self.max_calls < 1:
+            raise ConfigError(f"IVR_MAX_CALLS: must be at least 1, not {self.max_calls}")
+        if self.max_message_bytes < 1024:
+            raise ConfigError(f"IVR_MAX_MESSAGE_BYTES: {self.max_message_bytes} is too small for a Twilio message")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError(f"IVR_PUBLIC_URL: {self.public_url!r} must start with https:// (or http:// for local tests)")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"IVR_LOG_LEVEL: {self.log_level!r} is not debug, info, warning or error")
+
+    @classmethod
+    def env_help(cls) -> dict[str, tuple[str, str]]:
+        """{field: (environment variable, help)} for --help texts and the README."""
+        return {f.name: (f.metadata.get("env", _env_name(f.name)), f.metadata.get("help", "")) for f in fields(cls)}
+
+
+def _convert(kind: Any, raw: Any, source: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{source}: {raw!r} is not a whole number") from None
+    if kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{source}: {raw!r} is not a number") from None
+    if kind == "bool":
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{source}: {raw!r} is not a yes/no value")
+    return raw
