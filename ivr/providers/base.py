@@ -137,7 +137,9 @@ class Final:
 class EndOfTurn:
     """The caller has finished; `text` is the whole turn (the Finals since the last EndOfTurn).
 
-    `at_ms` is where the turn's speech ended; the decision is taken some silence later.
+    `at_ms` is where the turn's speech ended; the decision is taken some silence later. `text`
+    may be empty: something the VAD took for speech turned out to hold no words (a cough, a door),
+    so a bot turn that a SpeechStarted interrupted may resume.
     """
 
     text: str
