@@ -243,7 +243,9 @@ class StreamParser:
             rate = int(fmt.get("sampleRate"))  # type: ignore[arg-type]
             channels = int(fmt.get("channels", 1))
         except (TypeError, ValueError):
-            raise ProtocolError("media_format", f"start: mediaFormat has no usable sampleRate/channels: {fmt!r:.100}") from None
+            raise ProtocolError(
+                "media_format", f"start: mediaFormat {fmt!r:.100} lacks a numeric sampleRate; only audio/x-mulaw 8000 Hz mono is spoken"
+            ) from None
         if encoding != MULAW_ENCODING or rate != SAMPLE_RATE or channels != 1:
             raise ProtocolError(
                 "media_format",
@@ -287,6 +289,8 @@ class StreamParser:
             raise ProtocolError("bad_base64", f"media: payload is not base64 ({exc})") from None
         if not payload:
             raise ProtocolError("empty_payload", "media: payload decodes to nothing")
+        if len(payload) > self.max_payload_bytes:
+            raise ProtocolError("oversized_payload", f"media: payload of {len(payload)} bytes > limit {self.max_payload_bytes}")
         track = body.get("track", "inbound")
         if track != "inbound":
             return DroppedMedia(sequence=seq, chunk=chunk, reason="track")

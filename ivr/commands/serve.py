@@ -1,0 +1,56 @@
+"""`ivr serve`: the Twilio-facing server (TwiML webhooks + Media Stream WebSocket)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ivr.config import ConfigError, Settings
+
+log = logging.getLogger("ivr.serve")
+
+#: uvicorn refuses (closes with 1009) any WebSocket message over this many times our own bound;
+#: messages between the two are skipped as protocol errors and the call goes on.
+HARD_LIMIT_FACTOR = 16
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    env = Settings.env_help()
+    p = sub.add_parser(
+        "serve",
+        help="run the server Twilio calls",
+        description="Run the server Twilio calls. Every option can also be set by its environment variable.",
+    )
+    for name in ("host", "port", "public_url", "max_calls", "capture_dir", "log_level"):
+        var, help_text = env[name]
+        flag = "--capture" if name == "capture_dir" else "--" + name.replace("_", "-")
+        p.add_argument(flag, dest=name, default=None, metavar=var, help=f"{help_text} [{var}]")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ivr import logs
+    from ivr.server import create_app
+
+    overrides = {k: getattr(args, k) for k in ("host", "port", "public_url", "max_calls", "capture_dir", "log_level")}
+    try:
+        settings = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        print(f"ivr serve: {exc}")
+        return 2
+    logs.setup(settings.log_level)
+    app = create_app(settings)
+    log.info("listening on http://%s:%d (voice webhook POST /twiml/voice, media stream /media)", settings.host, settings.port)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=settings.max_message_bytes * HARD_LIMIT_FACTOR,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        log_config=None,
+    )
+    return 0

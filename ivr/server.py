@@ -1,0 +1,272 @@
+"""The Starlette app: TwiML webhooks, the Media Stream endpoint, health and metrics.
+
+Thin on purpose: it checks signatures, adapts the WebSocket to the sans-I/O Twilio codec and hands
+events to one call handler per stream (see ivr.session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import AsyncIterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ivr import metrics
+from ivr.admission import Admission
+from ivr.config import Settings
+from ivr.logs import CallLog
+from ivr.security import PublicUrl, SignatureChecker
+from ivr.session import HandlerFactory, Line, default_handler_factory
+from ivr.telephony import twiml
+from ivr.telephony.twilio import DroppedMedia, Media, ProtocolError, Start, Stop, StreamParser
+
+log = logging.getLogger("ivr.server")
+
+TWIML = "application/xml"
+
+
+class IvrState:
+    """Everything the routes share, kept on `app.state.ivr`."""
+
+    def __init__(self, settings: Settings, handler_factory: HandlerFactory) -> None:
+        self.settings = settings
+        self.public = PublicUrl(settings.public_url, trust_forwarded_host=bool(settings.forwarded_allow_ips))
+        self.signatures = SignatureChecker(settings.twilio_auth_token)
+        self.admission = Admission(settings.max_calls)
+        self.handler_factory = handler_factory
+        self.ready = False
+        self.calls: set[asyncio.Task] = set()
+
+
+def _state(conn: Request | WebSocket) -> IvrState:
+    return conn.app.state.ivr
+
+
+async def _signed_form(request: Request, route: str) -> dict[str, str] | Response:
+    """The webhook's form if its signature is valid, else the 403 to answer with."""
+    state = _state(request)
+    form = await request.form()
+    url = state.public.webhook_url(request)
+    if not state.signatures.valid(request, url, form):
+        metrics.SIGNATURE_FAILURES.labels(route).inc()
+        metrics.WEBHOOKS.labels(route, "forbidden").inc()
+        log.warning("refused %s: X-Twilio-Signature missing or not valid for %s", route, url)
+        return PlainTextResponse("invalid Twilio signature\n", status_code=403)
+    return {k: str(v) for k, v in form.items()}
+
+
+async def voice(request: Request) -> Response:
+    form = await _signed_form(request, "voice")
+    if isinstance(form, Response):
+        return form
+    state = _state(request)
+    call_sid = form.get("CallSid", "")
+    if not state.admission.reserve(call_sid):
+        metrics.WEBHOOKS.labels("voice", "busy").inc()
+        log.warning(
+            "call %s answered busy: %s",
+            call_sid,
+            "draining" if state.admission.draining else f"at IVR_MAX_CALLS={state.settings.max_calls}",
+        )
+        return Response(twiml.busy(), media_type=TWIML)
+    metrics.WEBHOOKS.labels("voice", "stream").inc()
+    extra = {k: v for k, v in form.items() if k.startswith("SipHeader_X-")}
+    body = twiml.answer(
+        state.public.base(request),
+        caller=form.get("From", ""),
+        callee=form.get("To", ""),
+        call_sid=call_sid,
+        extra=extra,
+    )
+    return Response(body, media_type=TWIML)
+
+
+async def status(request: Request) -> Response:
+    form = await _signed_form(request, "status")
+    if isinstance(form, Response):
+        return form
+    metrics.WEBHOOKS.labels("status", "ok").inc()
+    log.info(
+        "status callback: call %s stream %s %s",
+        form.get("CallSid", "?"),
+        form.get("StreamSid", "-"),
+        form.get("StreamEvent") or form.get("CallStatus") or "?",
+    )
+    return Response(status_code=204)
+
+
+async def fallback(request: Request) -> Response:
+    form = await _signed_form(request, "fallback")
+    if isinstance(form, Response):
+        return form
+    metrics.WEBHOOKS.labels("fallback", "ok").inc()
+    log.warning("call %s: stream ended without the bot ending the call; playing the fallback", form.get("CallSid", "?"))
+    return Response(twiml.fallback(), media_type=TWIML)
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok\n")
+
+
+async def readyz(request: Request) -> Response:
+    state = _state(request)
+    if state.ready and not state.admission.draining:
+        return PlainTextResponse("ready\n")
+    return PlainTextResponse("not ready\n", status_code=503)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def media(websocket: WebSocket) -> None:
+    state = _state(websocket)
+    url = state.public.stream_url(websocket)
+    if not state.signatures.valid(websocket, url):
+        metrics.SIGNATURE_FAILURES.labels("media").inc()
+        log.warning("refused media stream: X-Twilio-Signature missing or not valid for %s", url)
+        await _deny(websocket)
+        return
+    await websocket.accept()
+    task = asyncio.current_task()
+    if task is not None:
+        state.calls.add(task)
+    try:
+        await _run_stream(state, websocket)
+    finally:
+        if task is not None:
+            state.calls.discard(task)
+
+
+async def _deny(websocket: WebSocket) -> None:
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(PlainTextResponse("invalid Twilio signature\n", status_code=403))
+    else:  # closing before accept makes the server answer the upgrade with 403
+        await websocket.close(code=1008)
+
+
+async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
+    parser = StreamParser(max_message_bytes=state.settings.max_message_bytes)
+    calllog = CallLog(log)
+    key = f"ws-{id(websocket):x}"
+    line: Line | None = None
+    handler = None
+    admitted = False
+    t0 = time.monotonic()
+    end_reason = "hangup"
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                end_reason = "disconnect"
+                break
+            raw = message.get("text")
+            if raw is None:
+                raw = message.get("bytes") or b""
+            if line is not None:
+                line.capture(raw, int((time.monotonic() - t0) * 1000))
+            try:
+                event = parser.parse(raw)
+            except ProtocolError as exc:
+                metrics.PROTOCOL_ERRORS.labels(exc.kind).inc()
+                calllog.protocol_error(exc)
+                continue
+            if isinstance(event, Start):
+                calllog.bind(event.call_sid, event.stream_sid)
+                if not state.admission.enter(key, event.call_sid):
+                    metrics.CALLS.labels("refused").inc()
+                    calllog.warning("refused: no free line (IVR_MAX_CALLS=%d)", state.settings.max_calls)
+                    end_reason = "refused"
+                    break
+                admitted = True
+                metrics.ACTIVE_CALLS.inc()
+                metrics.CALLS.labels("accepted").inc()
+                line = Line(websocket, event, calllog, state.settings.capture_dir, t0)
+                line.capture(raw, int((time.monotonic() - t0) * 1000))
+                handler = state.handler_factory(line)
+                calllog.info(
+                    "call started: from %s to %s",
+                    calllog.mask(event.custom_parameters.get("From", "")),
+                    calllog.mask(event.custom_parameters.get("To", "")),
+                )
+            elif isinstance(event, DroppedMedia):
+                metrics.MEDIA_ANOMALIES.labels(event.reason).inc()
+                continue
+            elif handler is None:
+                continue  # `connected`: nothing to do yet
+            if handler is not None:
+                if getattr(event, "gap_bytes", 0):
+                    metrics.MEDIA_ANOMALIES.labels("lost").inc()
+                if isinstance(event, Media):
+                    metrics.FRAMES_IN.inc()
+                try:
+                    await handler.on_event(event)
+                except Exception:
+                    calllog.exception("call handler failed on %s; the call goes on", type(event).__name__)
+            if isinstance(event, Stop):
+                end_reason = "stop"
+                break
+    except WebSocketDisconnect:
+        end_reason = "disconnect"
+    finally:
+        if handler is not None:
+            try:
+                await handler.close(end_reason)
+            except Exception:
+                calllog.exception("call handler failed while closing")
+        if line is not None:
+            line.close()
+        if admitted:
+            metrics.ACTIVE_CALLS.dec()
+        state.admission.leave(key)
+        if parser.start is not None:
+            calllog.info(
+                "call ended (%s) after %.1f s: %d sequence gaps, %d lost chunks",
+                end_reason,
+                time.monotonic() - t0,
+                parser.sequence_gaps,
+                parser.lost_chunks,
+            )
+    with contextlib.suppress(Exception):
+        await websocket.close()
+
+
+def create_app(settings: Settings | None = None, handler_factory: HandlerFactory | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    state = IvrState(settings, handler_factory or default_handler_factory(settings))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not state.signatures.enabled:
+            log.warning(
+                "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked; anyone who can "
+                "reach this server can open calls. Set it before exposing the server."
+            )
+        if not settings.public_url:
+            log.info("IVR_PUBLIC_URL is not set: public URLs are taken from each request's Host header")
+        state.ready = True
+        yield
+        state.ready = False
+
+    app = Starlette(
+        routes=[
+            Route("/twiml/voice", voice, methods=["POST"]),
+            Route("/twiml/status", status, methods=["POST"]),
+            Route("/twiml/fallback", fallback, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            WebSocketRoute("/media", media),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.ivr = state
+    return app

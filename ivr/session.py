@@ -1,0 +1,111 @@
+"""What a call handler sees of the telephone line, and the handler interface itself.
+
+The server creates one `Line` per stream when `start` arrives and one handler through the
+configured factory; the handler receives every later event in order and talks back through the
+line (media, mark, clear, hang up).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Protocol
+
+from starlette.websockets import WebSocket
+
+from ivr import metrics
+from ivr.audio import FRAME_BYTES, Framer, ulaw_silence
+from ivr.config import Settings
+from ivr.logs import CallLog
+from ivr.telephony.twilio import Dtmf, Event, Mark, Media, Start, StreamWriter
+
+log = logging.getLogger("ivr.session")
+
+
+class Line:
+    """The outbound side of one Media Stream, plus the call's identity and optional capture."""
+
+    def __init__(self, websocket: WebSocket, start: Start, calllog: CallLog, capture_dir: str, t0: float) -> None:
+        self.start = start
+        self.log = calllog
+        self.writer = StreamWriter(start.stream_sid)
+        self.closed = False
+        self._ws = websocket
+        self._capture = None
+        if capture_dir:
+            from ivr.harness.capture import CaptureWriter
+
+            self._capture = CaptureWriter.open(capture_dir, start.call_sid, start.stream_sid)
+
+    @property
+    def parameters(self):
+        return self.start.custom_parameters
+
+    def capture(self, raw: str | bytes, t_ms: int) -> None:
+        if self._capture is not None:
+            self._capture.write(t_ms, raw)
+
+    async def send_media(self, ulaw_frame: bytes) -> None:
+        await self._ws.send_text(self.writer.media(ulaw_frame))
+        metrics.FRAMES_OUT.inc()
+
+    async def send_mark(self, name: str) -> None:
+        await self._ws.send_text(self.writer.mark(name))
+
+    async def send_clear(self) -> None:
+        await self._ws.send_text(self.writer.clear())
+
+    async def hang_up(self) -> None:
+        """End the stream from our side (the call's own REST hang-up is the caller's business)."""
+        if not self.closed:
+            self.closed = True
+            await self._ws.close()
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.close()
+            self._capture = None
+
+
+class CallHandler(Protocol):
+    async def on_event(self, event: Event) -> None: ...
+
+    async def close(self, reason: str) -> None: ...
+
+
+HandlerFactory = Callable[[Line], CallHandler]
+
+
+class ListeningHandler:
+    """Re-frames the caller's audio into exact 20 ms frames (lost audio as silence) and notes DTMF.
+
+    The base of every handler; on its own it only records the call (its log and, with capture
+    on, its messages).
+    """
+
+    def __init__(self, line: Line) -> None:
+        self.line = line
+        self.framer = Framer(FRAME_BYTES)
+        self.caller_ms = 0
+        self.digits: list[str] = []
+        self.marks_played: list[str] = []
+
+    async def on_event(self, event: Event) -> None:
+        if isinstance(event, Media):
+            if event.gap_bytes:
+                await self.on_caller_frames(self.framer.push(ulaw_silence(event.gap_bytes)))
+            await self.on_caller_frames(self.framer.push(event.payload))
+        elif isinstance(event, Dtmf):
+            self.digits.append(event.digit)
+            self.line.log.info("caller pressed %s", event.digit)
+        elif isinstance(event, Mark):
+            self.marks_played.append(event.name)
+
+    async def on_caller_frames(self, frames: list[bytes]) -> None:
+        self.caller_ms += 20 * len(frames)
+
+    async def close(self, reason: str) -> None:
+        self.line.log.info("heard %.1f s of caller audio, %d DTMF digits", self.caller_ms / 1000, len(self.digits))
+
+
+def default_handler_factory(settings: Settings) -> HandlerFactory:
+    return ListeningHandler
