@@ -1,0 +1,104 @@
+"""Twilio captures: the inbound messages of one call, as JSON lines, replayable by `ivr replay`.
+
+Format (one file per call, UTF-8, one JSON object per line):
+
+    {"t_ms": 0, "msg": "{\"event\":\"connected\",...}"}
+    {"t_ms": 3, "msg": "{\"event\":\"start\",...}"}
+    {"t_ms": 25, "msg": "{\"event\":\"media\",...}"}
+
+- `t_ms`: when the message was received, in milliseconds since the WebSocket was accepted
+  (a monotonic clock; an integer or a number with a fraction);
+- `msg`: the WebSocket text frame exactly as received, as a string (not re-encoded, so a capture
+  of a malformed message replays the same malformation to the parser).
+Files are named `<UTC time>-<callSid or stream id>.jsonl`. Only inbound messages are kept: the
+replay plays Twilio's side again itself, so outbound audio would be redundant.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator
+
+import orjson
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class CaptureWriter:
+    """Writes one call's capture. Buffered; a server writes from its event loop at 50 lines a second."""
+
+    def __init__(self, path: Path, file: IO[bytes]) -> None:
+        self.path = path
+        self._file = file
+
+    @classmethod
+    def open(cls, directory: str | Path, call_sid: str = "", stream_sid: str = "") -> "CaptureWriter":
+        """Create the capture file for one call in `directory` (created if missing)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        ident = _UNSAFE.sub("_", call_sid or stream_sid or "call")[:64]
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = directory / f"{stamp}-{ident}.jsonl"
+        n = 1
+        while path.exists():
+            n += 1
+            path = directory / f"{stamp}-{ident}-{n}.jsonl"
+        return cls(path, open(path, "xb"))
+
+    def write(self, t_ms: float, text: str) -> None:
+        if self._file.closed:
+            return
+        t = int(t_ms) if float(t_ms).is_integer() else round(float(t_ms), 3)
+        self._file.write(orjson.dumps({"t_ms": t, "msg": text}) + b"\n")
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> "CaptureWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class CapturedMessage:
+    t_ms: float
+    text: str
+
+
+class CaptureFormatError(ValueError):
+    pass
+
+
+def read_capture(path: str | Path) -> Iterator[CapturedMessage]:
+    """The messages of a capture file, in order. Blank lines are skipped."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = orjson.loads(line)
+                t_ms, text = entry["t_ms"], entry["msg"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise CaptureFormatError(f"{path}:{number}: not a capture line {{\"t_ms\": ..., \"msg\": \"...\"}}") from None
+            if not isinstance(text, str) or not isinstance(t_ms, (int, float)) or isinstance(t_ms, bool):
+                raise CaptureFormatError(f"{path}:{number}: t_ms must be a number and msg a string")
+            yield CapturedMessage(float(t_ms), text)
+
+
+def is_capture(path: str | Path) -> bool:
+    """A file whose first non-blank line is a capture line."""
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    entry = orjson.loads(line)
+                    return isinstance(entry, dict) and "t_ms" in entry and "msg" in entry
+    except (OSError, orjson.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return False

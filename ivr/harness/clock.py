@@ -1,0 +1,42 @@
+"""The call's clock: one time base for everything the harness sends, plays and records.
+
+Call time runs `speed` times faster than the wall clock. Every deadline is an absolute point on
+that clock (frame k is due at k * 20 ms), never "sleep 20 ms again", so lateness in one step is
+not carried into the next and a long call does not drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+class CallClock:
+    def __init__(self, speed: float = 1.0) -> None:
+        if not speed > 0:
+            raise ValueError(f"speed must be positive, not {speed}")
+        self.speed = float(speed)
+        self._t0: float | None = None
+
+    def start(self) -> None:
+        """Call time 0 is now."""
+        self._t0 = time.monotonic()
+
+    @property
+    def started(self) -> bool:
+        return self._t0 is not None
+
+    def now_ms(self) -> float:
+        if self._t0 is None:
+            return 0.0
+        return (time.monotonic() - self._t0) * 1000.0 * self.speed
+
+    def wall_seconds(self, call_ms: float) -> float:
+        """Wall-clock seconds that `call_ms` of call time take."""
+        return call_ms / 1000.0 / self.speed
+
+    async def sleep_until(self, call_ms: float) -> None:
+        """Wait until the call clock reads `call_ms` (at once if it already has)."""
+        delay = call_ms - self.now_ms()
+        if delay > 0:
+            await asyncio.sleep(self.wall_seconds(delay))

@@ -1,0 +1,314 @@
+"""The Twilio side of a call, over a real WebSocket: the caller's media out, the bot's played back.
+
+Four tasks share one call clock:
+- frames: media frame k goes out at k * 20 ms, whatever the caller is saying (silence between);
+- receive: the bot's media/mark/clear feed the playout model (`TwilioPlayback`);
+- marks: echoes each mark when the audio queued before it has played;
+- drive: runs the call plan's steps (speak, DTMF, wait for the bot, hang up).
+Nothing the bot sends can crash the call: bad messages become errors in the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidURI
+
+from ivr.audio import FRAME_BYTES, FRAME_MS
+from ivr.harness.clock import CallClock
+from ivr.harness.plan import After, CallPlan, Dtmf, Hangup, Say, Wait
+from ivr.harness.record import CallRecord
+from ivr.harness.voice import CallerVoice, Utterance
+from ivr.telephony.twilio import OutClear, OutMark, OutMedia, ProtocolError, TwilioSender, parse_outbound
+
+
+def _sid(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+@dataclass
+class ReplayOptions:
+    url: str
+    speed: float = 1.0
+    params: Mapping[str, str] = field(default_factory=dict)
+    #: With a Twilio auth token, the upgrade carries X-Twilio-Signature over `sign_url`
+    #: (default: `url`), as Twilio signs the `<Stream url>` written in the TwiML.
+    auth_token: str | None = None
+    sign_url: str | None = None
+    connect_timeout_s: float = 10.0
+    #: Hang up after this much call time whatever the plan says.
+    max_call_s: float = 600.0
+    account_sid: str = field(default_factory=lambda: _sid("AC"))
+    call_sid: str = field(default_factory=lambda: _sid("CA"))
+    stream_sid: str = field(default_factory=lambda: _sid("MZ"))
+
+
+class CallEnded(Exception):
+    """The WebSocket closed while a step was waiting."""
+
+
+def signature_headers(options: ReplayOptions) -> dict[str, str]:
+    if not options.auth_token:
+        return {}
+    from twilio.request_validator import RequestValidator
+
+    url = options.sign_url or options.url
+    return {"X-Twilio-Signature": RequestValidator(options.auth_token).compute_signature(url, {})}
+
+
+class TwilioEmulator:
+    def __init__(self, plan: CallPlan, options: ReplayOptions, on_frame: Callable[[], None] | None = None) -> None:
+        self.plan = plan
+        self.options = options
+        self.clock = CallClock(options.speed)
+        self.sender = TwilioSender(options.stream_sid, options.call_sid, options.account_sid)
+        self.voice = CallerVoice()
+        self.record = CallRecord(
+            name=plan.name,
+            kind=plan.kind,
+            source=plan.source,
+            url=options.url,
+            speed=options.speed,
+            call_sid=options.call_sid,
+            stream_sid=options.stream_sid,
+            params={**plan.params, **options.params},
+            started_at="",
+        )
+        self.record.utterances = self.voice.utterances
+        self.playback = self.record.playback
+        self._on_frame = on_frame
+        self._ws: ClientConnection | None = None
+        self._tick = asyncio.Event()
+        self._marks_changed = asyncio.Event()
+        self._hangup = asyncio.Event()
+        self._ended = asyncio.Event()
+        self._stop_sent = False
+        #: Bot conditions count what the bot said after this: the caller's last speech or DTMF.
+        self._reference_ms = 0.0
+
+    # --- the call ------------------------------------------------------------------------------
+
+    async def run(self) -> CallRecord:
+        wall0 = time.monotonic()
+        try:
+            await self._connect()
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            self.record.error(0.0, "connect_failed", f"{type(exc).__name__}: {exc}")
+            self.record.ended_by = "error"
+            self.record.wall_seconds = time.monotonic() - wall0
+            return self.record
+        self.record.connected = True
+        self.clock.start()
+        self.record.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        try:
+            await self._ws.send(self.sender.connected())
+            await self._ws.send(self.sender.start(self.record.params))
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._receive())
+                tg.create_task(self._send_frames())
+                echo = tg.create_task(self._echo_marks())
+                drive = tg.create_task(self._drive())
+                await self._ended.wait()
+                echo.cancel()
+                drive.cancel()
+        except ConnectionClosed:
+            pass  # the receive task records how it closed
+        except Exception as exc:  # a harness bug: keep the evidence, do not lose the record
+            for inner in getattr(exc, "exceptions", [exc]):
+                self.record.error(self.clock.now_ms(), "harness_error", f"{type(inner).__name__}: {inner}")
+            self.record.ended_by = "error"
+        finally:
+            if self._ws is not None:
+                await self._ws.close()
+        self.playback.finish()
+        self.voice.abandon()
+        if not self.record.end_ms:
+            self.record.end_ms = self.clock.now_ms()
+        self.record.wall_seconds = time.monotonic() - wall0
+        return self.record
+
+    async def _connect(self) -> None:
+        self._ws = await connect(
+            self.options.url,
+            additional_headers=signature_headers(self.options),
+            user_agent_header="ivr-replay (Twilio Media Streams emulator)",
+            compression=None,  # Twilio does not negotiate permessage-deflate
+            open_timeout=self.options.connect_timeout_s,
+            close_timeout=5,
+            ping_interval=None,
+            max_size=2**24,
+        )
+
+    # --- caller audio, one frame per 20 ms of call time ----------------------------------------
+
+    async def _send_frames(self) -> None:
+        ws = self._ws
+        max_frames = int(self.options.max_call_s * 1000 / FRAME_MS)
+        k = 0
+        try:
+            while not self._hangup.is_set() and not self._ended.is_set():
+                due = k * FRAME_MS
+                await self.clock.sleep_until(due)
+                if self._hangup.is_set() or self._ended.is_set():
+                    break
+                frame = self.voice.next_frame(k * FRAME_BYTES)
+                await ws.send(self.sender.media(frame, due))
+                self.record.frame_lag_ms.append(self.clock.now_ms() - due)
+                self.record.caller += frame
+                k += 1
+                self._notify_tick()
+                if self._on_frame is not None:
+                    self._on_frame()
+                if k >= max_frames:
+                    self.record.error(self.clock.now_ms(), "max_duration", f"hung up after {self.options.max_call_s:g} s")
+                    break
+            if not self._ended.is_set():
+                self.record.end_ms = self.clock.now_ms()
+                self._stop_sent = True
+                await ws.send(self.sender.stop())
+                await ws.close()
+        except ConnectionClosed:
+            pass
+
+    def _notify_tick(self) -> None:
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+
+    async def _next_tick(self) -> None:
+        if self._ended.is_set():
+            raise CallEnded
+        await self._tick.wait()
+        if self._ended.is_set():
+            raise CallEnded
+
+    # --- the bot's side -------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        try:
+            async for message in self._ws:
+                await self._on_bot_message(message)
+        except ConnectionClosedError as exc:
+            if not self._stop_sent:
+                self.record.error(self.clock.now_ms(), "connection_closed", f"closed abnormally: {exc}")
+                self.record.ended_by = "error"
+        finally:
+            if not self.record.ended_by:
+                self.record.ended_by = "caller" if self._stop_sent else "bot"
+            if not self._stop_sent and not self.record.end_ms:
+                self.record.end_ms = self.clock.now_ms()
+            self._ended.set()
+            self._tick.set()
+
+    async def _on_bot_message(self, message: str | bytes) -> None:
+        if self._stop_sent:
+            return  # Twilio has stopped listening
+        now = self.clock.now_ms()
+        try:
+            event = parse_outbound(message, self.options.stream_sid)
+        except ProtocolError as exc:
+            self.record.error(now, exc.kind, exc.detail)
+            return
+        if isinstance(event, OutMedia):
+            self.playback.on_media(now, event.payload)
+            return
+        if isinstance(event, OutMark):
+            echoes = self.playback.on_mark(now, event.name)
+            self._marks_changed.set()
+        else:
+            assert isinstance(event, OutClear)
+            echoes = self.playback.on_clear(now)
+        for mark in echoes:
+            await self._ws.send(self.sender.mark(mark.name))
+
+    async def _echo_marks(self) -> None:
+        try:
+            while True:
+                self._marks_changed.clear()
+                for mark in self.playback.due_marks(self.clock.now_ms()):
+                    await self._ws.send(self.sender.mark(mark.name))
+                due = self.playback.next_due_ms()
+                if due is None:
+                    await self._marks_changed.wait()
+                    continue
+                delay = self.clock.wall_seconds(due - self.clock.now_ms())
+                if delay > 0:
+                    try:
+                        async with asyncio.timeout(delay):
+                            await self._marks_changed.wait()
+                    except TimeoutError:
+                        pass
+        except ConnectionClosed:
+            pass
+
+    # --- the caller's plan ------------------------------------------------------------------------
+
+    async def _drive(self) -> None:
+        previous_end = 0.0
+        try:
+            for step in self.plan.steps:
+                await self._wait_for(step.after, previous_end)
+                if isinstance(step, Hangup):
+                    break
+                if isinstance(step, Say):
+                    utterance = self.voice.say(Utterance(step.ulaw, step.text, step.segmentation, step.label))
+                    if step.wait:
+                        await self._until(utterance.done)
+                        spans = utterance.speech_spans_ms()
+                        if spans:
+                            self._reference_ms = spans[-1][1]
+                elif isinstance(step, Dtmf):
+                    await self._send_dtmf(step)
+                else:
+                    assert isinstance(step, Wait)
+                previous_end = self.clock.now_ms()
+        except (CallEnded, ConnectionClosed):
+            return
+        self._hangup.set()
+
+    async def _send_dtmf(self, step: Dtmf) -> None:
+        for i, digit in enumerate(step.digits):
+            if i:
+                await self._wait_for(After("pause", step.gap_s), self.clock.now_ms())
+            await self._ws.send(self.sender.dtmf(digit))
+            now = self.clock.now_ms()
+            self.record.dtmf.append((digit, now))
+            self._reference_ms = now
+
+    async def _until(self, event: asyncio.Event) -> None:
+        while not event.is_set():
+            await self._next_tick()
+
+    async def _wait_for(self, after: After, previous_end: float) -> None:
+        if after.kind == "now":
+            return
+        bot_condition = after.kind in ("bot_silent", "bot_speaking")
+        deadline = self.clock.now_ms() + after.timeout * 1000 if bot_condition else float("inf")
+        while True:
+            now = self.clock.now_ms()
+            fire = self._fire_time(after, previous_end, now)
+            if fire is not None and now >= fire:
+                return
+            if now >= deadline:
+                self.record.error(now, "timeout", f"'{after.kind} {after.seconds:g}': bot did not oblige within {after.timeout:g} s")
+                return
+            await self._next_tick()
+
+    def _fire_time(self, after: After, previous_end: float, now: float) -> float | None:
+        wait_ms = after.seconds * 1000
+        if after.kind == "pause":
+            return previous_end + wait_ms
+        if after.kind == "at":
+            return wait_ms
+        stretches = self.playback.voice_since(self._reference_ms, now)
+        if not stretches:
+            return None
+        if after.kind == "bot_speaking":
+            return stretches[0][0] + wait_ms
+        if self.playback.speaking_at(now):
+            return None
+        return stretches[-1][1] + wait_ms

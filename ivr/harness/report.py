@@ -1,0 +1,185 @@
+"""report.json: what a replayed call measured, all times in ms on the call clock.
+
+The format is `report.schema.json` beside this module (documented in README.md here).
+Turn detection, latency and barge-in rules:
+- caller turns: script utterances (one turn each, leading/trailing silence trimmed) or, for
+  recordings and captures, energy-detected speech segments (see `ivr.harness.speech`);
+- a turn's bot response is the first voiced bot audio that *plays* after the caller's speech
+  ends and before the caller's next turn; response latency = that play time - speech end;
+- a barge-in is a caller turn that starts while voiced bot audio is playing; its latency runs
+  from the caller's speech start to the first `clear` received; `frames_after_clear` counts
+  bot audio (in 160-byte frames) received after that clear while the caller is still speaking:
+  audio from the interrupted turn that leaked through, which must be zero.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from ivr.audio import FRAME_BYTES
+from ivr.harness.playback import BotMedia, to_ms
+from ivr.harness.record import CallRecord
+
+FORMAT = "ivr.replay.report/1"
+#: The playout queue running dry for less than this between two bot messages is an audible gap
+#: inside an utterance (an underrun); longer silences are the bot pausing on purpose.
+UNDERRUN_MAX_MS = 500.0
+
+#: (start_ms, end_ms) -> what the bot said in that stretch, if known (side channel, local STT).
+BotText = Callable[[float, float], "str | None"]
+
+
+def ms(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 1)
+
+
+def percentiles(values: list[float] | np.ndarray) -> dict[str, float | None]:
+    if len(values) == 0:
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    a = np.asarray(values, dtype=np.float64)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"n": int(len(a)), "p50": ms(p50), "p95": ms(p95), "p99": ms(p99), "max": ms(a.max())}
+
+
+def caller_turns(record: CallRecord) -> list[dict]:
+    turns = []
+    for utterance in record.utterances:
+        spans = utterance.speech_spans_ms()
+        text = utterance.text if len(spans) == 1 else None
+        for start, end in spans:
+            turns.append({"caller_text": text, "caller_speech_start_ms": start, "caller_speech_end_ms": end})
+    turns.sort(key=lambda t: t["caller_speech_start_ms"])
+    return turns
+
+
+def build_report(record: CallRecord, bot_text: BotText | None = None) -> dict:
+    playback = record.playback
+    end = record.end_ms
+    voiced = [(to_ms(a), to_ms(b)) for a, b in playback.voiced if to_ms(a) < end]
+    turns = caller_turns(record)
+
+    def first_voice(after_ms: float, before_ms: float) -> float | None:
+        for start, _ in voiced:
+            if after_ms <= start < before_ms:
+                return start
+        return None
+
+    def text_between(a: float | None, b: float) -> str | None:
+        return bot_text(a, b) if bot_text is not None and a is not None else None
+
+    first_caller = turns[0]["caller_speech_start_ms"] if turns else end
+    greeting_ms = first_voice(0.0, first_caller)
+    report_turns, barge_ins = [], []
+    for i, turn in enumerate(turns):
+        start, stop = turn["caller_speech_start_ms"], turn["caller_speech_end_ms"]
+        next_start = turns[i + 1]["caller_speech_start_ms"] if i + 1 < len(turns) else end
+        bot_first = first_voice(stop, next_start)
+        barge = any(a <= start < b for a, b in voiced)
+        report_turns.append(
+            {
+                "index": i,
+                "caller_text": turn["caller_text"],
+                "caller_speech_start_ms": ms(start),
+                "caller_speech_end_ms": ms(stop),
+                "bot_first_audio_ms": ms(bot_first),
+                "response_latency_ms": ms(None if bot_first is None else bot_first - stop),
+                "bot_text": text_between(bot_first, next_start),
+                "barge_in": barge,
+            }
+        )
+        if barge:
+            barge_ins.append(_barge_in(record, i, start, stop, next_start, voiced))
+    return {
+        "format": FORMAT,
+        "call": _call(record),
+        "greeting": {"bot_first_audio_ms": ms(greeting_ms), "bot_text": text_between(greeting_ms, first_caller)},
+        "turns": report_turns,
+        "barge_ins": barge_ins,
+        "marks": [
+            {"name": m.name, "sent_ms": ms(m.sent_ms), "due_ms": ms(m.due_ms), "echoed_ms": ms(m.echoed_ms), "outcome": m.outcome}
+            for m in playback.marks
+        ],
+        "clears": [ms(t) for t in playback.clears],
+        "dtmf": [{"digit": d, "ms": ms(t)} for d, t in record.dtmf],
+        "errors": [{"ms": ms(e.ms), "kind": e.kind, "detail": e.detail} for e in record.errors],
+        "caller": {
+            "frames_sent": len(record.caller) // FRAME_BYTES,
+            "frame_lag_ms": percentiles(record.frame_lag_ms),
+            "speech": [[ms(t["caller_speech_start_ms"]), ms(t["caller_speech_end_ms"])] for t in turns],
+        },
+        "bot": _bot(record, voiced),
+    }
+
+
+def _call(record: CallRecord) -> dict:
+    return {
+        "name": record.name,
+        "kind": record.kind,
+        "source": record.source,
+        "url": record.url,
+        "speed": record.speed,
+        "call_sid": record.call_sid,
+        "stream_sid": record.stream_sid,
+        "params": dict(record.params),
+        "started_at": record.started_at,
+        "duration_ms": ms(record.end_ms),
+        "wall_seconds": round(record.wall_seconds, 3),
+        "connected": record.connected,
+        "ended_by": record.ended_by,
+        "failed": record.failed,
+    }
+
+
+def _barge_in(record: CallRecord, turn: int, start: float, stop: float, next_start: float, voiced) -> dict:
+    clears = [t for t in record.playback.clears if start <= t < next_start]
+    clear = clears[0] if clears else None
+    leaked = 0
+    if clear is not None:
+        leaked = sum(len(m.payload) for m in record.playback.media if clear < m.recv_ms <= stop)
+    # How long the caller heard the bot talk over them.
+    overlap = sum(max(0.0, min(b, next_start) - max(a, start)) for a, b in voiced if a < stop)
+    return {
+        "turn": turn,
+        "caller_speech_start_ms": ms(start),
+        "clear_ms": ms(clear),
+        "latency_ms": ms(None if clear is None else clear - start),
+        "bot_talked_over_ms": ms(overlap),
+        "frames_after_clear": math.ceil(leaked / FRAME_BYTES),
+        "bytes_after_clear": leaked,
+    }
+
+
+def _bot(record: CallRecord, voiced: list[tuple[float, float]]) -> dict:
+    media = record.playback.media
+    clears = record.playback.clears
+    jitter, gaps, gap_ms = 0.0, 0, 0.0
+    previous: BotMedia | None = None
+    for item in media:
+        if previous is not None and not any(previous.recv_ms <= c <= item.recv_ms for c in clears):
+            prev_end_ms = to_ms(previous.play_start + len(previous.payload))
+            dry = item.recv_ms - prev_end_ms
+            if 0 < dry < UNDERRUN_MAX_MS:
+                gaps += 1
+                gap_ms += dry
+            if dry < UNDERRUN_MAX_MS:
+                # RFC 3550 interarrival jitter, media time = audio duration of the previous piece.
+                d = (item.recv_ms - previous.recv_ms) - to_ms(len(previous.payload))
+                jitter += (abs(d) - jitter) / 16
+        previous = item
+    return {
+        "media_messages": len(media),
+        "bytes": sum(len(m.payload) for m in media),
+        "played_ms": ms(sum(to_ms(m.kept) for m in media)),
+        "dropped_ms": ms(sum(to_ms(len(m.payload) - m.kept) for m in media)),
+        "jitter_ms": ms(jitter),
+        "underruns": gaps,
+        "underrun_ms": ms(gap_ms),
+        "speech": [[ms(a), ms(b)] for a, b in voiced],
+        "media": [
+            {"recv_ms": ms(m.recv_ms), "play_ms": ms(to_ms(m.play_start)), "bytes": len(m.payload), "played_bytes": m.kept}
+            for m in media
+        ],
+    }
