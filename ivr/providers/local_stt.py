@@ -128,6 +128,7 @@ class LocalSttSession:
         self._buf_start_ms = 0  # audio clock time of _buf[0]
         self._fed_ms = 0.0
         self._segment_start: int | None = None  # open stretch of speech
+        self._last_cut_ms = 0  # end of the audio already sent to the decoder
         self._turn_open = False
         self._last_speech_end: int | None = None
         self._turn_texts: list[str] = []
@@ -203,7 +204,8 @@ class LocalSttSession:
 
     def _on_speech_start(self, at_ms: int) -> None:
         if self._segment_start is None:
-            self._segment_start = max(self._buf_start_ms, at_ms - self._opts.pre_roll_ms)
+            # Pre-roll, but never audio already decoded: a word must not come out twice.
+            self._segment_start = max(self._buf_start_ms, self._last_cut_ms, at_ms - self._opts.pre_roll_ms)
         self._turn_open = True
         self._events.put_nowait(SpeechStarted(at_ms))
 
@@ -221,6 +223,7 @@ class LocalSttSession:
         a = (start_ms - self._buf_start_ms) * BYTES_PER_MS
         b = (end_ms - self._buf_start_ms) * BYTES_PER_MS
         pcm = bytes(self._buf[max(0, a) : b])
+        self._last_cut_ms = end_ms
         if pcm:
             self._chain(self._decode(pcm, start_ms, end_ms))
 

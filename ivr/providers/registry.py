@@ -1,0 +1,116 @@
+"""Build the providers the settings choose (`IVR_STT`, `IVR_TTS`, `IVR_BRAIN`).
+
+Each kind has a table of factories, name -> function(settings, shared) -> provider; a cloud
+adapter adds itself with one entry (e.g. `STT["deepgram"] = ...`). Nothing heavy happens here:
+engines load on `Providers.load()` (server start-up) or on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ivr.config import ConfigError, Settings
+from ivr.providers.base import Brain, SpeechToText, TextToSpeech, VoiceActivityEngine
+
+
+@dataclass
+class Providers:
+    stt: SpeechToText
+    tts: TextToSpeech
+    brain: Brain
+    #: The shared VAD model when a local engine uses one (the conversation engine may create
+    #: detectors from it too, e.g. for barge-in with a cloud STT).
+    vad: VoiceActivityEngine | None = None
+
+    async def load(self) -> None:
+        """Load every engine now (one after another: they compete for the same cores)."""
+        for provider in (self.vad, self.stt, self.tts, self.brain):
+            if provider is not None:
+                await provider.load()
+
+
+@dataclass
+class _Shared:
+    """Engines that several providers of one build use (one VAD model per process)."""
+
+    settings: Settings
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def vad(self) -> VoiceActivityEngine:
+        if "vad" not in self.cache:
+            from ivr.providers.local_vad import SileroVadEngine, VadOptions
+
+            s = self.settings
+            try:
+                options = VadOptions(
+                    threshold=s.vad_threshold,
+                    neg_threshold=s.vad_neg_threshold,
+                    min_speech_ms=s.vad_min_speech_ms,
+                    min_silence_ms=s.vad_min_silence_ms,
+                )
+            except ValueError as error:
+                raise ConfigError(f"IVR_VAD_*: {error}") from None
+            self.cache["vad"] = SileroVadEngine(s.vad_model or None, options)
+        return self.cache["vad"]
+
+
+def _local_stt(settings: Settings, shared: _Shared) -> SpeechToText:
+    from ivr.providers.local_stt import SttOptions, WhisperStt
+
+    if settings.stt_end_of_turn_ms < 100:
+        raise ConfigError(f"IVR_STT_END_OF_TURN_MS: {settings.stt_end_of_turn_ms} ms would cut callers off")
+    if settings.stt_beam_size < 1:
+        raise ConfigError("IVR_STT_BEAM_SIZE: must be at least 1")
+    options = SttOptions(end_of_turn_ms=settings.stt_end_of_turn_ms, beam_size=settings.stt_beam_size)
+    return WhisperStt(
+        model_path=settings.stt_model or None,
+        vad=shared.vad(),
+        options=options,
+        workers=settings.engine_workers or None,
+        cpu_threads=settings.stt_threads,
+    )
+
+
+def _local_tts(settings: Settings, shared: _Shared) -> TextToSpeech:
+    from ivr.providers.local_tts import PiperTts
+
+    voice = settings.tts_voice or None
+    if voice and not os.path.isfile(voice):
+        raise ConfigError(f"IVR_TTS_VOICE: no such file {voice!r}")
+    return PiperTts(model_path=voice, workers=settings.engine_workers or None, threads=settings.tts_threads)
+
+
+def _flow_brain(settings: Settings, shared: _Shared) -> Brain:
+    from ivr.flows import FlowError
+    from ivr.providers.flow import FlowBrain
+
+    try:
+        return FlowBrain(settings.flow or None)
+    except FlowError as error:
+        raise ConfigError(f"IVR_FLOW: {error}") from None
+
+
+Factory = Callable[[Settings, _Shared], Any]
+STT: dict[str, Factory] = {"local": _local_stt}
+TTS: dict[str, Factory] = {"local": _local_tts}
+BRAINS: dict[str, Factory] = {"flow": _flow_brain}
+
+
+def _pick(table: dict[str, Factory], name: str, variable: str) -> Factory:
+    try:
+        return table[name.strip().lower()]
+    except KeyError:
+        raise ConfigError(f"{variable}: {name!r} is not one of: {', '.join(table)}") from None
+
+
+def build(settings: Settings) -> Providers:
+    """The configured providers; raises ConfigError naming the variable when one is wrong."""
+    if settings.engine_workers < 0:
+        raise ConfigError("IVR_ENGINE_WORKERS: cannot be negative")
+    shared = _Shared(settings)
+    stt = _pick(STT, settings.stt, "IVR_STT")(settings, shared)
+    tts = _pick(TTS, settings.tts, "IVR_TTS")(settings, shared)
+    brain = _pick(BRAINS, settings.brain, "IVR_BRAIN")(settings, shared)
+    return Providers(stt=stt, tts=tts, brain=brain, vad=shared.cache.get("vad"))
