@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from typing import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,13 +25,14 @@ from ivr.admission import Admission
 from ivr.config import Settings
 from ivr.logs import CallLog
 from ivr.security import PublicUrl, SignatureChecker
-from ivr.session import HandlerFactory, Line, default_handler_factory
+from ivr.session import HandlerFactory, Line
 from ivr.telephony import twiml
 from ivr.telephony.twilio import DroppedMedia, Media, ProtocolError, Start, Stop, StreamParser
 
 log = logging.getLogger("ivr.server")
 
 TWIML = "application/xml"
+MAX_OUTCOMES = 10_000
 
 
 class IvrState:
@@ -44,6 +46,13 @@ class IvrState:
         self.handler_factory = handler_factory
         self.ready = False
         self.calls: set[asyncio.Task] = set()
+        #: How streams the bot ended should go on (hang up, or a transfer), for /twiml/fallback.
+        self.outcomes: OrderedDict[str, str] = OrderedDict()
+
+    def remember_outcome(self, call_sid: str, twiml_doc: str) -> None:
+        self.outcomes[call_sid] = twiml_doc
+        while len(self.outcomes) > MAX_OUTCOMES:
+            self.outcomes.popitem(last=False)
 
 
 def _state(conn: Request | WebSocket) -> IvrState:
@@ -108,7 +117,11 @@ async def fallback(request: Request) -> Response:
     if isinstance(form, Response):
         return form
     metrics.WEBHOOKS.labels("fallback", "ok").inc()
-    log.warning("call %s: stream ended without the bot ending the call; playing the fallback", form.get("CallSid", "?"))
+    call_sid = form.get("CallSid", "?")
+    planned = _state(request).outcomes.pop(call_sid, None)
+    if planned is not None:
+        return Response(planned, media_type=TWIML)
+    log.warning("call %s: stream ended without the bot ending the call; playing the fallback", call_sid)
     return Response(twiml.fallback(), media_type=TWIML)
 
 
@@ -224,6 +237,10 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
                 calllog.exception("call handler failed while closing")
         if line is not None:
             line.close()
+            if line.transfer_twiml:
+                state.remember_outcome(line.start.call_sid, line.transfer_twiml)
+            elif line.ended_by_bot:
+                state.remember_outcome(line.start.call_sid, twiml.hangup())
         if admitted:
             metrics.ACTIVE_CALLS.dec()
         state.admission.leave(key)
@@ -240,8 +257,14 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
 
 
 def create_app(settings: Settings | None = None, handler_factory: HandlerFactory | None = None) -> Starlette:
+    """The app. Without a handler factory, calls go to the conversation engine with the
+    providers the settings choose (loaded at start-up, before /readyz turns true)."""
     settings = settings or Settings.from_env()
-    state = IvrState(settings, handler_factory or default_handler_factory(settings))
+    if handler_factory is None:
+        from ivr.call import CallFactory
+
+        handler_factory = CallFactory.from_settings(settings)
+    state = IvrState(settings, handler_factory)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -252,6 +275,9 @@ def create_app(settings: Settings | None = None, handler_factory: HandlerFactory
             )
         if not settings.public_url:
             log.info("IVR_PUBLIC_URL is not set: public URLs are taken from each request's Host header")
+        startup = getattr(state.handler_factory, "startup", None)
+        if startup is not None:
+            await startup()
         state.ready = True
         yield
         state.ready = False

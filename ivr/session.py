@@ -14,7 +14,6 @@ from starlette.websockets import WebSocket
 
 from ivr import metrics
 from ivr.audio import FRAME_BYTES, Framer, ulaw_silence
-from ivr.config import Settings
 from ivr.logs import CallLog
 from ivr.telephony.twilio import Dtmf, Event, Mark, Media, Start, StreamWriter
 
@@ -29,6 +28,10 @@ class Line:
         self.log = calllog
         self.writer = StreamWriter(start.stream_sid)
         self.closed = False
+        #: Set by the call engine: the bot ended the call, or handed it to this transfer TwiML.
+        #: Without REST credentials the stream's end runs /twiml/fallback, which serves them.
+        self.ended_by_bot = False
+        self.transfer_twiml: str | None = None
         self._ws = websocket
         self._capture = None
         if capture_dir:
@@ -105,7 +108,3 @@ class ListeningHandler:
 
     async def close(self, reason: str) -> None:
         self.line.log.info("heard %.1f s of caller audio, %d DTMF digits", self.caller_ms / 1000, len(self.digits))
-
-
-def default_handler_factory(settings: Settings) -> HandlerFactory:
-    return ListeningHandler

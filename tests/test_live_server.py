@@ -9,6 +9,7 @@ from twilio.request_validator import RequestValidator
 import twilio_messages as tm
 from ivr.config import Settings
 from ivr.server import create_app
+from ivr.session import ListeningHandler
 from live_server import serve
 
 TOKEN = "abcdefabcdefabcdefabcdefabcdef12"
@@ -25,7 +26,7 @@ async def open_call(url: str, headers: dict) -> list[str]:
 
 def test_signed_upgrade_behind_a_tls_proxy_is_accepted_and_unsigned_refused():
     """No IVR_PUBLIC_URL: the URL is rebuilt from Host and a trusted X-Forwarded-Proto."""
-    app = create_app(Settings.from_env({}, twilio_auth_token=TOKEN))
+    app = create_app(Settings.from_env({}, twilio_auth_token=TOKEN), handler_factory=ListeningHandler)
     with serve(app) as base:
         host = base.removeprefix("http://")
         signed_url = f"wss://{host}/media"
@@ -41,7 +42,7 @@ def test_signed_upgrade_behind_a_tls_proxy_is_accepted_and_unsigned_refused():
 
 
 def test_configured_public_url_is_what_the_signature_covers():
-    app = create_app(Settings.from_env({}, twilio_auth_token=TOKEN, public_url="https://voice.example.com"))
+    app = create_app(Settings.from_env({}, twilio_auth_token=TOKEN, public_url="https://voice.example.com"), handler_factory=ListeningHandler)
     with serve(app) as base:
         ws_url = base.replace("http", "ws") + "/media"
         sig = RequestValidator(TOKEN).compute_signature("wss://voice.example.com/media", {})

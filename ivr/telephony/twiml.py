@@ -56,6 +56,12 @@ def fallback() -> str:
     return str(response)
 
 
+def hangup() -> str:
+    response = VoiceResponse()
+    response.hangup()
+    return str(response)
+
+
 def busy() -> str:
     response = VoiceResponse()
     response.say(BUSY_SAY)

@@ -1,0 +1,70 @@
+"""The conversation engine: one `Call` per Media Stream (see ivr.call.engine)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ivr.call.engine import Call, CallOptions, CallState, PromptCache
+from ivr.call.splitter import SplitOptions, TextSplitter
+from ivr.call.twilio_rest import TwilioRest
+from ivr.config import Settings
+from ivr.providers.base import CallContext, TextDelta
+from ivr.providers.registry import Providers, build
+from ivr.session import Line
+
+log = logging.getLogger("ivr.call")
+
+__all__ = ["Call", "CallFactory", "CallOptions", "CallState", "PromptCache"]
+
+
+class CallFactory:
+    """Makes a `Call` for each stream, sharing the providers and the prompt cache."""
+
+    def __init__(self, providers: Providers, options: CallOptions | None = None, rest: TwilioRest | None = None) -> None:
+        self.providers = providers
+        self.options = options or CallOptions()
+        self.cache = PromptCache()
+        self.rest = rest
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "CallFactory":
+        return cls(build(settings), rest=TwilioRest.from_env())
+
+    def __call__(self, line: Line) -> Call:
+        return Call(line, self.providers, self.options, self.cache, self.rest)
+
+    async def startup(self) -> None:
+        """Load the engines and render the greeting, so the first caller waits for neither."""
+        t0 = time.monotonic()
+        await self.providers.load()
+        session = await self.providers.brain.open(CallContext())
+        splitter = TextSplitter(self.options.split)
+        pieces: list[str] = []
+        async for out in session.greeting():
+            if isinstance(out, TextDelta):
+                pieces += splitter.push(out.text)
+        pieces += splitter.flush()
+        await session.aclose()
+        for text in pieces:
+            await self.render(text)
+        if self.rest is None:
+            log.info("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not set: transfers and hang-ups go through the stream's end")
+        log.info("engines ready and %d greeting piece(s) cached in %.1f s", len(pieces), time.monotonic() - t0)
+
+    async def render(self, text: str) -> None:
+        from ivr.audio import PhoneEncoder
+
+        stream = self.providers.tts.stream()
+        await stream.push(text)
+        await stream.end()
+        frames: list[bytes] = []
+        encoder = None
+        async for chunk in stream:
+            if chunk.audio:
+                if encoder is None:
+                    encoder = PhoneEncoder(8000 if chunk.encoding == "ulaw" else chunk.sample_rate)
+                frames += encoder.push_ulaw(chunk.audio) if chunk.encoding == "ulaw" else encoder.push(chunk.audio)
+        if encoder is not None:
+            frames += encoder.flush()
+        self.cache.put(text, frames)

@@ -1,0 +1,587 @@
+"""The conversation engine: one `Call` per Media Stream.
+
+Two kinds of task, under one task group per call:
+- the caller task reads the speech-to-text session's events (speech started, text, end of turn);
+- one task per bot turn runs brain -> text pieces -> TTS -> 20 ms frames -> the line, with a mark
+  after each piece.
+
+Barge-in closes the turn's gate (no frame of that turn can be sent after it), sends `clear`, and
+cancels the turn's task, which cancels its brain and TTS work. What the caller heard of each bot
+turn comes from its `HeardLedger`, and only that goes into the history the brain sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterable
+
+from ivr.audio import FRAME_BYTES, Framer, PhoneEncoder, ulaw_silence
+from ivr.audio.dtmf import dtmf_ulaw
+from ivr.call.ledger import HeardLedger
+from ivr.call.splitter import SplitOptions, TextSplitter
+from ivr.call.twilio_rest import TwilioRest, TwilioRestError
+from ivr.providers.base import (
+    BrainOutput,
+    CallContext,
+    CallerInput,
+    EndOfTurn,
+    Final,
+    SpeechStarted,
+    TextDelta,
+    ToolCall,
+    Turn,
+)
+from ivr.providers.registry import Providers
+from ivr.session import Line
+from ivr.telephony import twiml
+from ivr.telephony.twilio import Dtmf, Event, Mark, Media, Start
+
+log = logging.getLogger("ivr.call")
+
+FRAME_MS = 20
+DEFAULT_BACKCHANNELS = (
+    "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "okay", "ok", "yeah", "yep", "yes", "right",
+    "sure", "i see", "got it", "alright", "all right",
+)  # fmt: skip
+
+
+class CallState(enum.Enum):
+    GREETING = "greeting"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+    TRANSFERRING = "transferring"
+    ENDING = "ending"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    split: SplitOptions = field(default_factory=SplitOptions)
+    #: The caller may talk over the bot (speech stops the bot at once).
+    barge_in: bool = True
+    #: Words that, alone, are acknowledgements rather than turns: if such an utterance (or no
+    #: words at all: a cough) cut the bot off, the bot resumes from the cut sentence.
+    backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS
+    resume_after_false_interruption: bool = True
+    #: Caller silence (after the bot has finished) before a re-prompt, and how many re-prompts
+    #: before the bot says goodbye.
+    reprompt_after_ms: int = 8000
+    max_reprompts: int = 2
+    max_call_ms: int = 30 * 60 * 1000
+    goodbye: str = "It seems we've lost each other. Thank you for calling, goodbye."
+    time_limit_goodbye: str = "I'm sorry, we have reached the time limit for this call. Goodbye."
+    #: After the last goodbye is queued, how long to wait for its mark before hanging up anyway.
+    goodbye_timeout_ms: int = 15000
+
+
+class PromptCache:
+    """Rendered prompts as 8 kHz mu-law frames, shared by every call of the process, so the
+    greeting and the flow's fixed replies start with no synthesis delay."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, tuple[bytes, ...]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, text: str) -> tuple[bytes, ...] | None:
+        frames = self._items.get(text)
+        if frames is not None:
+            self._items.move_to_end(text)
+        return frames
+
+    def put(self, text: str, frames: Iterable[bytes]) -> None:
+        frames = tuple(frames)
+        if text in self._items or not frames:
+            return
+        self._items[text] = frames
+        self._bytes += len(frames) * FRAME_BYTES
+        while self._bytes > self.max_bytes and self._items:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= len(old) * FRAME_BYTES
+
+
+class _TurnCancelled(Exception):
+    pass
+
+
+class BotTurn:
+    """One bot turn: its ledger, its gate, its task, and the tools it asked for."""
+
+    def __init__(self, number: int, resumable: bool = True) -> None:
+        self.number = number
+        self.ledger = HeardLedger()
+        self.gate_open = True
+        self.task: asyncio.Task | None = None
+        self.tools: list[ToolCall] = []
+        self.first_audio_at: float | None = None
+        self.started_at = time.monotonic()
+        self.all_marked = asyncio.Event()
+        self.resumable = resumable
+        self.done_generating = False
+
+    def mark_name(self, piece: int) -> str:
+        return f"t{self.number}-p{piece}"
+
+    @property
+    def audible(self) -> bool:
+        """The bot is (or will be) heard: generating, or audio not yet played out."""
+        if not self.gate_open:
+            return False
+        if not self.done_generating:
+            return True
+        return not self.ledger.all_played
+
+
+@dataclass
+class CallStats:
+    """Figures for benchmarks and reports: times are monotonic seconds."""
+
+    start_at: float = 0.0
+    greeting_first_audio_at: float | None = None
+    end_of_turn_at: list[float] = field(default_factory=list)
+    turn_first_audio_at: list[float] = field(default_factory=list)
+    barge_ins: int = 0
+
+
+class Call:
+    """The call handler the server drives (see ivr.session.CallHandler)."""
+
+    def __init__(self, line: Line, providers: Providers, options: CallOptions | None = None,
+                 cache: PromptCache | None = None, rest: TwilioRest | None = None) -> None:
+        self.line = line
+        self.log = line.log
+        self.providers = providers
+        self.options = options or CallOptions()
+        self.cache = cache if cache is not None else PromptCache()
+        self.rest = rest
+        self.state = CallState.GREETING
+        self.stats = CallStats(start_at=time.monotonic())
+        self.history: list[tuple[str, str | BotTurn]] = []  # ("caller", text) | ("bot", turn)
+        self.caller_ms = 0
+        self._framer = Framer(FRAME_BYTES)
+        self._pending_audio: list[bytes] = []
+        self._stt = None
+        self._brain = None
+        self._turn: BotTurn | None = None
+        self._turns = itertools.count(1)
+        self._interrupted: BotTurn | None = None
+        self._silent_since_ms: int | None = None
+        self._reprompts = 0
+        self._ending = False
+        self._main: asyncio.Task | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._ready = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._backchannels = {b.lower() for b in self.options.backchannels}
+
+    # --- events from the line -------------------------------------------------------------
+
+    async def on_event(self, event: Event) -> None:
+        if isinstance(event, Media):
+            if event.gap_bytes:
+                await self._caller_frames(self._framer.push(ulaw_silence(event.gap_bytes)))
+            await self._caller_frames(self._framer.push(event.payload))
+        elif isinstance(event, Mark):
+            self._on_mark(event.name)
+        elif isinstance(event, Dtmf):
+            self.log.info("caller pressed %s", event.digit)
+            await self._caller_input(CallerInput(dtmf=event.digit))
+        elif isinstance(event, Start):
+            self._main = asyncio.create_task(self._run(), name=f"call-{event.call_sid}")
+
+    async def close(self, reason: str) -> None:
+        self._closed.set()
+        self.state = CallState.ENDED
+        if self._main is not None:
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._main
+        for closer in (self._stt, self._brain):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer.aclose()
+
+    # --- the call's own task --------------------------------------------------------------
+
+    async def _run(self) -> None:
+        start = self.line.start
+        ctx = CallContext(call_sid=start.call_sid, stream_sid=start.stream_sid, parameters=dict(start.custom_parameters))
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                self._brain = await self.providers.brain.open(ctx)
+                self._begin_turn(self._brain.greeting(), greeting=True)
+                self._stt = await self.providers.stt.open(ctx)
+                self._ready.set()
+                for frame in self._pending_audio:
+                    await self._stt.send(frame)
+                self._pending_audio.clear()
+                group.create_task(self._read_stt(), name="stt")
+                await self._closed.wait()
+                raise _TurnCancelled  # leave the group, cancelling what is left
+        except* _TurnCancelled:
+            pass
+        except* Exception as errors:
+            for exc in errors.exceptions:
+                self.log.exception("call engine failed: %r", exc)
+
+    async def _caller_frames(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.caller_ms += FRAME_MS
+            if self._stt is not None and self._ready.is_set():
+                await self._stt.send(frame)
+            else:
+                self._pending_audio.append(frame)
+        if frames:
+            self._check_timers()
+
+    def _check_timers(self) -> None:
+        if self._ending:
+            return
+        if self.caller_ms >= self.options.max_call_ms:
+            self.log.info("call reached its time limit (%d ms)", self.options.max_call_ms)
+            self._say_goodbye(self.options.time_limit_goodbye)
+            return
+        turn = self._turn
+        if turn is not None and turn.audible:
+            self._silent_since_ms = None
+            return
+        if self._silent_since_ms is None:
+            self._silent_since_ms = self.caller_ms
+        elif self.caller_ms - self._silent_since_ms >= self.options.reprompt_after_ms:
+            self._silent_since_ms = None
+            self._reprompts += 1
+            if self._reprompts > self.options.max_reprompts:
+                self.log.info("no answer after %d re-prompts", self.options.max_reprompts)
+                self._say_goodbye(self.options.goodbye)
+            elif self._brain is not None:
+                self.log.info("caller silent for %d ms: re-prompt %d", self.options.reprompt_after_ms, self._reprompts)
+                self._begin_turn(self._brain.respond(self._history(), CallerInput()))
+
+    # --- the caller -----------------------------------------------------------------------
+
+    async def _read_stt(self) -> None:
+        try:
+            await self._read_stt_events()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("speech-to-text failed: the bot can no longer hear this caller")
+
+    async def _read_stt_events(self) -> None:
+        turn_texts: list[str] = []
+        async for event in self._stt:
+            if isinstance(event, SpeechStarted):
+                self._silent_since_ms = None
+                await self._barge_in(event.at_ms)
+            elif isinstance(event, Final):
+                turn_texts.append(event.text)
+            elif isinstance(event, EndOfTurn):
+                text = (event.text or " ".join(turn_texts)).strip()
+                turn_texts.clear()
+                self.stats.end_of_turn_at.append(time.monotonic())
+                await self._end_of_caller_turn(text)
+
+    async def _end_of_caller_turn(self, text: str) -> None:
+        interrupted = self._interrupted
+        if interrupted is not None and self._is_backchannel(text):
+            self._interrupted = None
+            if self.options.resume_after_false_interruption and interrupted.resumable:
+                self.log.info("false interruption (%r): resuming the cut sentence", text)
+                self._resume(interrupted)
+                return
+        if not text:
+            return
+        self._interrupted = None
+        self._reprompts = 0
+        self.log.info("caller said: %s", text)
+        await self._caller_input(CallerInput(text=text))
+
+    def _is_backchannel(self, text: str) -> bool:
+        words = " ".join(text.lower().replace(",", " ").replace(".", " ").replace("!", " ").split())
+        if not words:
+            return True
+        return words in self._backchannels or all(w in self._backchannels for w in words.split())
+
+    async def _caller_input(self, caller: CallerInput) -> None:
+        if self._brain is None or self._ending:
+            return
+        if self._turn is not None and self._turn.audible:
+            # The caller acts while the bot talks (keys, or barge-in off): stop the bot first.
+            await self._cut(self._turn, reason="caller input")
+        history = self._history()
+        if caller.text:
+            self.history.append(("caller", caller.text))
+        elif caller.dtmf:
+            self.history.append(("caller", f"[pressed {caller.dtmf}]"))
+        self.state = CallState.THINKING
+        self._begin_turn(self._brain.respond(history, caller))
+
+    def _history(self) -> list[Turn]:
+        turns: list[Turn] = []
+        for role, item in self.history:
+            if role == "caller":
+                turns.append(Turn("caller", item))  # type: ignore[arg-type]
+            else:
+                heard, cut = item.ledger.heard_text()  # type: ignore[union-attr]
+                if heard or cut:
+                    turns.append(Turn("bot", heard, interrupted=cut))
+        return turns
+
+    # --- barge-in -------------------------------------------------------------------------
+
+    async def _barge_in(self, at_ms: int) -> None:
+        turn = self._turn
+        if not self.options.barge_in or turn is None or not turn.audible or self._ending:
+            return
+        self.stats.barge_ins += 1
+        self.log.info("barge-in at %d ms: clearing the bot's audio", at_ms)
+        self._interrupted = turn
+        await self._cut(turn, reason="barge-in")
+
+    async def _cut(self, turn: BotTurn, reason: str) -> None:
+        """Stop a turn: no frame after this; Twilio drops what it buffered; work is cancelled."""
+        turn.gate_open = False
+        sent_audio = turn.first_audio_at is not None
+        if sent_audio:
+            await self.line.send_clear()
+        turn.ledger.cleared(time.monotonic())
+        if turn.task is not None and not turn.task.done():
+            turn.task.cancel()
+        self.state = CallState.LISTENING
+        self.log.debug("turn %d cut (%s)", turn.number, reason)
+
+    def _resume(self, turn: BotTurn) -> None:
+        """Say again what the caller did not hear of a cut turn: from its cut piece on."""
+        turn.ledger.heard_text()
+        rest = " ".join(p.text for p in turn.ledger.pieces[turn.ledger.first_unheard :] if p.text)
+        tools = list(turn.tools)
+
+        async def replay() -> AsyncIterator[BrainOutput]:
+            if rest:
+                yield TextDelta(rest)
+            for tool in tools:
+                yield tool
+
+        # The cut turn's history entry stays (what was heard); the resumed part is a new turn.
+        self._begin_turn(replay())
+
+    # --- bot turns ------------------------------------------------------------------------
+
+    def _begin_turn(self, outputs: AsyncIterator[BrainOutput], greeting: bool = False) -> BotTurn:
+        previous = self._turn
+        if previous is not None and previous.task is not None and not previous.task.done():
+            previous.gate_open = False
+            previous.task.cancel()
+        turn = BotTurn(next(self._turns))
+        self._turn = turn
+        self.history.append(("bot", turn))
+        self.state = CallState.GREETING if greeting else CallState.THINKING
+        assert self._group is not None
+        turn.task = self._group.create_task(self._run_turn(turn, outputs, greeting), name=f"turn-{turn.number}")
+        return turn
+
+    async def _run_turn(self, turn: BotTurn, outputs: AsyncIterator[BrainOutput], greeting: bool) -> None:
+        tts = None
+        tts_iter = None
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def add_piece(text: str) -> None:
+            nonlocal tts, tts_iter
+            index = len(turn.ledger.pieces)
+            turn.ledger.add(index, text)
+            cached = self.cache.get(text)
+            if cached is None:
+                if tts is None:
+                    tts = self.providers.tts.stream()
+                    tts_iter = tts.__aiter__()
+                await tts.push(text)
+            await queue.put((index, cached))
+
+        async def feed() -> None:
+            splitter = TextSplitter(self.options.split)
+            try:
+                async for out in outputs:
+                    if isinstance(out, TextDelta):
+                        for piece in splitter.push(out.text):
+                            await add_piece(piece)
+                    elif isinstance(out, ToolCall):
+                        turn.tools.append(out)
+                for piece in splitter.flush():
+                    await add_piece(piece)
+            finally:
+                with contextlib.suppress(Exception):
+                    await outputs.aclose()  # type: ignore[attr-defined]
+            if tts is not None:
+                await tts.end()
+            await queue.put(None)
+
+        async def speak() -> None:
+            while (item := await queue.get()) is not None:
+                index, cached = item
+                if cached is not None:
+                    for frame in cached:
+                        await self._send(turn, index, frame)
+                else:
+                    frames = await self._speak_piece(turn, index, tts_iter)
+                    if turn.gate_open:
+                        self.cache.put(turn.ledger.piece(index).text, frames)
+                if not turn.gate_open:
+                    return
+                mark = turn.mark_name(index)
+                turn.ledger.marked(index, mark, time.monotonic())
+                await self.line.send_mark(mark)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(feed())
+                group.create_task(speak())
+            turn.done_generating = True
+            if turn.ledger.all_played or not turn.ledger.pieces:
+                turn.all_marked.set()
+            if turn.first_audio_at is not None:
+                self.state = CallState.SPEAKING
+            await self._run_tools(turn)
+            if self.state in (CallState.SPEAKING, CallState.THINKING, CallState.GREETING):
+                self.state = CallState.LISTENING
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A broken provider costs this turn, not the call: the caller can still speak.
+            self.log.exception("bot turn %d failed", turn.number)
+            self.state = CallState.LISTENING
+        finally:
+            turn.done_generating = True
+            if tts is not None and not turn.gate_open:
+                with contextlib.suppress(Exception):
+                    await tts.cancel()
+
+    async def _speak_piece(self, turn: BotTurn, index: int, tts_iter) -> list[bytes]:
+        """Send one piece's audio as it is synthesised; returns its frames (for the cache)."""
+        frames: list[bytes] = []
+        encoder: PhoneEncoder | None = None
+        while True:
+            chunk = await tts_iter.__anext__()
+            if chunk.piece != index:
+                self.log.warning("TTS chunk for piece %d while speaking piece %d; dropped", chunk.piece, index)
+                continue
+            if chunk.audio:
+                if encoder is None:
+                    encoder = PhoneEncoder(8000 if chunk.encoding == "ulaw" else chunk.sample_rate)
+                out = encoder.push_ulaw(chunk.audio) if chunk.encoding == "ulaw" else encoder.push(chunk.audio)
+                for frame in out:
+                    await self._send(turn, index, frame, chunk.words)
+                    frames.append(frame)
+            if chunk.last:
+                break
+        if encoder is not None:
+            for frame in encoder.flush():
+                await self._send(turn, index, frame)
+                frames.append(frame)
+        return frames
+
+    async def _send(self, turn: BotTurn, index: int, frame: bytes, words=()) -> None:
+        if not turn.gate_open:
+            raise asyncio.CancelledError  # the turn was cut while this frame was being made
+        now = time.monotonic()
+        if turn.first_audio_at is None:
+            turn.first_audio_at = now
+            self.state = CallState.SPEAKING
+            if turn.number == 1:
+                self.stats.greeting_first_audio_at = now
+            else:
+                self.stats.turn_first_audio_at.append(now)
+        turn.ledger.sent_audio(index, FRAME_MS, now, words)
+        await self.line.send_media(frame)
+
+    def _on_mark(self, name: str) -> None:
+        turn = self._turn
+        now = time.monotonic()
+        if turn is not None and turn.ledger.echoed(name, now):
+            if turn.done_generating and turn.ledger.all_played:
+                turn.all_marked.set()
+            return
+        # A mark of an earlier turn (echoed late, or returned by a clear).
+        for role, item in reversed(self.history):
+            if role == "bot" and item is not turn and item.ledger.echoed(name, now):  # type: ignore[union-attr]
+                return
+
+    # --- tools ----------------------------------------------------------------------------
+
+    async def _run_tools(self, turn: BotTurn) -> None:
+        for tool in turn.tools:
+            if tool.name == "hangup":
+                await self._wait_heard(turn)
+                await self._hang_up()
+            elif tool.name == "transfer":
+                await self._wait_heard(turn)
+                await self._transfer(str(tool.arguments.get("to", "")), str(tool.arguments.get("summary", "")))
+            elif tool.name == "send_dtmf":
+                digits = str(tool.arguments.get("digits", ""))
+                self.log.info("sending DTMF %s", digits)
+                framer = Framer(FRAME_BYTES)
+                index = len(turn.ledger.pieces)
+                turn.ledger.add(index, "")
+                for frame in framer.push(dtmf_ulaw(digits)) + framer.flush():
+                    await self._send(turn, index, frame)
+            else:
+                self.log.info("custom tool %s(%s) requested; no handler is registered", tool.name, dict(tool.arguments))
+
+    async def _wait_heard(self, turn: BotTurn) -> None:
+        """Until the caller has heard the turn (its last mark is back), within a time limit."""
+        if not turn.ledger.pieces:
+            return
+        try:
+            async with asyncio.timeout(self.options.goodbye_timeout_ms / 1000):
+                await turn.all_marked.wait()
+        except TimeoutError:
+            self.log.warning("the bot's last words were not confirmed played; going on")
+
+    def _say_goodbye(self, text: str) -> None:
+        self._ending = True
+
+        async def goodbye() -> AsyncIterator[BrainOutput]:
+            yield TextDelta(text)
+            yield ToolCall("hangup", {}, "goodbye")
+
+        if self._group is not None:
+            self._begin_turn(goodbye())
+
+    async def _hang_up(self) -> None:
+        self._ending = True
+        self.state = CallState.ENDING
+        self.log.info("the bot ends the call")
+        self.line.ended_by_bot = True
+        if self.rest is not None:
+            try:
+                await self.rest.hang_up(self.line.start.call_sid)
+            except TwilioRestError as exc:
+                self.log.warning("%s; closing the stream instead", exc)
+        await self.line.hang_up()
+
+    async def _transfer(self, target: str, summary: str) -> None:
+        if not target:
+            self.log.warning("transfer requested without a target; ignored")
+            return
+        self.state = CallState.TRANSFERRING
+        self._ending = True
+        doc = twiml.transfer_sip(target, summary) if target.startswith(("sip:", "sips:")) else twiml.transfer_number(target)
+        self.log.info("transferring the call to %s", self.log.mask(target))
+        self.line.transfer_twiml = doc
+        if self.rest is not None:
+            try:
+                await self.rest.update_twiml(self.line.start.call_sid, doc)
+                return
+            except TwilioRestError as exc:
+                self.log.warning("%s; handing the transfer to the stream's fallback instead", exc)
+        # Without the REST API: end the stream; Twilio then fetches /twiml/fallback, which
+        # serves this transfer (see ivr.server).
+        await self.line.hang_up()
