@@ -2,8 +2,9 @@
 
 Method (deliberately simple and deterministic, so reports are reproducible):
 - the audio is cut into 20 ms frames and each frame's RMS level is taken in dBFS;
-- the threshold is the noise floor (10th percentile of frame levels) plus 15 dB, but never
-  below -50 dBFS, so digital silence and line hiss stay below it;
+- the threshold is the noise floor (10th percentile of frame levels) plus 15 dB, kept between
+  -50 dBFS (so digital silence and line hiss stay below it) and -30 dBFS (so audio that is
+  speech from end to end, whose "floor" is speech, is not all below it);
 - frames above the threshold are speech; pauses shorter than `bridge_ms` (600 ms by default,
   longer than the pauses inside a sentence, shorter than a turn change) are bridged;
 - segments shorter than `min_speech_ms` (120 ms: clicks, breaths) are dropped.
@@ -19,6 +20,7 @@ from ivr.audio import FRAME_BYTES, FRAME_MS, SAMPLE_RATE, ulaw_to_pcm16
 FLOOR_PERCENTILE = 10
 ABOVE_FLOOR_DB = 15.0
 MIN_THRESHOLD_DBFS = -50.0
+MAX_THRESHOLD_DBFS = -30.0
 SILENT_DBFS = -120.0
 
 
@@ -41,7 +43,8 @@ def frame_levels_db(pcm: np.ndarray, frame: int = FRAME_BYTES) -> np.ndarray:
 def threshold_db(levels: np.ndarray) -> float:
     if len(levels) == 0:
         return MIN_THRESHOLD_DBFS
-    return max(float(np.percentile(levels, FLOOR_PERCENTILE)) + ABOVE_FLOOR_DB, MIN_THRESHOLD_DBFS)
+    floor = float(np.percentile(levels, FLOOR_PERCENTILE))
+    return min(max(floor + ABOVE_FLOOR_DB, MIN_THRESHOLD_DBFS), MAX_THRESHOLD_DBFS)
 
 
 def ulaw_pcm(ulaw: bytes) -> np.ndarray:

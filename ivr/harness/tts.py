@@ -1,14 +1,15 @@
 """Text-to-speech for the text turns of call scripts, behind one small function type.
 
-A synthesiser takes text and returns (16-bit mono PCM bytes, sample rate). The default uses
-the embedded TTS engine of `ivr.providers` when it is installed (`pip install .[local]`);
-tests and other tools pass their own.
+A synthesiser takes text and returns (16-bit mono PCM bytes, sample rate). The default drives
+the embedded engine of `ivr.providers` (piper) through its `TextToSpeech` stream interface when
+it is installed (`pip install '.[local]'`); tests and other tools pass their own.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Awaitable, Callable
+
+from ivr.audio import ulaw_to_pcm16
 
 Synthesiser = Callable[[str], Awaitable[tuple[bytes, int]]]
 
@@ -18,36 +19,34 @@ class NoSynthesiser(RuntimeError):
 
 
 def default_synthesiser() -> Synthesiser:
-    """The embedded TTS, or an error saying how to get it."""
+    """The embedded TTS, loaded on first use, or an error saying how to get it."""
     try:
-        from ivr.providers import local_tts  # type: ignore[attr-defined]
+        from ivr.providers.local_tts import PiperTts
     except ImportError as exc:
-        raise NoSynthesiser(
-            f"text turns need the embedded TTS (pip install '.[local]'): {exc}"
-        ) from None
+        raise NoSynthesiser(f"text turns need the embedded TTS (pip install '.[local]'): {exc}") from None
     engine = None
 
     async def synthesise(text: str) -> tuple[bytes, int]:
         nonlocal engine
         if engine is None:
-            engine = local_tts.default_engine()
+            try:
+                engine = PiperTts(workers=1)
+                await engine.load()
+            except ImportError as exc:
+                raise NoSynthesiser(f"text turns need the embedded TTS (pip install '.[local]'): {exc}") from None
         return await synthesise_with(engine, text)
 
     return synthesise
 
 
 async def synthesise_with(engine: object, text: str) -> tuple[bytes, int]:
-    """Drive a `TextToSpeech` stream (push(text), end(), async iterate chunks) to one buffer."""
+    """Drive a `TextToSpeech` stream (push, end, iterate AudioChunk) to one PCM buffer."""
     stream = engine.stream()  # type: ignore[attr-defined]
+    await stream.push(text)
+    await stream.end()
     pieces: list[bytes] = []
-    rate = 0
-    push = stream.push(text)
-    if asyncio.iscoroutine(push):
-        await push
-    end = stream.end()
-    if asyncio.iscoroutine(end):
-        await end
+    rate = getattr(engine, "sample_rate", 0)
     async for chunk in stream:
         rate = chunk.sample_rate
-        pieces.append(chunk.audio)
+        pieces.append(ulaw_to_pcm16(chunk.audio) if chunk.encoding == "ulaw" else chunk.audio)
     return b"".join(pieces), rate

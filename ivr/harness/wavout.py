@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import wave
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -20,13 +21,14 @@ def heard_channels(record: CallRecord) -> tuple[np.ndarray, np.ndarray]:
     return caller, bot
 
 
-def write_call_wav(record: CallRecord, path: str | Path) -> Path:
-    path = Path(path)
+def write_call_wav(record: CallRecord, path: str | Path | BinaryIO) -> str | Path | BinaryIO:
+    """Write to a path or a binary file object; returns where it wrote."""
+    target = str(path) if isinstance(path, (str, Path)) else path
     caller, bot = heard_channels(record)
     stereo = np.empty(2 * len(caller), dtype="<i2")
     stereo[0::2] = caller
     stereo[1::2] = bot
-    with wave.open(str(path), "wb") as w:
+    with wave.open(target, "wb") as w:
         w.setnchannels(2)
         w.setsampwidth(2)
         w.setframerate(SAMPLE_RATE)

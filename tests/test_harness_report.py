@@ -1,0 +1,110 @@
+"""A whole scripted call against a conversational fake bot: turns, latencies, barge-in, outputs."""
+
+from __future__ import annotations
+
+import json
+import wave
+from importlib.resources import files
+
+import jsonschema
+import pytest
+
+from fakebot import FakeBot, tone_ulaw
+from ivr.harness.emulator import ReplayOptions, TwilioEmulator
+from ivr.harness.plan import After, CallPlan, Dtmf, Hangup, Say
+from ivr.harness.report import build_report
+from ivr.harness.run import write_outputs
+from ivr.harness.summary import format_summary
+
+SCHEMA = json.loads(files("ivr.harness").joinpath("report.schema.json").read_text())
+
+
+def conversational_bot(leak_after_clear: bool = False):
+    """Greets, answers each caller turn after 200 ms of silence, stops at once on a barge-in."""
+
+    async def behaviour(bot):
+        await bot.send_audio(tone_ulaw(1000, 500))
+        await bot.mark("greeting")
+        speech = await bot.wait_caller_speech()
+        end = await bot.wait_caller_silence(speech)
+        await bot.send_audio(tone_ulaw(3000, 500))
+        await bot.mark("answer-1")
+        barge = await bot.wait_caller_speech(end.chunk)
+        await bot.clear()
+        if leak_after_clear:  # a buggy bot: the cancelled turn's audio keeps coming
+            await bot.send_audio(tone_ulaw(300, 500))
+        end = await bot.wait_caller_silence(barge)
+        await bot.send_audio(tone_ulaw(500, 500))
+        await bot.mark("answer-2")
+        await bot.wait_echo("answer-2")
+
+    return behaviour
+
+
+def script() -> CallPlan:
+    return CallPlan(
+        name="conversation",
+        kind="script",
+        source="test",
+        steps=[
+            Say(tone_ulaw(800, 300), text="first question", after=After("bot_silent", 0.3)),
+            Say(tone_ulaw(600, 300), text="interruption", after=After("bot_speaking", 0.5)),
+            Dtmf("1#", after=After("bot_silent", 0.3)),
+            Hangup(After("pause", 0.3)),
+        ],
+    )
+
+
+async def replay_against(bot_behaviour):
+    async with FakeBot(bot_behaviour) as bot:
+        record = await TwilioEmulator(script(), ReplayOptions(url=bot.url, speed=10)).run()
+    return record
+
+
+async def test_turns_latencies_and_barge_in():
+    record = await replay_against(conversational_bot())
+    report = build_report(record)
+    jsonschema.validate(report, SCHEMA)
+    assert not report["errors"] and report["call"]["ended_by"] == "caller"
+    greeting = report["greeting"]["bot_first_audio_ms"]
+    assert greeting is not None and greeting < 100
+    first, second = report["turns"]
+    assert first["caller_text"] == "first question" and not first["barge_in"]
+    # The caller waited for 300 ms of bot silence after the 1 s greeting.
+    assert first["caller_speech_start_ms"] == pytest.approx(greeting + 1300, abs=50)
+    assert first["caller_speech_end_ms"] - first["caller_speech_start_ms"] == pytest.approx(800, abs=25)
+    # The bot answers after 10 quiet frames (200 ms).
+    assert 180 <= first["response_latency_ms"] <= 350
+    assert second["barge_in"] and second["caller_text"] == "interruption"
+    assert second["caller_speech_start_ms"] == pytest.approx(first["bot_first_audio_ms"] + 500, abs=50)
+    (barge,) = report["barge_ins"]
+    assert 0 <= barge["latency_ms"] <= 100
+    assert barge["frames_after_clear"] == 0
+    assert barge["bot_talked_over_ms"] == pytest.approx(barge["latency_ms"], abs=25)
+    marks = {m["name"]: m for m in report["marks"]}
+    assert marks["greeting"]["outcome"] == "played"
+    assert marks["answer-1"]["outcome"] == "cleared" and marks["answer-1"]["echoed_ms"] == barge["clear_ms"]
+    assert marks["answer-2"]["outcome"] == "played"
+    assert [d["digit"] for d in report["dtmf"]] == ["1", "#"]
+    assert report["dtmf"][1]["ms"] - report["dtmf"][0]["ms"] == pytest.approx(250, abs=30)
+    assert report["bot"]["dropped_ms"] > 2000
+    summary = format_summary(report)
+    assert "barge-in stopped after" in summary and "first question" in summary
+
+
+async def test_audio_after_clear_is_counted():
+    record = await replay_against(conversational_bot(leak_after_clear=True))
+    (barge,) = build_report(record)["barge_ins"]
+    assert barge["frames_after_clear"] == 15 and barge["bytes_after_clear"] == 2400
+
+
+async def test_outputs_wav_report_and_page(tmp_path):
+    record = await replay_against(conversational_bot())
+    out = write_outputs(record, build_report(record), tmp_path)
+    jsonschema.validate(json.loads(out.report_path.read_text()), SCHEMA)
+    with wave.open(str(out.wav_path)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (2, 2, 8000)
+        assert w.getnframes() == len(record.caller)
+    page = out.html_path.read_text()
+    assert 'id="timeline"' in page and "conversation" in page
+    assert "http://" not in page.split("<script")[0] and "src=" not in page.replace('audio.src', '')
