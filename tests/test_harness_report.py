@@ -57,7 +57,7 @@ def script() -> CallPlan:
 
 async def replay_against(bot_behaviour):
     async with FakeBot(bot_behaviour) as bot:
-        record = await TwilioEmulator(script(), ReplayOptions(url=bot.url, speed=10)).run()
+        record = await TwilioEmulator(script(), ReplayOptions(url=bot.url, speed=4)).run()
     return record
 
 
@@ -67,26 +67,26 @@ async def test_turns_latencies_and_barge_in():
     jsonschema.validate(report, SCHEMA)
     assert not report["errors"] and report["call"]["ended_by"] == "caller"
     greeting = report["greeting"]["bot_first_audio_ms"]
-    assert greeting is not None and greeting < 100
+    assert greeting is not None and greeting < 200
     first, second = report["turns"]
     assert first["caller_text"] == "first question" and not first["barge_in"]
     # The caller waited for 300 ms of bot silence after the 1 s greeting.
-    assert first["caller_speech_start_ms"] == pytest.approx(greeting + 1300, abs=50)
+    assert first["caller_speech_start_ms"] == pytest.approx(greeting + 1300, abs=100)
     assert first["caller_speech_end_ms"] - first["caller_speech_start_ms"] == pytest.approx(800, abs=25)
     # The bot answers after 10 quiet frames (200 ms).
-    assert 180 <= first["response_latency_ms"] <= 350
+    assert 180 <= first["response_latency_ms"] <= 450
     assert second["barge_in"] and second["caller_text"] == "interruption"
-    assert second["caller_speech_start_ms"] == pytest.approx(first["bot_first_audio_ms"] + 500, abs=50)
+    assert second["caller_speech_start_ms"] == pytest.approx(first["bot_first_audio_ms"] + 500, abs=100)
     (barge,) = report["barge_ins"]
-    assert 0 <= barge["latency_ms"] <= 100
+    assert 0 <= barge["latency_ms"] <= 200
     assert barge["frames_after_clear"] == 0
-    assert barge["bot_talked_over_ms"] == pytest.approx(barge["latency_ms"], abs=25)
+    assert barge["bot_talked_over_ms"] == pytest.approx(barge["latency_ms"], abs=30)
     marks = {m["name"]: m for m in report["marks"]}
     assert marks["greeting"]["outcome"] == "played"
     assert marks["answer-1"]["outcome"] == "cleared" and marks["answer-1"]["echoed_ms"] == barge["clear_ms"]
     assert marks["answer-2"]["outcome"] == "played"
     assert [d["digit"] for d in report["dtmf"]] == ["1", "#"]
-    assert report["dtmf"][1]["ms"] - report["dtmf"][0]["ms"] == pytest.approx(250, abs=30)
+    assert report["dtmf"][1]["ms"] - report["dtmf"][0]["ms"] == pytest.approx(250, abs=100)
     assert report["bot"]["dropped_ms"] > 2000
     summary = format_summary(report)
     assert "barge-in stopped after" in summary and "first question" in summary

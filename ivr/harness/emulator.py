@@ -109,10 +109,11 @@ class TwilioEmulator:
             await self._ws.send(self.sender.connected())
             await self._ws.send(self.sender.start(self.record.params))
             async with asyncio.TaskGroup() as tg:
+                # The plan starts first, so audio it queues at call time 0 goes out in frame 0.
+                drive = tg.create_task(self._drive())
                 tg.create_task(self._receive())
                 tg.create_task(self._send_frames())
                 echo = tg.create_task(self._echo_marks())
-                drive = tg.create_task(self._drive())
                 await self._ended.wait()
                 echo.cancel()
                 drive.cancel()
@@ -286,6 +287,9 @@ class TwilioEmulator:
     async def _wait_for(self, after: After, previous_end: float) -> None:
         if after.kind == "now":
             return
+        if after.kind in ("pause", "at"):
+            await self._sleep_until(self._fire_time(after, previous_end, 0.0))
+            return
         bot_condition = after.kind in ("bot_silent", "bot_speaking")
         deadline = self.clock.now_ms() + after.timeout * 1000 if bot_condition else float("inf")
         while True:
@@ -297,6 +301,18 @@ class TwilioEmulator:
                 self.record.error(now, "timeout", f"'{after.kind} {after.seconds:g}': bot did not oblige within {after.timeout:g} s")
                 return
             await self._next_tick()
+
+    async def _sleep_until(self, call_ms: float) -> None:
+        """Wait on the clock itself (not frame ticks), for timed steps such as captured DTMF."""
+        delay = self.clock.wall_seconds(call_ms - self.clock.now_ms())
+        if delay > 0:
+            try:
+                async with asyncio.timeout(delay):
+                    await self._ended.wait()
+            except TimeoutError:
+                pass
+        if self._ended.is_set():
+            raise CallEnded
 
     def _fire_time(self, after: After, previous_end: float, now: float) -> float | None:
         wait_ms = after.seconds * 1000
