@@ -8,6 +8,7 @@ import importlib
 #: Benchmarks under ivr.bench, each a module with `add_arguments(parser)` and `run(args)`.
 BENCHMARKS = {
     "codec": "per-frame cost of the Twilio media path, inbound and outbound",
+    "engines": "embedded engines: STT WER, latency and RTF, TTS first audio, VAD cost, concurrent calls",
 }
 
 

@@ -1,0 +1,339 @@
+"""`ivr bench engines`: the embedded engines' figures on this machine.
+
+- STT word error rate on the sample set after the phone-line round trip (8 kHz, mu-law);
+- STT real-time factor and end-of-speech -> final transcript latency (audio fed in real time);
+- TTS time to first audio and real-time factor;
+- VAD microseconds per 20 ms frame, and its onset error on phone-band vs wideband audio;
+- how many concurrent calls the engines sustain with response latency p50 under the target:
+  N simulated callers each say an utterance in real time; response latency is end of speech ->
+  final transcript -> first TTS audio of the reply. N grows until the p50 passes the target.
+
+The sample set is `tests/samples` of a source checkout (`--samples DIR`); without it, the
+utterances are synthesised with the local TTS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import time
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ivr.audio import FRAME_BYTES, pcm16_to_ulaw, resample, ulaw_silence, ulaw_to_pcm16
+
+DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
+
+
+# --- shared with the tests -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    text: str
+    ulaw: bytes  # 8 kHz mu-law, as from a phone line
+
+
+def normalize_words(text: str) -> list[str]:
+    """Lower-case words without punctuation; numerals spelled digit by digit ("4572" -> four five
+    seven two), so that "4572" and "four five seven two" compare equal."""
+    words: list[str] = []
+    for token in re.findall(r"[a-z0-9']+", text.lower().replace("-", " ")):
+        token = token.strip("'")
+        if token.isdigit():
+            words += [DIGIT_WORDS[int(d)] for d in token]
+        elif token:
+            words.append(token)
+    return words
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(edit distance in words, reference length)."""
+    ref, hyp = normalize_words(reference), normalize_words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[len(hyp)], len(ref)
+
+
+def phone_line(pcm: bytes, rate: int) -> bytes:
+    """PCM at any supported rate -> 8 kHz mu-law, what a telephone line carries."""
+    return pcm16_to_ulaw(resample(pcm, rate, 8000))
+
+
+def load_samples(directory: str | Path) -> list[Sample]:
+    directory = Path(directory)
+    samples = []
+    for line in (directory / "transcripts.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+        if not line.strip():
+            continue
+        name, text = line.split("\t", 1)
+        path = directory / name
+        if path.suffix == ".ulaw":
+            ulaw = path.read_bytes()
+        else:
+            with wave.open(str(path), "rb") as w:
+                ulaw = phone_line(w.readframes(w.getnframes()), w.getframerate())
+        samples.append(Sample(name, text, ulaw))
+    return samples
+
+
+async def transcribe_call(stt, ulaw: bytes, realtime: bool = False, tail_ms: int = 1000):
+    """Feed `ulaw` (+ silence) to a new session in 20 ms frames; returns (events, end_of_turn wall
+    times by event index, wall time at which the audio clock passed the last speech)."""
+    session = await stt.open()
+    events: list = []
+    stamps: list[float] = []
+
+    async def collect() -> None:
+        async for event in session:
+            events.append(event)
+            stamps.append(time.perf_counter())
+
+    reader = asyncio.create_task(collect())
+    audio = ulaw + ulaw_silence(8 * tail_ms)
+    started = time.perf_counter()
+    for i in range(0, len(audio), FRAME_BYTES):
+        await session.send(audio[i : i + FRAME_BYTES])
+        if realtime:
+            await asyncio.sleep(max(0.0, started + (i + FRAME_BYTES) / 8000 - time.perf_counter()))
+    await session.finalize()
+    await session.aclose()
+    await reader
+    return events, stamps, started
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--samples", default="tests/samples", help="sample directory with transcripts.tsv")
+    parser.add_argument("--target-ms", type=int, default=1200, help="response latency p50 target")
+    parser.add_argument("--max-calls", type=int, default=16, help="stop the capacity search here")
+    parser.add_argument("--rounds", type=int, default=3, help="utterances per simulated caller")
+    parser.add_argument("--skip-capacity", action="store_true", help="skip the concurrent-calls search")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    return asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from ivr.config import Settings
+    from ivr.providers.registry import build
+
+    providers = build(Settings.from_env())
+    t = time.perf_counter()
+    await providers.load()
+    print(f"engines loaded in {time.perf_counter() - t:.2f} s")
+    stt, tts, vad = providers.stt, providers.tts, providers.vad
+
+    samples = _samples(args.samples, tts)
+    print(f"samples: {len(samples)} ({sum(len(s.ulaw) for s in samples) / 8000:.1f} s of speech)")
+
+    await _bench_wer(stt, samples)
+    await _bench_stt_latency(stt, samples)
+    await _bench_tts(tts)
+    if vad is not None:
+        _bench_vad(vad, samples, args.samples)
+    if not args.skip_capacity:
+        await _bench_capacity(stt, tts, samples, args)
+    return 0
+
+
+def _samples(directory: str, tts) -> list[Sample]:
+    if (Path(directory) / "transcripts.tsv").is_file():
+        return load_samples(directory)
+    print(f"no {directory}/transcripts.tsv: synthesising the samples")
+    texts = ["What time do you open on Saturday?", "My order number is four five seven two.",
+             "Can I speak to a real person?", "Hi, I'd like to check on my order please."]  # fmt: skip
+    return [Sample(f"tts{i}", text, phone_line(tts.synthesize(text), tts.sample_rate)) for i, text in enumerate(texts)]
+
+
+def _turn_text(events) -> str:
+    from ivr.providers.base import EndOfTurn
+
+    return " ".join(e.text for e in events if isinstance(e, EndOfTurn) and e.text)
+
+
+async def _bench_wer(stt, samples: list[Sample]) -> None:
+    errors = words = 0
+    start = time.perf_counter()
+    for sample in samples:
+        events, _, _ = await transcribe_call(stt, sample.ulaw)
+        e, n = word_errors(sample.text, _turn_text(events))
+        errors, words = errors + e, words + n
+    elapsed = time.perf_counter() - start
+    audio_s = sum(len(s.ulaw) for s in samples) / 8000
+    print(f"STT WER (phone line, 8 kHz mu-law): {100 * errors / max(words, 1):.1f} % ({errors}/{words} words)")
+    print(f"STT RTF (fed as fast as it goes): {elapsed / audio_s:.3f}")
+
+
+async def _bench_stt_latency(stt, samples: list[Sample]) -> None:
+    from ivr.providers.base import Final
+
+    latencies = []
+    for sample in samples:
+        events, stamps, started = await transcribe_call(stt, sample.ulaw, realtime=True)
+        finals = [(e, s) for e, s in zip(events, stamps) if isinstance(e, Final)]
+        if finals:
+            last, at = finals[-1]
+            # The wall-clock moment the caller stopped speaking, from the audio clock.
+            speech_end = started + _speech_end_ms(last) / 1000
+            latencies.append(at - speech_end)
+    if latencies:
+        print(f"STT end of speech -> final: median {1000 * statistics.median(latencies):.0f} ms "
+              f"(min {1000 * min(latencies):.0f}, max {1000 * max(latencies):.0f}; includes the VAD's silence wait)")
+
+
+def _speech_end_ms(final) -> int:
+    # The final's audio runs to where the VAD confirmed silence; speech ended min_silence earlier.
+    return final.end_ms
+
+
+async def _bench_tts(tts) -> None:
+    sentence = "Thanks for calling Sunrise Bakery, we're open Tuesday to Sunday from seven until three."
+    firsts, rtfs = [], []
+    for _ in range(3):
+        stream = tts.stream()
+        start = time.perf_counter()
+        await stream.push(sentence)
+        await stream.end()
+        first, samples = None, 0
+        async for chunk in stream:
+            if chunk.audio and first is None:
+                first = time.perf_counter() - start
+            samples += len(chunk.audio) // 2
+        elapsed = time.perf_counter() - start
+        firsts.append(first or elapsed)
+        rtfs.append(elapsed / (samples / tts.sample_rate))
+    print(f"TTS time to first audio (14 words): median {1000 * statistics.median(firsts):.0f} ms; "
+          f"RTF {statistics.median(rtfs):.3f}")
+
+
+def _bench_vad(vad_engine, samples: list[Sample], directory: str) -> None:
+    detector = vad_engine.create(sample_rate=8000)
+    pcm = b"".join(ulaw_to_pcm16(s.ulaw) for s in samples)
+    frames = [pcm[i : i + 320] for i in range(0, len(pcm) - 319, 320)]
+    start = time.perf_counter()
+    for frame in frames:
+        detector.process(frame)
+    per_frame = (time.perf_counter() - start) / len(frames)
+    print(f"VAD: {per_frame * 1e6:.0f} µs per 20 ms frame (8 kHz in, upsampled to the model's 16 kHz)")
+    _vad_onsets(vad_engine, directory)
+
+
+def speech_onset_ms(pcm: bytes, rate: int, level: float = 0.1) -> int:
+    """Where speech starts in a clean recording: the first 10 ms whose RMS passes `level` of the
+    loudest 10 ms."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    block = rate // 100
+    rms = np.sqrt((x[: len(x) // block * block].reshape(-1, block) ** 2).mean(axis=1))
+    return int(np.argmax(rms > level * rms.max())) * 10
+
+
+def _vad_onsets(vad_engine, directory: str) -> None:
+    paths = sorted(Path(directory).glob("*.wav")) if Path(directory).is_dir() else []
+    if not paths:
+        return
+    lead = 700
+    errors = {"8 kHz phone line": [], "16 kHz wideband": []}
+    for path in paths:
+        with wave.open(str(path), "rb") as w:
+            pcm, rate = w.readframes(w.getnframes()), w.getframerate()
+        truth = lead + speech_onset_ms(pcm, rate)
+        wide = resample(pcm, rate, 16000)
+        for label, audio, r in (
+            ("16 kHz wideband", wide, 16000),
+            ("8 kHz phone line", ulaw_to_pcm16(phone_line(pcm, rate)), 8000),
+        ):
+            audio = b"\x00\x00" * (r * lead // 1000) + audio + b"\x00\x00" * r
+            detector = vad_engine.create(sample_rate=r)
+            step = r // 50 * 2
+            events = [e for i in range(0, len(audio), step) for e in detector.process(audio[i : i + step])]
+            starts = [e.at_ms for e in events if e.kind == "speech_start"]
+            if starts:
+                errors[label].append(starts[0] - truth)
+    for label, errs in errors.items():
+        if errs:
+            print(f"VAD onset error, {label}: " + ", ".join(f"{e:+d} ms" for e in errs))
+
+
+async def _bench_capacity(stt, tts, samples: list[Sample], args: argparse.Namespace) -> None:
+    target = args.target_ms / 1000
+    best = 0
+    for n in range(1, args.max_calls + 1):
+        latencies = await _simulate_calls(stt, tts, samples, n, args.rounds)
+        p50 = statistics.median(latencies)
+        p90 = sorted(latencies)[int(0.9 * (len(latencies) - 1))]
+        print(f"  {n:2d} concurrent calls: response latency p50 {1000 * p50:.0f} ms, p90 {1000 * p90:.0f} ms")
+        if p50 >= target:
+            break
+        best = n
+    print(f"concurrent calls with response p50 under {args.target_ms} ms: {best}")
+
+
+async def _simulate_calls(stt, tts, samples: list[Sample], calls: int, rounds: int) -> list[float]:
+    """Each caller's line carries audio in real time, silence unless the caller speaks. A caller
+    says an utterance, waits for the bot's reply (TTS), listens to it, and speaks again."""
+    from ivr.providers.base import EndOfTurn
+
+    reply = "Thanks, I can help with that. Is there anything else?"
+    latencies: list[float] = []
+
+    async def caller(k: int) -> None:
+        session = await stt.open()
+        to_say: asyncio.Queue = asyncio.Queue()
+        turns: asyncio.Queue = asyncio.Queue()
+        clock = time.perf_counter()
+
+        async def line() -> None:
+            fed, pending = 0, b""
+            while True:
+                if not pending and not to_say.empty():
+                    pending = to_say.get_nowait()
+                frame, pending = (pending[:FRAME_BYTES] or ulaw_silence(FRAME_BYTES)), pending[FRAME_BYTES:]
+                await session.send(frame)
+                fed += len(frame)
+                await asyncio.sleep(max(0.0, clock + fed / 8000 - time.perf_counter()))
+
+        async def listen() -> None:
+            async for event in session:
+                if isinstance(event, EndOfTurn) and event.text:
+                    turns.put_nowait(event)
+
+        tasks = [asyncio.create_task(line()), asyncio.create_task(listen())]
+        await asyncio.sleep(0.137 * k)  # callers do not all speak at the same moment
+        try:
+            for r in range(rounds):
+                to_say.put_nowait(samples[(k + r) % len(samples)].ulaw)
+                event = await asyncio.wait_for(turns.get(), 60)
+                speech_end_wall = clock + event.at_ms / 1000
+                stream = tts.stream()
+                await stream.push(reply)
+                await stream.end()
+                first, seconds = None, 0.0
+                async for chunk in stream:
+                    if chunk.audio and first is None:
+                        first = time.perf_counter()
+                    seconds += len(chunk.audio) / 2 / chunk.sample_rate
+                latencies.append((first or time.perf_counter()) - speech_end_wall)
+                await asyncio.sleep(seconds)  # the caller listens to the reply
+        finally:
+            for task in tasks:
+                task.cancel()
+            await session.aclose()
+
+    await asyncio.gather(*(caller(k) for k in range(calls)))
+    return latencies

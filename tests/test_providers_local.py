@@ -1,0 +1,202 @@
+"""The embedded engines, for real: Silero VAD, faster-whisper STT, piper TTS.
+
+Speech goes through the phone line (8 kHz, mu-law) before the engines hear it. The models load
+once for this module. No test asserts on wall-clock speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faster_whisper")
+pytest.importorskip("piper")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from ivr.audio import PhoneEncoder, ulaw_to_pcm16  # noqa: E402
+from ivr.bench.engines import (  # noqa: E402
+    load_samples,
+    phone_line,
+    speech_onset_ms,
+    transcribe_call,
+    word_errors,
+)
+from ivr.providers.base import AudioChunk, EndOfTurn, Final, SpeechStarted  # noqa: E402
+from ivr.providers.local_stt import WhisperStt  # noqa: E402
+from ivr.providers.local_tts import PiperTts  # noqa: E402
+from ivr.providers.local_vad import SileroVadEngine  # noqa: E402
+
+SAMPLES = Path(__file__).parent / "samples"
+WAIT = 60  # seconds: a bound for a hung engine, not a speed requirement
+
+
+@pytest.fixture(scope="module")
+def vad_engine() -> SileroVadEngine:
+    engine = SileroVadEngine()
+    asyncio.run(engine.load())
+    return engine
+
+
+@pytest.fixture(scope="module")
+def stt(vad_engine) -> WhisperStt:
+    engine = WhisperStt(vad=vad_engine, workers=2)
+    asyncio.run(engine.load())
+    return engine
+
+
+@pytest.fixture(scope="module")
+def tts() -> PiperTts:
+    engine = PiperTts(workers=2)
+    asyncio.run(engine.load())
+    return engine
+
+
+def read_wav(path: Path) -> tuple[bytes, int]:
+    with wave.open(str(path), "rb") as w:
+        return w.readframes(w.getnframes()), w.getframerate()
+
+
+def feed(detector, pcm: bytes, frame_bytes: int = 320) -> list:
+    return [e for i in range(0, len(pcm), frame_bytes) for e in detector.process(pcm[i : i + frame_bytes])]
+
+
+# --- VAD -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["arctic_a0007.wav", "arctic_a0009.wav"])
+def test_vad_finds_onset_within_100_ms_on_the_phone_line(vad_engine, name):
+    pcm, rate = read_wav(SAMPLES / name)
+    lead_ms = 800
+    # Known boundary: where the clean recording's energy rises, shifted by the silence we add.
+    truth = lead_ms + speech_onset_ms(pcm, rate)
+    noise = np.random.default_rng(1).normal(0, 30, 8 * lead_ms).astype("<i2").tobytes()  # line hiss
+    line = noise + ulaw_to_pcm16(phone_line(pcm, rate)) + b"\x00\x00" * 8000
+    detector = vad_engine.create(sample_rate=8000)
+    events = feed(detector, line)
+    starts = [e for e in events if e.kind == "speech_start"]
+    assert starts, events
+    assert abs(starts[0].at_ms - truth) <= 100, (starts[0], truth)
+    assert events[-1].kind == "speech_end" and events[-1].at_ms > starts[0].at_ms
+    assert not detector.speaking
+
+
+def test_vad_ignores_dtmf_tones_and_hiss(vad_engine):
+    t = np.arange(8000 * 2) / 8000
+    tone = (np.sin(2 * np.pi * 697 * t) + np.sin(2 * np.pi * 1209 * t)) * 6000
+    tone[(t % 0.2) > 0.1] = 0  # 100 ms keys, 100 ms gaps
+    hiss = np.random.default_rng(2).normal(0, 200, len(t))
+    audio = np.concatenate([tone, hiss]).astype("<i2").tobytes()
+    assert feed(vad_engine.create(sample_rate=8000), audio) == []
+
+
+def test_vad_events_do_not_depend_on_chunk_sizes(vad_engine):
+    pcm, rate = read_wav(SAMPLES / "arctic_a0009.wav")
+    line = ulaw_to_pcm16(phone_line(pcm, rate)) + b"\x00\x00" * 8000
+    by_frames = feed(vad_engine.create(sample_rate=8000), line, 320)
+    by_odd_pieces = feed(vad_engine.create(sample_rate=8000), line, 2 * 137)
+    assert by_frames == by_odd_pieces
+    detector = vad_engine.create(sample_rate=8000)
+    feed(detector, line)
+    detector.reset()
+    assert feed(detector, line) == by_frames
+
+
+# --- STT -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sample", load_samples(SAMPLES), ids=lambda s: s.name)
+async def test_stt_transcribes_speech_after_the_phone_line(stt, sample):
+    events, _, _ = await asyncio.wait_for(transcribe_call(stt, sample.ulaw), WAIT)
+    assert isinstance(events[0], SpeechStarted)
+    turns = [e for e in events if isinstance(e, EndOfTurn)]
+    assert len(turns) == 1, events
+    finals = [e for e in events if isinstance(e, Final)]
+    assert turns[0].text == " ".join(f.text for f in finals)
+    errors, words = word_errors(sample.text, turns[0].text)
+    assert errors <= max(2, words // 5), (sample.text, turns[0].text)  # "Gregson" may be "Greggs in"
+    # Times are on the audio clock: the speech lies inside the sample.
+    assert 0 <= events[0].at_ms < turns[0].at_ms <= len(sample.ulaw) // 8
+
+
+async def test_stt_finalize_transcribes_an_utterance_still_in_progress(stt):
+    sample = next(s for s in load_samples(SAMPLES) if s.name == "arctic_a0007.wav")
+    cut = sample.ulaw[: int(len(sample.ulaw) * 0.6)]  # the caller is mid-sentence
+    session = await stt.open()
+    for i in range(0, len(cut), 160):
+        await session.send(cut[i : i + 160])
+    await asyncio.wait_for(session.finalize(), WAIT)
+    await session.aclose()
+    events = [e async for e in session]
+    turns = [e for e in events if isinstance(e, EndOfTurn)]
+    assert len(turns) == 1
+    assert "always want to see" in turns[0].text.lower()
+
+
+async def test_stt_session_ends_iteration_on_aclose(stt):
+    session = await stt.open()
+    await session.send(b"\xff" * 1600)
+    await session.aclose()
+    assert [e async for e in session] == []
+
+
+# --- TTS -----------------------------------------------------------------------------------------
+
+
+async def collect(stream) -> list[AudioChunk]:
+    return [chunk async for chunk in stream]
+
+
+async def test_tts_pieces_come_back_in_order_with_last_flags(tts):
+    stream = tts.stream()
+    assert await stream.push("Thanks for calling. ") == 0
+    assert await stream.push("...") == 1  # punctuation only: no audio, still a last chunk
+    assert await stream.push("We open at seven. And we close at three.") == 2
+    await stream.end()
+    chunks = await asyncio.wait_for(collect(stream), WAIT)
+    assert [c.piece for c in chunks] == sorted(c.piece for c in chunks)
+    lasts = [c.piece for c in chunks if c.last]
+    assert lasts == [0, 1, 2]
+    assert len([c for c in chunks if c.piece == 2]) == 2  # one chunk per sentence
+    assert all(c.sample_rate == tts.sample_rate and c.encoding == "pcm16" for c in chunks)
+    assert chunks[0].audio and not [c for c in chunks if c.piece == 1][0].audio
+
+
+async def test_tts_cancel_stops_generation_and_frees_the_workers(tts):
+    stream = tts.stream()
+    for i in range(20):
+        await stream.push(f"This is sentence number {i}, which nobody will ever hear in full. ")
+    iterator = aiter(stream)
+    first = await asyncio.wait_for(anext(iterator), WAIT)
+    assert first.piece == 0
+    await stream.cancel()
+    assert [c async for c in stream] == []  # nothing after cancel(), not even what was queued
+    # The sentence on a worker finishes on its thread; nothing further is started.
+    for _ in range(WAIT * 20):
+        if tts.pool.jobs == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert tts.pool.jobs == 0
+    with pytest.raises(RuntimeError):
+        await stream.push("too late")
+
+
+async def test_tts_then_stt_gives_the_words_back(tts, stt):
+    text = "Please say your order number after the tone."
+    stream = tts.stream()
+    await stream.push(text)
+    await stream.end()
+    encoder = PhoneEncoder(tts.sample_rate)
+    frames = []
+    async for chunk in stream:
+        frames += encoder.push(chunk.audio)
+    frames += encoder.flush()
+    events, _, _ = await asyncio.wait_for(transcribe_call(stt, b"\xff" * 4000 + b"".join(frames)), WAIT)
+    heard = " ".join(e.text for e in events if isinstance(e, EndOfTurn))
+    errors, words = word_errors(text, heard)
+    assert errors <= 1, heard
