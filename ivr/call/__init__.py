@@ -29,7 +29,15 @@ class CallFactory:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "CallFactory":
-        return cls(build(settings), rest=TwilioRest.from_env())
+        from ivr.call.options import call_options
+        from ivr.config import ConfigError
+        from ivr.flows import FlowError, load_flow
+
+        try:
+            flow = load_flow(settings.flow or None)
+        except FlowError as exc:
+            raise ConfigError(f"IVR_FLOW: {exc}") from None
+        return cls(build(settings), call_options(flow.extra), rest=TwilioRest.from_env())
 
     def __call__(self, line: Line) -> Call:
         return Call(line, self.providers, self.options, self.cache, self.rest)

@@ -46,9 +46,10 @@ from ivr.telephony.twilio import Dtmf, Event, Mark, Media, Start
 log = logging.getLogger("ivr.call")
 
 FRAME_MS = 20
+#: Not "yes" or "sure": cutting in with those usually answers the bot's question.
 DEFAULT_BACKCHANNELS = (
-    "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "okay", "ok", "yeah", "yep", "yes", "right",
-    "sure", "i see", "got it", "alright", "all right",
+    "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "okay", "ok", "yeah", "yep", "right",
+    "i see", "got it", "alright", "all right",
 )  # fmt: skip
 
 

@@ -20,17 +20,22 @@ class TwilioRestError(RuntimeError):
 
 class TwilioRest:
     def __init__(self, account_sid: str, auth_token: str = "", api_key: str = "", api_secret: str = "", base_url: str = "") -> None:
-        from twilio.http.async_http_client import AsyncTwilioHttpClient
-        from twilio.rest import Client
-
         self.account_sid = account_sid
-        if api_key and api_secret:
-            client = Client(api_key, api_secret, account_sid, http_client=AsyncTwilioHttpClient())
-        else:
-            client = Client(account_sid, auth_token, http_client=AsyncTwilioHttpClient())
-        if base_url:
-            client.api.base_url = base_url.rstrip("/")
-        self._client = client
+        self._auth = (api_key, api_secret) if api_key and api_secret else (account_sid, auth_token)
+        self.base_url = base_url.rstrip("/")
+        self._client = None
+
+    def client(self):
+        # Made on first use: its aiohttp session belongs to the running event loop.
+        if self._client is None:
+            from twilio.http.async_http_client import AsyncTwilioHttpClient
+            from twilio.rest import Client
+
+            client = Client(*self._auth, self.account_sid, http_client=AsyncTwilioHttpClient())
+            if self.base_url:
+                client.api.base_url = self.base_url
+            self._client = client
+        return self._client
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "TwilioRest | None":
@@ -45,12 +50,12 @@ class TwilioRest:
 
     async def update_twiml(self, call_sid: str, twiml: str) -> None:
         try:
-            await self._client.calls(call_sid).update_async(twiml=twiml)
+            await self.client().calls(call_sid).update_async(twiml=twiml)
         except Exception as exc:  # the twilio library raises several kinds; all mean "not done"
             raise TwilioRestError(f"Twilio REST update of call {call_sid} failed: {exc}") from exc
 
     async def hang_up(self, call_sid: str) -> None:
         try:
-            await self._client.calls(call_sid).update_async(status="completed")
+            await self.client().calls(call_sid).update_async(status="completed")
         except Exception as exc:
             raise TwilioRestError(f"Twilio REST hang-up of call {call_sid} failed: {exc}") from exc
