@@ -182,8 +182,10 @@ def test_capture_writer_keeps_messages_verbatim(tmp_path):
     with CaptureWriter.open(tmp_path, stream_sid="MZ/../x") as writer:
         writer.write(12.5, '{"event": "media" ,"odd spacing": true}')
         writer.write(13, "not json at all")
+        writer.write(14, b"\x00binary")
     assert writer.path.parent == tmp_path and "/" not in writer.path.name[:-6].split("-", 1)[1]
     assert [(m.t_ms, m.text) for m in read_capture(writer.path)] == [
         (12.5, '{"event": "media" ,"odd spacing": true}'),
         (13.0, "not json at all"),
+        (14.0, b"\x00binary"),
     ]

@@ -10,12 +10,15 @@ Format (one file per call, UTF-8, one JSON object per line):
   (a monotonic clock; an integer or a number with a fraction);
 - `msg`: the WebSocket text frame exactly as received, as a string (not re-encoded, so a capture
   of a malformed message replays the same malformation to the parser).
+A binary WebSocket frame (which Twilio never sends, but a capture keeps what arrived) is written
+as `{"t_ms": ..., "msg_b64": "<base64 of the bytes>"}` instead of `msg`.
 Files are named `<UTC time>-<callSid or stream id>.jsonl`. Only inbound messages are kept: the
 replay plays Twilio's side again itself, so outbound audio would be redundant.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from dataclasses import dataclass
@@ -48,11 +51,15 @@ class CaptureWriter:
             path = directory / f"{stamp}-{ident}-{n}.jsonl"
         return cls(path, open(path, "xb"))
 
-    def write(self, t_ms: float, text: str) -> None:
+    def write(self, t_ms: float, message: str | bytes) -> None:
         if self._file.closed:
             return
         t = int(t_ms) if float(t_ms).is_integer() else round(float(t_ms), 3)
-        self._file.write(orjson.dumps({"t_ms": t, "msg": text}) + b"\n")
+        if isinstance(message, str):
+            entry = {"t_ms": t, "msg": message}
+        else:
+            entry = {"t_ms": t, "msg_b64": base64.b64encode(message).decode("ascii")}
+        self._file.write(orjson.dumps(entry) + b"\n")
 
     def close(self) -> None:
         if not self._file.closed:
@@ -68,7 +75,7 @@ class CaptureWriter:
 @dataclass(frozen=True, slots=True)
 class CapturedMessage:
     t_ms: float
-    text: str
+    text: str | bytes  # bytes for a binary frame
 
 
 class CaptureFormatError(ValueError):
@@ -83,10 +90,11 @@ def read_capture(path: str | Path) -> Iterator[CapturedMessage]:
                 continue
             try:
                 entry = orjson.loads(line)
-                t_ms, text = entry["t_ms"], entry["msg"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+                t_ms = entry["t_ms"]
+                text = entry["msg"] if "msg" in entry else base64.b64decode(entry["msg_b64"], validate=True)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 raise CaptureFormatError(f"{path}:{number}: not a capture line {{\"t_ms\": ..., \"msg\": \"...\"}}") from None
-            if not isinstance(text, str) or not isinstance(t_ms, (int, float)) or isinstance(t_ms, bool):
+            if not isinstance(text, (str, bytes)) or not isinstance(t_ms, (int, float)) or isinstance(t_ms, bool):
                 raise CaptureFormatError(f"{path}:{number}: t_ms must be a number and msg a string")
             yield CapturedMessage(float(t_ms), text)
 
@@ -98,7 +106,7 @@ def is_capture(path: str | Path) -> bool:
             for line in f:
                 if line.strip():
                     entry = orjson.loads(line)
-                    return isinstance(entry, dict) and "t_ms" in entry and "msg" in entry
+                    return isinstance(entry, dict) and "t_ms" in entry and ("msg" in entry or "msg_b64" in entry)
     except (OSError, orjson.JSONDecodeError, UnicodeDecodeError):
         return False
     return False
