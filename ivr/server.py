@@ -33,6 +33,7 @@ log = logging.getLogger("ivr.server")
 
 TWIML = "application/xml"
 MAX_OUTCOMES = 10_000
+MAX_EARLY_MESSAGES = 16
 
 
 class IvrState:
@@ -175,6 +176,7 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
     admitted = False
     t0 = time.monotonic()
     end_reason = "hangup"
+    early: list[tuple[str | bytes, int]] = []  # messages before `start`, for the capture
     try:
         while True:
             message = await websocket.receive()
@@ -184,8 +186,11 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
             raw = message.get("text")
             if raw is None:
                 raw = message.get("bytes") or b""
+            t_ms = int((time.monotonic() - t0) * 1000)
             if line is not None:
-                line.capture(raw, int((time.monotonic() - t0) * 1000))
+                line.capture(raw, t_ms)
+            elif len(early) < MAX_EARLY_MESSAGES:
+                early.append((raw, t_ms))
             try:
                 event = parser.parse(raw)
             except ProtocolError as exc:
@@ -203,7 +208,8 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
                 metrics.ACTIVE_CALLS.inc()
                 metrics.CALLS.labels("accepted").inc()
                 line = Line(websocket, event, calllog, state.settings.capture_dir, t0)
-                line.capture(raw, int((time.monotonic() - t0) * 1000))
+                for early_raw, early_ms in early:
+                    line.capture(early_raw, early_ms)
                 handler = state.handler_factory(line)
                 calllog.info(
                     "call started: from %s to %s",

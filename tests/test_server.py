@@ -281,3 +281,34 @@ def test_health_ready_and_metrics():
         text = client.get("/metrics").text
     for name in ("ivr_active_calls", "ivr_frames_in_total", "ivr_frames_out_total", "ivr_protocol_errors_total"):
         assert name in text
+
+
+def test_capture_writes_a_replayable_file_of_the_inbound_messages(tmp_path):
+    from ivr.harness.capture import read_capture
+    from ivr.harness.sources import load_call
+
+    with make_client(capture_dir=str(tmp_path)) as client:
+        with client.websocket_connect("/media") as ws:
+            ws.send_text(tm.CONNECTED)
+            ws.send_text(tm.start())
+            ws.send_text(tm.media(2, 1, 0, b"\x10" * 160))
+            ws.send_text("{bad")
+            ws.send_text(tm.stop(3))
+    files = list(tmp_path.glob("*.jsonl"))
+    assert len(files) == 1 and tm.CALL_SID in files[0].name
+    messages = [m.text for m in read_capture(files[0])]
+    assert messages == [tm.CONNECTED, tm.start(), tm.media(2, 1, 0, b"\x10" * 160), "{bad", tm.stop(3)]
+    import asyncio
+
+    plan = asyncio.run(load_call(files[0]))
+    assert plan.kind == "capture"
+
+
+def test_no_capture_file_unless_asked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with make_client() as client:
+        with client.websocket_connect("/media") as ws:
+            ws.send_text(tm.start())
+            ws.send_text(tm.media(2, 1, 0))
+            ws.send_text(tm.stop(3))
+    assert list(tmp_path.rglob("*")) == []

@@ -198,7 +198,8 @@ class FlowSession:
 
     def _say(self, out: list[BrainOutput], text: str) -> None:
         if text:
-            out.append(TextDelta(self._fill(text)))
+            # Deltas are concatenated as streamed text: a whole reply ends with its own space.
+            out.append(TextDelta(self._fill(text).strip() + " "))
 
     def _fill(self, text: str) -> str:
         values: dict[str, str] = dict(self.flow.variables)
