@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,11 @@ class SttOptions:
     max_segment_ms: int = 20000
     beam_size: int = 1
     language: str = "en"
+    #: Silence (ms) after the speech in the window given to Whisper's encoder; 0 gives the full
+    #: 30 s window Whisper was trained on. The encoder's cost grows with its window: tiny.en takes
+    #: ~0.43 s for 30 s and ~0.07 s for 10 s on this class of machine, and the utterances of a
+    #: phone call are short.
+    window_pad_ms: int = 1000
 
 
 class WhisperStt:
@@ -99,6 +105,17 @@ class WhisperStt:
         model = self._model.get()
         # Whisper needs 16 kHz float32; given 8 kHz it silently produces nonsense.
         audio = np.frombuffer(resample(pcm8, RATE, 16000), dtype="<i2").astype(np.float32) / 32768.0
+        if self.options.window_pad_ms and len(audio) <= 28 * 16000:
+            text = self._decode_short_window(model, audio)
+            if not looks_repeated(text):
+                return text
+            # Whisper given a short window often reads the speech, then reads it again instead of
+            # ending ("Can I speak to a person? Can I speak to a"): keep the first reading.
+            once = first_reading(text)
+            if once is not None and not looks_repeated(once):
+                return once
+            # A short window sometimes leaves Whisper looping ("No No No No"): decode again with
+            # the 30 s window it was trained on.
         segments, _info = model.transcribe(
             audio,
             language=self.options.language,
@@ -110,8 +127,67 @@ class WhisperStt:
         )
         return " ".join(s.text.strip() for s in segments).strip()
 
+    def _decode_short_window(self, model, audio: np.ndarray) -> str:
+        """One greedy/beam decode over a window just longer than the speech.
+
+        What faster-whisper's transcribe() does for one 30 s window with our options
+        (no timestamps, no previous text, temperature 0), but without padding the encoder's
+        input to 30 s; CTranslate2 accepts the shorter window.
+        """
+        import ctranslate2
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        features = model.feature_extractor(audio)
+        frames = min(3000, len(audio) // 160 + self.options.window_pad_ms // 10)
+        frames += frames % 2  # the encoder's convolution halves the frame count
+        if features.shape[1] < frames:
+            # Zero padding in feature space, as faster-whisper pads to its 30 s window.
+            features = np.pad(features, ((0, 0), (0, frames - features.shape[1])))
+        features = np.ascontiguousarray(features[None, :, :frames], dtype=np.float32)
+        encoded = model.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=self.options.language)
+        prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
+        # Speech runs at most ~5 tokens a second; a longer output is a decoding loop.
+        max_tokens = 20 + int(len(audio) / 16000 * 8)
+        result = model.model.generate(
+            encoded,
+            [prompt],
+            beam_size=self.options.beam_size,
+            max_length=min(model.max_length, len(prompt) + max_tokens),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=list(get_suppressed_tokens(tokenizer, [-1])),
+        )[0]
+        tokens = result.sequences_ids[0]
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        # Whisper's own rule for "nothing was said" (faster-whisper's defaults).
+        if result.no_speech_prob > 0.6 and avg_logprob < -1.0:
+            return ""
+        return tokenizer.decode(tokens).strip()
+
     async def transcribe(self, pcm8: bytes) -> str:
         return await self.pool.run(self.transcribe_pcm8, pcm8)
+
+
+def looks_repeated(text: str) -> bool:
+    """A word three times running, or a three-word sequence twice: Whisper's decoding loop."""
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    if any(words[i] == words[i + 1] == words[i + 2] and not words[i].isdigit() for i in range(len(words) - 2)):
+        return True
+    trigrams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    return len(trigrams) != len(set(trigrams))
+
+
+def first_reading(text: str) -> str | None:
+    """"A b c. A b c. A b" -> "A b c." when the text is one reading repeated to its end."""
+    tokens = text.split()
+    words = [re.sub(r"[^a-z0-9']", "", t.lower()) for t in tokens]
+    for k in range(1, len(words) // 2 + 1):
+        if all(words[i] == words[i % k] for i in range(k, len(words))):
+            return " ".join(tokens[:k])
+    return None
 
 
 _CLOSED = object()
