@@ -400,12 +400,14 @@ class Call:
             index = len(turn.ledger.pieces)
             turn.ledger.add(index, text)
             cached = self.cache.get(text)
+            tts_piece = -1
             if cached is None:
                 if tts is None:
                     tts = self.providers.tts.stream()
                     tts_iter = tts.__aiter__()
-                await tts.push(text)
-            await queue.put((index, cached))
+                # The TTS numbers only the pieces it is given; cached ones never reach it.
+                tts_piece = await tts.push(text)
+            await queue.put((index, cached, tts_piece))
 
         async def feed() -> None:
             splitter = TextSplitter(self.options.split)
@@ -427,12 +429,12 @@ class Call:
 
         async def speak() -> None:
             while (item := await queue.get()) is not None:
-                index, cached = item
+                index, cached, tts_piece = item
                 if cached is not None:
                     for frame in cached:
                         await self._send(turn, index, frame)
                 else:
-                    frames = await self._speak_piece(turn, index, tts_iter)
+                    frames = await self._speak_piece(turn, index, tts_iter, tts_piece)
                     if turn.gate_open:
                         self.cache.put(turn.ledger.piece(index).text, frames)
                 if not turn.gate_open:
@@ -465,14 +467,18 @@ class Call:
                 with contextlib.suppress(Exception):
                     await tts.cancel()
 
-    async def _speak_piece(self, turn: BotTurn, index: int, tts_iter) -> list[bytes]:
+    async def _speak_piece(self, turn: BotTurn, index: int, tts_iter, tts_piece: int) -> list[bytes]:
         """Send one piece's audio as it is synthesised; returns its frames (for the cache)."""
         frames: list[bytes] = []
         encoder: PhoneEncoder | None = None
         while True:
-            chunk = await tts_iter.__anext__()
-            if chunk.piece != index:
-                self.log.warning("TTS chunk for piece %d while speaking piece %d; dropped", chunk.piece, index)
+            try:
+                chunk = await tts_iter.__anext__()
+            except StopAsyncIteration:
+                self.log.warning("the TTS stream ended before piece %d was complete", index)
+                break
+            if chunk.piece != tts_piece:
+                self.log.warning("TTS chunk for piece %d while speaking piece %d; dropped", chunk.piece, tts_piece)
                 continue
             if chunk.audio:
                 if encoder is None:

@@ -1,0 +1,396 @@
+"""Conversation-engine latencies (`ivr bench call`).
+
+- overhead: end-of-turn decision -> first outbound `media` frame, with an instant brain and TTS,
+  so only ivr's own work is measured (the Call, the splitter, framing, the codec, the socket);
+- greeting: `start` sent -> first `media` received, through a real server on loopback with the
+  embedded engines (the greeting is cached at start-up);
+- barge-in: first caller frame that contains speech -> `clear` received, while the bot reads its
+  menu, with the embedded VAD;
+- response: end of caller speech -> first bot audio received, with the embedded engines, and
+  where the time goes (endpointing + STT, brain, TTS, sending).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+
+from ivr.providers.base import AudioChunk, CallContext, EndOfTurn, SpeechStarted, TextDelta
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--turns", type=int, default=2000, help="turns for the overhead figure (default 2000)")
+    p.add_argument("--calls", type=int, default=30, help="calls for the greeting figure (default 30)")
+    p.add_argument("--barge-ins", type=int, default=20, help="barge-ins to measure (default 20)")
+    p.add_argument("--answers", type=int, default=12, help="answers for the response figure (default 12)")
+    p.add_argument("--only", choices=["overhead", "greeting", "barge-in", "response"], action="append")
+
+
+def _pct(values: list[float]) -> str:
+    if not values:
+        return "no samples"
+    v = np.asarray(values)
+    return (
+        f"p50 {np.percentile(v, 50):7.2f}  p95 {np.percentile(v, 95):7.2f}  p99 {np.percentile(v, 99):7.2f}"
+        f"  max {v.max():7.2f} ms  (n={len(v)})"
+    )
+
+
+# --- overhead: instant providers, a line that only notes the time ----------------------------
+
+
+class _InstantStt:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    async def send(self, ulaw: bytes) -> None:
+        pass
+
+    async def finalize(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self.queue.put_nowait(None)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        item = await self.queue.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+
+class _InstantSttEngine:
+    def __init__(self) -> None:
+        self.session = _InstantStt()
+
+    async def load(self) -> None:
+        pass
+
+    async def open(self, call=None):
+        return self.session
+
+
+class _InstantBrainSession:
+    async def greeting(self):
+        yield TextDelta("Hi. ")
+
+    async def respond(self, history, caller):
+        yield TextDelta("Sure, we are open from seven until three. Anything else? ")
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _InstantBrain:
+    async def load(self) -> None:
+        pass
+
+    async def open(self, call):
+        return _InstantBrainSession()
+
+
+class _InstantTtsStream:
+    """Answers each piece with 200 ms of 8 kHz mu-law at once, as a provider sending ulaw_8000."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.n = 0
+
+    async def push(self, text: str) -> int:
+        i = self.n
+        self.n += 1
+        self.queue.put_nowait(AudioChunk(i, b"\x55" * 1600, 8000, "ulaw", True))
+        return i
+
+    async def end(self) -> None:
+        self.queue.put_nowait(None)
+
+    async def cancel(self) -> None:
+        self.queue.put_nowait(None)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        item = await self.queue.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+
+class _InstantTts:
+    sample_rate = 8000
+    encoding = "ulaw"
+
+    async def load(self) -> None:
+        pass
+
+    def stream(self):
+        return _InstantTtsStream()
+
+
+@dataclass
+class _TimingLine:
+    """A Line without a socket: it builds each message as the real one would and notes when."""
+
+    start: object
+    first_media_at: float | None = None
+    sent: int = 0
+    ended_by_bot: bool = False
+    transfer_twiml: str | None = None
+    log: object = None
+    writer: object = None
+    marks: list = field(default_factory=list)
+
+    async def send_media(self, frame: bytes) -> None:
+        self.writer.media(frame)
+        if self.first_media_at is None:
+            self.first_media_at = time.perf_counter()
+        self.sent += 1
+
+    async def send_mark(self, name: str) -> None:
+        self.writer.mark(name)
+        self.marks.append(name)
+
+    async def send_clear(self) -> None:
+        self.writer.clear()
+
+    async def hang_up(self) -> None:
+        pass
+
+
+async def overhead(turns: int) -> list[float]:
+    import logging
+
+    from ivr.call import Call
+    from ivr.logs import CallLog
+    from ivr.providers.registry import Providers
+    from ivr.telephony.twilio import Mark, Start, MediaFormat, StreamWriter
+
+    start = Start(1, "MZbench", "ACbench", "CAbench", ("inbound",), MappingProxyType({}), MediaFormat("audio/x-mulaw", 8000, 1))
+    stt = _InstantSttEngine()
+    providers = Providers(stt=stt, tts=_InstantTts(), brain=_InstantBrain())
+    line = _TimingLine(start=start, log=CallLog(logging.getLogger("ivr.bench")), writer=StreamWriter("MZbench"))
+    call = Call(line, providers)  # type: ignore[arg-type]
+    await call.on_event(start)
+    results = []
+    for i in range(turns):
+        # Let the previous turn play out: echo its marks, as Twilio would once played.
+        await asyncio.sleep(0)
+        while call._turn is not None and not call._turn.done_generating:
+            await asyncio.sleep(0)
+        for name in line.marks:
+            await call.on_event(Mark(0, name))
+        line.marks.clear()
+        line.first_media_at = None
+        t0 = time.perf_counter()
+        stt.session.queue.put_nowait(EndOfTurn(text=f"are you open today {i}", at_ms=0))
+        while line.first_media_at is None:
+            await asyncio.sleep(0)
+        results.append((line.first_media_at - t0) * 1000)
+    await call.close("bench")
+    return results
+
+
+# --- through a real server --------------------------------------------------------------------
+
+
+def _start_server():
+    """The real app with the embedded engines, in its own thread (as `ivr demo` runs it)."""
+    from ivr.call import CallFactory
+    from ivr.commands.demo import _free_port, _Server
+    from ivr.config import Settings
+    from ivr.server import create_app
+
+    settings = Settings.from_env()
+    port = _free_port()
+    server = _Server(create_app(settings, handler_factory=CallFactory.from_settings(settings)), port)
+    return server, f"ws://127.0.0.1:{port}/media"
+
+
+async def _call(url: str):
+    import websockets
+
+    from ivr.telephony.twilio import TwilioSender
+
+    ws = await websockets.connect(url, max_size=None)
+    sender = TwilioSender("MZ" + "%032x" % time.perf_counter_ns(), "CA" + "%032x" % time.perf_counter_ns(), "AC" + "0" * 32)
+    await ws.send(sender.connected())
+    return ws, sender
+
+
+async def greeting(url: str, calls: int) -> list[float]:
+    import orjson
+
+    results = []
+    for _ in range(calls):
+        ws, sender = await _call(url)
+        t0 = time.perf_counter()
+        await ws.send(sender.start({"From": "+15550100000"}))
+        while True:
+            msg = orjson.loads(await ws.recv())
+            if msg.get("event") == "media":
+                results.append((time.perf_counter() - t0) * 1000)
+                break
+        await ws.send(sender.stop())
+        await ws.close()
+    return results
+
+
+def _speech_ulaw() -> bytes:
+    from ivr.harness.audiofile import read_ulaw
+    from ivr.harness.samples import HERE
+
+    return read_ulaw(HERE / "where-are-you.wav")
+
+
+async def _stream_silence_until(ws, sender, t_frame: list[int], stop: asyncio.Event, clock0: float) -> None:
+    silence = b"\xff" * 160
+    while not stop.is_set():
+        k = t_frame[0]
+        await asyncio.sleep(max(0.0, clock0 + k * 0.02 - time.perf_counter()))
+        await ws.send(sender.media(silence, k * 20))
+        t_frame[0] += 1
+
+
+async def barge_in(url: str, n: int) -> list[float]:
+    """Speak over the menu and time the clear. Speech onset is the first frame of the
+    utterance whose level rises above the noise floor."""
+    import orjson
+
+    from ivr.audio import ulaw_to_pcm16
+
+    speech = _speech_ulaw()
+    pcm = np.frombuffer(ulaw_to_pcm16(speech), "<i2").astype(np.float32)
+    frames = [speech[i : i + 160] for i in range(0, len(speech) - 159, 160)]
+    levels = [np.sqrt(np.mean(pcm[i * 160 : (i + 1) * 160] ** 2)) for i in range(len(frames))]
+    onset = next(i for i, lv in enumerate(levels) if lv > 300)
+    results = []
+    for attempt in range(n):
+        ws, sender = await _call(url)
+        await ws.send(sender.start())
+        clock0 = time.perf_counter()
+        k = 0
+        heard_bot_at = None
+        speech_at = None
+        clear_at = None
+        # 20 ms frames on the clock; begin speaking 1.5 s (plus a varying offset) into the bot's menu.
+        offset_frames = 75 + (attempt * 7) % 40
+        i_speech = 0
+        recv = asyncio.create_task(ws.recv())
+        while clear_at is None and k < 1500:
+            await asyncio.sleep(max(0.0, clock0 + k * 0.02 - time.perf_counter()))
+            if heard_bot_at is not None and k - heard_bot_at >= offset_frames and i_speech < len(frames):
+                frame = frames[i_speech]
+                if i_speech == onset:
+                    speech_at = time.perf_counter()
+                i_speech += 1
+            else:
+                frame = b"\xff" * 160
+            await ws.send(sender.media(frame, k * 20))
+            k += 1
+            while recv.done():
+                msg = orjson.loads(recv.result())
+                if msg.get("event") == "media" and heard_bot_at is None:
+                    heard_bot_at = k
+                if msg.get("event") == "clear" and speech_at is not None:
+                    clear_at = time.perf_counter()
+                recv = asyncio.create_task(ws.recv())
+        recv.cancel()
+        if clear_at is not None and speech_at is not None:
+            results.append((clear_at - speech_at) * 1000)
+        await ws.send(sender.stop())
+        await ws.close()
+    return results
+
+
+async def response(url: str, n: int) -> list[float]:
+    """Ask after the menu, in real time; time from the last speech frame to the first answer frame."""
+    import orjson
+
+    from ivr.audio import ulaw_to_pcm16
+
+    speech = _speech_ulaw()
+    pcm = np.frombuffer(ulaw_to_pcm16(speech), "<i2").astype(np.float32)
+    frames = [speech[i : i + 160] for i in range(0, len(speech) - 159, 160)]
+    levels = [np.sqrt(np.mean(pcm[i * 160 : (i + 1) * 160] ** 2)) for i in range(len(frames))]
+    last_voiced = max(i for i, lv in enumerate(levels) if lv > 300)
+    results = []
+    ws, sender = await _call(url)
+    await ws.send(sender.start())
+    clock0 = time.perf_counter()
+    k = 0
+    recv = asyncio.create_task(ws.recv())
+    last_bot_frame_k = None
+    phase = "wait"  # wait for the bot to be silent 1 s, then speak, then wait for the answer
+    i_speech = 0
+    speech_end_at = None
+    bot_frames_after_speech = 0
+    queued_ms = 0.0
+    while len(results) < n and k < 50 * 600:
+        await asyncio.sleep(max(0.0, clock0 + k * 0.02 - time.perf_counter()))
+        frame = b"\xff" * 160
+        if phase == "speak":
+            frame = frames[i_speech]
+            if i_speech == last_voiced:
+                speech_end_at = time.perf_counter()
+            i_speech += 1
+            if i_speech == len(frames):
+                phase = "answer"
+        await ws.send(sender.media(frame, k * 20))
+        k += 1
+        queued_ms = max(0.0, queued_ms - 20)
+        while recv.done():
+            msg = orjson.loads(recv.result())
+            event = msg.get("event")
+            if event == "media":
+                queued_ms += 20
+                last_bot_frame_k = k
+                if phase == "answer" and speech_end_at is not None and bot_frames_after_speech == 0:
+                    results.append((time.perf_counter() - speech_end_at) * 1000)
+                    bot_frames_after_speech = 1
+            elif event == "mark":
+                await ws.send(sender.mark(msg["mark"]["name"]))  # played (the menu is short)
+            recv = asyncio.create_task(ws.recv())
+        if phase in ("wait", "answer") and queued_ms == 0 and last_bot_frame_k is not None and k - last_bot_frame_k > 50 + queued_ms / 20:
+            if phase == "answer" and not bot_frames_after_speech:
+                continue
+            phase, i_speech, speech_end_at, bot_frames_after_speech = "speak", 0, None, 0
+    recv.cancel()
+    await ws.send(sender.stop())
+    await ws.close()
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    from ivr import logs
+
+    logs.setup("warning")
+    only = set(args.only or ["overhead", "greeting", "barge-in", "response"])
+    print("ivr bench call" + "".join(f" --only {o}" for o in args.only or []))
+    if "overhead" in only:
+        r = asyncio.run(overhead(args.turns))
+        print(f"  overhead  end of turn -> first media frame (instant brain+TTS) : {_pct(r)}")
+    if only & {"greeting", "barge-in", "response"}:
+        server, url = _start_server()
+        with server:
+            if "greeting" in only:
+                r = asyncio.run(greeting(url, args.calls))
+                print(f"  greeting  start -> first media frame (embedded engines)    : {_pct(r)}")
+            if "barge-in" in only:
+                r = asyncio.run(barge_in(url, args.barge_ins))
+                print(f"  barge-in  first speech frame -> clear (embedded VAD)       : {_pct(r)}")
+            if "response" in only:
+                r = asyncio.run(response(url, args.answers))
+                print(f"  response  end of speech -> first answer frame (embedded)   : {_pct(r)}")
+    return 0
