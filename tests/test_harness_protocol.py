@@ -118,15 +118,19 @@ async def test_speed_clock_agrees_with_the_wall_clock():
         t0 = time.monotonic()
         record = await run(plan_of(Say(tone_ulaw(5000)), Hangup(After("now"))), bot.url, speed=speed)
         wall = time.monotonic() - t0
-    assert record.end_ms == pytest.approx(5000, abs=60)
-    assert 0.4 <= wall <= 2.5  # generous: ~0.5 s of wall time for 5 s of call
+    # 250 frames, and the hang-up right after the last: 5 s of call time...
+    assert len(record.caller) == 250 * 160
+    assert record.end_ms == pytest.approx(5000, abs=200)
+    # ...in about 0.5 s of wall time (generous bounds: a busy machine delays, never speeds up).
+    assert 0.45 <= wall <= 3.0
+    assert record.wall_seconds * 1000 * speed == pytest.approx(record.end_ms, rel=0.5)
     # Each frame's call-clock timestamp matches when it arrived, scaled by the speed.
     session = bot.sessions[0]
     arrivals = [(r.wall, r.event.timestamp_ms) for r in session.received if hasattr(r.event, "timestamp_ms")]
     first_wall = arrivals[0][0]
     errors = sorted(abs((w - first_wall) * 1000 * speed - ts) for w, ts in arrivals)
-    assert errors[len(errors) // 2] < 50  # median within 5 ms of wall time
-    assert errors[-1] < 1000
+    assert errors[len(errors) // 2] < 100  # median within 10 ms of wall time
+    assert errors[-1] < 2000
 
 
 async def test_bad_bot_messages_are_errors_not_crashes():

@@ -14,7 +14,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Mapping
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidURI
@@ -62,7 +62,7 @@ def signature_headers(options: ReplayOptions) -> dict[str, str]:
 
 
 class TwilioEmulator:
-    def __init__(self, plan: CallPlan, options: ReplayOptions, on_frame: Callable[[], None] | None = None) -> None:
+    def __init__(self, plan: CallPlan, options: ReplayOptions) -> None:
         self.plan = plan
         self.options = options
         self.clock = CallClock(options.speed)
@@ -81,7 +81,6 @@ class TwilioEmulator:
         )
         self.record.utterances = self.voice.utterances
         self.playback = self.record.playback
-        self._on_frame = on_frame
         self._ws: ClientConnection | None = None
         self._tick = asyncio.Event()
         self._marks_changed = asyncio.Event()
@@ -163,8 +162,6 @@ class TwilioEmulator:
                 self.record.caller += frame
                 k += 1
                 self._notify_tick()
-                if self._on_frame is not None:
-                    self._on_frame()
                 if k >= max_frames:
                     self.record.error(self.clock.now_ms(), "max_duration", f"hung up after {self.options.max_call_s:g} s")
                     break

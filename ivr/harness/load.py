@@ -50,6 +50,7 @@ class LoadFigures:
     frames_after_clear: int = 0
     frame_lag_ms: list[float] = field(default_factory=list)
     jitter_ms: list[float] = field(default_factory=list)
+    lead_ms: list[float] = field(default_factory=list)
     underruns: int = 0
     unanswered_turns: int = 0
     timeouts: int = 0
@@ -82,6 +83,7 @@ class LoadFigures:
         self.frame_lag_ms.extend(record.frame_lag_ms)
         if report["bot"]["media_messages"]:
             self.jitter_ms.append(report["bot"]["jitter_ms"])
+            self.lead_ms.extend(max(0.0, m["play_ms"] - m["recv_ms"]) for m in report["bot"]["media"])
         self.underruns += report["bot"]["underruns"]
 
 
@@ -148,6 +150,7 @@ def load_summary(figures: LoadFigures, options: LoadOptions, wall_seconds: float
         "frames_after_clear": figures.frames_after_clear,
         "inbound_frame_lag_ms": percentiles(figures.frame_lag_ms),
         "outbound_jitter_ms": percentiles(figures.jitter_ms),
+        "outbound_lead_ms": percentiles(figures.lead_ms),
         "outbound_underruns": figures.underruns,
         "bot_wait_timeouts": figures.timeouts,
         "failures": figures.failures,

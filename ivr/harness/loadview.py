@@ -63,6 +63,7 @@ def format_load_summary(s: dict) -> str:
         f" {s['frames_after_clear']} frames after clear",
         f"  inbound frame lag  {_pct(s['inbound_frame_lag_ms'])}",
         f"  outbound jitter    {_pct(s['outbound_jitter_ms'])}; {s['outbound_underruns']} underruns",
+        f"  outbound lead      {_pct(s['outbound_lead_ms'])}",
     ]
     server = s.get("server")
     if server and server.get("samples"):

@@ -27,6 +27,8 @@ FORMAT = "ivr.replay.report/1"
 #: The playout queue running dry for less than this between two bot messages is an audible gap
 #: inside an utterance (an underrun); longer silences are the bot pausing on purpose.
 UNDERRUN_MAX_MS = 500.0
+#: Bot audio arriving with less than this queued ahead of it is being paced in real time.
+PACED_LEAD_MS = 60.0
 
 #: (start_ms, end_ms) -> what the bot said in that stretch, if known (side channel, local STT).
 BotText = Callable[[float, float], "str | None"]
@@ -156,16 +158,19 @@ def _bot(record: CallRecord, voiced: list[tuple[float, float]]) -> dict:
     media = record.playback.media
     clears = record.playback.clears
     jitter, gaps, gap_ms = 0.0, 0, 0.0
+    leads = [to_ms(m.play_start) - m.recv_ms for m in media]
     previous: BotMedia | None = None
-    for item in media:
+    for item, lead in zip(media, leads):
         if previous is not None and not any(previous.recv_ms <= c <= item.recv_ms for c in clears):
             prev_end_ms = to_ms(previous.play_start + len(previous.payload))
             dry = item.recv_ms - prev_end_ms
             if 0 < dry < UNDERRUN_MAX_MS:
                 gaps += 1
                 gap_ms += dry
-            if dry < UNDERRUN_MAX_MS:
+            if lead < PACED_LEAD_MS and dry < UNDERRUN_MAX_MS:
                 # RFC 3550 interarrival jitter, media time = audio duration of the previous piece.
+                # Only for audio paced in real time: audio sent ahead sits in the queue, where
+                # arrival jitter cannot be heard (its margin is the lead instead).
                 d = (item.recv_ms - previous.recv_ms) - to_ms(len(previous.payload))
                 jitter += (abs(d) - jitter) / 16
         previous = item
@@ -175,6 +180,7 @@ def _bot(record: CallRecord, voiced: list[tuple[float, float]]) -> dict:
         "played_ms": ms(sum(to_ms(m.kept) for m in media)),
         "dropped_ms": ms(sum(to_ms(len(m.payload) - m.kept) for m in media)),
         "jitter_ms": ms(jitter),
+        "lead_ms": percentiles([max(0.0, lead) for lead in leads]),
         "underruns": gaps,
         "underrun_ms": ms(gap_ms),
         "speech": [[ms(a), ms(b)] for a, b in voiced],
