@@ -151,11 +151,13 @@ class _TimingLine:
     log: object = None
     writer: object = None
     marks: list = field(default_factory=list)
+    got_media: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def send_media(self, frame: bytes) -> None:
         self.writer.media(frame)
         if self.first_media_at is None:
             self.first_media_at = time.perf_counter()
+            self.got_media.set()
         self.sent += 1
 
     async def send_mark(self, name: str) -> None:
@@ -178,27 +180,28 @@ async def overhead(turns: int) -> list[float]:
     from ivr.telephony.twilio import Mark, Start, MediaFormat, StreamWriter
 
     start = Start(1, "MZbench", "ACbench", "CAbench", ("inbound",), MappingProxyType({}), MediaFormat("audio/x-mulaw", 8000, 1))
-    stt = _InstantSttEngine()
-    providers = Providers(stt=stt, tts=_InstantTts(), brain=_InstantBrain())
-    line = _TimingLine(start=start, log=CallLog(logging.getLogger("ivr.bench")), writer=StreamWriter("MZbench"))
-    call = Call(line, providers)  # type: ignore[arg-type]
-    await call.on_event(start)
     results = []
-    for i in range(turns):
-        # Let the previous turn play out: echo its marks, as Twilio would once played.
-        await asyncio.sleep(0)
-        while call._turn is not None and not call._turn.done_generating:
-            await asyncio.sleep(0)
-        for name in line.marks:
-            await call.on_event(Mark(0, name))
-        line.marks.clear()
-        line.first_media_at = None
-        t0 = time.perf_counter()
-        stt.session.queue.put_nowait(EndOfTurn(text=f"are you open today {i}", at_ms=0))
-        while line.first_media_at is None:
-            await asyncio.sleep(0)
-        results.append((line.first_media_at - t0) * 1000)
-    await call.close("bench")
+    turns_per_call = 10  # a long phone call, not an endless one: history stays call-sized
+    for _ in range(max(1, turns // turns_per_call)):
+        stt = _InstantSttEngine()
+        providers = Providers(stt=stt, tts=_InstantTts(), brain=_InstantBrain())
+        line = _TimingLine(start=start, log=CallLog(logging.getLogger("ivr.bench")), writer=StreamWriter("MZbench"))
+        call = Call(line, providers)  # type: ignore[arg-type]
+        await call.on_event(start)
+        for i in range(turns_per_call):
+            # Let the previous turn play out: echo its marks, as Twilio does once they played.
+            while call._turn is None or not call._turn.done_generating:
+                await asyncio.sleep(0)
+            for name in line.marks:
+                await call.on_event(Mark(0, name))
+            line.marks.clear()
+            line.first_media_at = None
+            line.got_media.clear()
+            t0 = time.perf_counter()
+            stt.session.queue.put_nowait(EndOfTurn(text=f"are you open today {i}", at_ms=0))
+            await line.got_media.wait()
+            results.append((line.first_media_at - t0) * 1000)
+        await call.close("bench")
     return results
 
 

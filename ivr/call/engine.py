@@ -127,6 +127,19 @@ class BotTurn:
         self.all_marked = asyncio.Event()
         self.resumable = resumable
         self.done_generating = False
+        self._heard: Turn | None = None
+        self._settled = False
+
+    def heard(self) -> Turn | None:
+        """This turn as the caller heard it, for the history (None: nothing was said)."""
+        if self._settled:
+            return self._heard
+        text, cut = self.ledger.heard_text()
+        turn = Turn("bot", text, interrupted=cut) if text or cut else None
+        # Settled once every mark is back or a clear cut it: later echoes change nothing.
+        if self.done_generating and (self.ledger.all_played or self.ledger.cleared_at is not None):
+            self._settled, self._heard = True, turn
+        return turn
 
     def mark_name(self, piece: int) -> str:
         return f"t{self.number}-p{piece}"
@@ -332,9 +345,9 @@ class Call:
             if role == "caller":
                 turns.append(Turn("caller", item))  # type: ignore[arg-type]
             else:
-                heard, cut = item.ledger.heard_text()  # type: ignore[union-attr]
-                if heard or cut:
-                    turns.append(Turn("bot", heard, interrupted=cut))
+                turn = item.heard()  # type: ignore[union-attr]
+                if turn is not None:
+                    turns.append(turn)
         return turns
 
     # --- barge-in -------------------------------------------------------------------------
