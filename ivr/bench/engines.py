@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import time
@@ -134,6 +135,8 @@ async def _main(args: argparse.Namespace) -> int:
     from ivr.providers.registry import build
 
     providers = build(Settings.from_env())
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{os.cpu_count()} cores, load average {load:.2f} before the run (other work skews every figure)")
     t = time.perf_counter()
     await providers.load()
     print(f"engines loaded in {time.perf_counter() - t:.2f} s")
@@ -181,25 +184,25 @@ async def _bench_wer(stt, samples: list[Sample]) -> None:
 
 
 async def _bench_stt_latency(stt, samples: list[Sample]) -> None:
-    from ivr.providers.base import Final
+    from ivr.providers.base import EndOfTurn, Final
 
-    latencies = []
+    to_final, to_turn = [], []
     for sample in samples:
         events, stamps, started = await transcribe_call(stt, sample.ulaw, realtime=True)
-        finals = [(e, s) for e, s in zip(events, stamps) if isinstance(e, Final)]
-        if finals:
-            last, at = finals[-1]
+        turns = [(e, s) for e, s in zip(events, stamps) if isinstance(e, EndOfTurn)]
+        finals = [s for e, s in zip(events, stamps) if isinstance(e, Final)]
+        if turns and finals:
+            turn, turn_at = turns[0]
             # The wall-clock moment the caller stopped speaking, from the audio clock.
-            speech_end = started + _speech_end_ms(last) / 1000
-            latencies.append(at - speech_end)
-    if latencies:
-        print(f"STT end of speech -> final: median {1000 * statistics.median(latencies):.0f} ms "
-              f"(min {1000 * min(latencies):.0f}, max {1000 * max(latencies):.0f}; includes the VAD's silence wait)")
-
-
-def _speech_end_ms(final) -> int:
-    # The final's audio runs to where the VAD confirmed silence; speech ended min_silence earlier.
-    return final.end_ms
+            speech_end = started + turn.at_ms / 1000
+            to_final.append(finals[-1] - speech_end)
+            to_turn.append(turn_at - speech_end)
+    if to_final:
+        print(
+            f"STT end of speech -> final transcript: median {1000 * statistics.median(to_final):.0f} ms "
+            f"(max {1000 * max(to_final):.0f}); -> end of turn: median {1000 * statistics.median(to_turn):.0f} ms "
+            f"(end-of-turn silence {stt.options.end_of_turn_ms} ms)"
+        )
 
 
 async def _bench_tts(tts) -> None:
