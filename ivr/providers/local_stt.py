@@ -75,6 +75,7 @@ class WhisperStt:
         self.cpu_threads = cpu_threads or min(4, default_workers())
         self.pool = WorkerPool(self.workers, "stt")
         self._model = Lazy(f"faster-whisper model {self.model_path}", self._load_model)
+        self._prompt = None  # (tokenizer, prompt tokens, suppressed tokens), made on first use
 
     def _load_model(self):
         from faster_whisper import WhisperModel
@@ -146,8 +147,11 @@ class WhisperStt:
             features = np.pad(features, ((0, 0), (0, frames - features.shape[1])))
         features = np.ascontiguousarray(features[None, :, :frames], dtype=np.float32)
         encoded = model.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
-        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=self.options.language)
-        prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
+        if self._prompt is None:
+            tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=self.options.language)
+            prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
+            self._prompt = (tokenizer, prompt, list(get_suppressed_tokens(tokenizer, [-1])))
+        tokenizer, prompt, suppress = self._prompt
         # Speech runs at most ~5 tokens a second; a longer output is a decoding loop.
         max_tokens = 20 + int(len(audio) / 16000 * 8)
         result = model.model.generate(
@@ -158,7 +162,7 @@ class WhisperStt:
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
-            suppress_tokens=list(get_suppressed_tokens(tokenizer, [-1])),
+            suppress_tokens=suppress,
         )[0]
         tokens = result.sequences_ids[0]
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
