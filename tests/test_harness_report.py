@@ -108,3 +108,23 @@ async def test_outputs_wav_report_and_page(tmp_path):
     page = out.html_path.read_text()
     assert 'id="timeline"' in page and "conversation" in page
     assert "http://" not in page.split("<script")[0] and "src=" not in page.replace('audio.src', '')
+
+
+async def test_barging_in_during_a_pause_in_the_bots_speech_counts():
+    async def behaviour(bot):
+        await bot.send_audio(tone_ulaw(1000, 500) + b"\xff" * 3200 + tone_ulaw(2000, 500))
+        speech = await bot.wait_caller_speech()
+        await bot.clear()
+        await bot.wait_caller_silence(speech)
+
+    plan = CallPlan(
+        name="pause", kind="script", source="test",
+        steps=[Say(tone_ulaw(500, 300), after=After("bot_speaking", 1.15)), Hangup(After("pause", 0.5))],
+    )
+    async with FakeBot(behaviour) as bot:
+        record = await TwilioEmulator(plan, ReplayOptions(url=bot.url, speed=4)).run()
+    report = build_report(record)
+    (turn,) = report["turns"]
+    assert turn["barge_in"]
+    (barge,) = report["barge_ins"]
+    assert barge["clear_ms"] is not None and barge["bot_talked_over_ms"] < 100

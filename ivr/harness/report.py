@@ -6,7 +6,9 @@ Turn detection, latency and barge-in rules:
   recordings and captures, energy-detected speech segments (see `ivr.harness.speech`);
 - a turn's bot response is the first voiced bot audio that *plays* after the caller's speech
   ends and before the caller's next turn; response latency = that play time - speech end;
-- a barge-in is a caller turn that starts while voiced bot audio is playing; its latency runs
+- a barge-in is a caller turn that starts while the bot is talking: voiced bot audio playing,
+  or a pause of under 500 ms inside its speech (between two voiced stretches, or after one
+  while more bot audio is still playing); its latency runs
   from the caller's speech start to the first `clear` received; `frames_after_clear` counts
   bot audio (in 160-byte frames) received after that clear while the caller is still speaking:
   audio from the interrupted turn that leaked through, which must be zero.
@@ -27,6 +29,8 @@ FORMAT = "ivr.replay.report/1"
 #: The playout queue running dry for less than this between two bot messages is an audible gap
 #: inside an utterance (an underrun); longer silences are the bot pausing on purpose.
 UNDERRUN_MAX_MS = 500.0
+#: A caller who starts in a pause shorter than this inside the bot's speech is barging in.
+SPURT_BRIDGE_MS = 500.0
 #: Bot audio arriving with less than this queued ahead of it is being paced in real time.
 PACED_LEAD_MS = 60.0
 
@@ -46,6 +50,23 @@ def percentiles(values: list[float] | np.ndarray) -> dict[str, float | None]:
     return {"n": int(len(a)), "p50": ms(p50), "p95": ms(p95), "p99": ms(p99), "max": ms(a.max())}
 
 
+def talk_spurts(voiced: list[tuple[float, float]], bridge_ms: float = SPURT_BRIDGE_MS) -> list[tuple[float, float]]:
+    """Voiced stretches joined across the short pauses between words and sentences."""
+    spurts: list[list[float]] = []
+    for a, b in voiced:
+        if spurts and a - spurts[-1][1] < bridge_ms:
+            spurts[-1][1] = b
+        else:
+            spurts.append([a, b])
+    return [(a, b) for a, b in spurts]
+
+
+def playing_at(record: CallRecord, t_ms: float) -> bool:
+    """Bot audio of any level (speech or the pauses inside it) is playing at `t_ms`."""
+    t = t_ms * 8
+    return any(m.play_start <= t < m.play_start + m.kept for m in record.playback.media)
+
+
 def caller_turns(record: CallRecord) -> list[dict]:
     turns = []
     for utterance in record.utterances:
@@ -62,6 +83,7 @@ def build_report(record: CallRecord, bot_text: BotText | None = None) -> dict:
     end = record.end_ms
     voiced = [(to_ms(a), to_ms(b)) for a, b in playback.voiced if to_ms(a) < end]
     turns = caller_turns(record)
+    spurts = talk_spurts(voiced)
 
     def first_voice(after_ms: float, before_ms: float) -> float | None:
         for start, _ in voiced:
@@ -79,7 +101,9 @@ def build_report(record: CallRecord, bot_text: BotText | None = None) -> dict:
         start, stop = turn["caller_speech_start_ms"], turn["caller_speech_end_ms"]
         next_start = turns[i + 1]["caller_speech_start_ms"] if i + 1 < len(turns) else end
         bot_first = first_voice(stop, next_start)
-        barge = any(a <= start < b for a, b in voiced)
+        barge = any(a <= start < b for a, b in spurts) or (
+            playing_at(record, start) and any(0 <= start - b < SPURT_BRIDGE_MS for _, b in voiced)
+        )
         report_turns.append(
             {
                 "index": i,
