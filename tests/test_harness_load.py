@@ -7,14 +7,12 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from fakebot import FakeBot
 from ivr.harness.load import LoadOptions, run_load_with_monitor
 from ivr.harness.samples import sample_calls
-from ivr.harness.sources import load_call
 from test_harness_report import conversational_bot, script
 
 

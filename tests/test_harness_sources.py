@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import wave
 
 import numpy as np
 import pytest
 import soundfile
 
 from fakebot import FakeBot, tone_ulaw
-from ivr.audio import pcm16_to_ulaw, ulaw_to_pcm16
+from ivr.audio import ulaw_to_pcm16
 from ivr.harness.capture import CaptureWriter, read_capture
 from ivr.harness.emulator import ReplayOptions, TwilioEmulator
-from ivr.harness.plan import After, Dtmf, Hangup, Say, Wait
+from ivr.harness.plan import After, Dtmf, Hangup, Wait
 from ivr.harness.report import build_report
 from ivr.harness.sources import CallSourceError, load_call
 from ivr.telephony.twilio import TwilioSender
