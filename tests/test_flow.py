@@ -52,7 +52,8 @@ async def session(text: str = FLOW, **parameters: str):
 
 
 def said(out) -> str:
-    return " ".join(o.text for o in out if isinstance(o, TextDelta))
+    # Deltas are streamed text: concatenated as they come (each flow reply ends with a space).
+    return "".join(o.text for o in out if isinstance(o, TextDelta)).strip()
 
 
 def tools(out) -> list[ToolCall]:
@@ -139,7 +140,7 @@ async def test_silence_gets_the_silence_prompt():
 async def test_respond_is_an_async_iterator_of_the_same_step():
     s = await session()
     out = [o async for o in s.respond([], CallerInput(dtmf="1"))]
-    assert out == [TextDelta("Nine to five.")]
+    assert out == [TextDelta("Nine to five. ")]
 
 
 def test_reserved_sections_are_kept_for_the_engine():
