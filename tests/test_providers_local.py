@@ -200,3 +200,32 @@ async def test_tts_then_stt_gives_the_words_back(tts, stt):
     heard = " ".join(e.text for e in events if isinstance(e, EndOfTurn))
     errors, words = word_errors(text, heard)
     assert errors <= 1, heard
+
+
+async def test_stt_aclose_during_a_decode_ends_iteration_without_events_after(stt):
+    sample = next(s for s in load_samples(SAMPLES) if s.name == "piper_person.ulaw")
+    session = await stt.open()
+    audio = sample.ulaw + b"\xff" * 2400  # enough silence for the VAD to hand the speech to Whisper
+    for i in range(0, len(audio), 160):
+        await session.send(audio[i : i + 160])
+    await session.aclose()  # the decode is running or queued now
+    events = await asyncio.wait_for(collect_events(session), WAIT)
+    assert not [e for e in events if isinstance(e, (Final, EndOfTurn))]
+
+
+async def test_stt_session_goes_on_after_finalize(stt):
+    samples = {s.name: s for s in load_samples(SAMPLES)}
+    session = await stt.open()
+    for name in ("piper_saturday.ulaw", "piper_person.ulaw"):
+        audio = samples[name].ulaw
+        for i in range(0, len(audio), 160):
+            await session.send(audio[i : i + 160])
+        await asyncio.wait_for(session.finalize(), WAIT)
+    await session.aclose()
+    turns = [e.text for e in await collect_events(session) if isinstance(e, EndOfTurn)]
+    assert len(turns) == 2
+    assert "saturday" in turns[0].lower() and "person" in turns[1].lower()
+
+
+async def collect_events(session) -> list:
+    return [e async for e in session]
