@@ -26,9 +26,9 @@ async def test_a_saturated_pool_queues_with_a_log_line_and_drops_cancelled_jobs(
         await asyncio.sleep(0)
     assert "test workers busy (2 jobs for 1 workers): waiting" in caplog.text
     queued.cancel()  # a caller hung up while waiting: its job must never run
+    await asyncio.gather(queued, return_exceptions=True)
     release.set()
     assert await first == "first"
-    await asyncio.gather(queued, return_exceptions=True)
     assert await pool.run(job, "after") == "after"
     assert ran == ["first", "after"]
     assert pool.jobs == 0

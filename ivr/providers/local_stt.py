@@ -24,7 +24,7 @@ import numpy as np
 from ivr.audio import resample, ulaw_to_pcm16
 from ivr.providers.base import CallContext, EndOfTurn, Final, SpeechStarted, SttEvent
 from ivr.providers.local_vad import SileroVadEngine
-from ivr.providers.workers import Lazy, WorkerPool, default_workers
+from ivr.providers.workers import WorkerPool, default_workers, shared_model
 
 log = logging.getLogger("ivr.stt")
 
@@ -74,7 +74,11 @@ class WhisperStt:
         # (0.45 s vs 0.61 s alone, 0.35 s vs 0.55 s per job in pairs).
         self.cpu_threads = cpu_threads or min(4, default_workers())
         self.pool = WorkerPool(self.workers, "stt")
-        self._model = Lazy(f"faster-whisper model {self.model_path}", self._load_model)
+        self._model = shared_model(
+            ("whisper", self.model_path, self.cpu_threads, self.workers),
+            f"faster-whisper model {self.model_path}",
+            self._load_model,
+        )
         self._prompt = None  # (tokenizer, prompt tokens, suppressed tokens), made on first use
 
     def _load_model(self):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ivr.providers.base import AudioChunk
-from ivr.providers.workers import Lazy, WorkerPool, default_workers
+from ivr.providers.workers import WorkerPool, default_workers, shared_model
 
 log = logging.getLogger("ivr.tts")
 
@@ -61,7 +61,11 @@ class PiperTts:
         self.threads = threads or min(4, default_workers())
         self.length_scale = length_scale
         self.pool = WorkerPool(self.workers, "tts")
-        self._voice = Lazy(f"piper voice {Path(self.model_path).name}", self._load_voice)
+        self._voice = shared_model(
+            ("piper", self.model_path, self.config_path, self.threads),
+            f"piper voice {Path(self.model_path).name}",
+            self._load_voice,
+        )
 
     def _load_voice(self):
         import onnxruntime as ort

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ivr.providers.base import VadEvent
-from ivr.providers.workers import Lazy
+from ivr.providers.workers import shared_model
 
 MODEL_RATE = 16000
 WINDOW = 512  # new samples per inference at 16 kHz: 32 ms
@@ -68,7 +68,8 @@ class SileroVadEngine:
         if not Path(self.model_path).is_file():
             raise FileNotFoundError(f"Silero VAD model not found: {self.model_path}")
         self.options = options or VadOptions()
-        self._session = Lazy(f"Silero VAD ({Path(self.model_path).name})", lambda: _load_session(self.model_path))
+        path = self.model_path
+        self._session = shared_model(("silero", path), f"Silero VAD ({Path(path).name})", lambda: _load_session(path))
 
     async def load(self) -> None:
         await self._session.aget()

@@ -98,3 +98,17 @@ class Lazy(Generic[T]):
         if self._value is not None:
             return self._value
         return await asyncio.to_thread(self.get)
+
+
+_models: dict[tuple, Lazy] = {}
+_models_lock = threading.Lock()
+
+
+def shared_model(key: tuple, what: str, loader: Callable[[], T]) -> Lazy[T]:
+    """The process's one `Lazy` for `key` (model path and load options): engines built twice
+    (a second settings object, a tool beside the server) still load each model once."""
+    with _models_lock:
+        lazy = _models.get(key)
+        if lazy is None:
+            lazy = _models[key] = Lazy(what, loader)
+        return lazy
