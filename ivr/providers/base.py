@@ -21,8 +21,9 @@ Conventions
 
 Brain output
 ------------
-`respond()` and `greeting()` yield `TextDelta`s (text to speak, in pieces as they are generated) and
-`ToolCall`s. Built-in tools, which the conversation engine carries out itself:
+`respond()` and `greeting()` yield `TextDelta`s (text to speak, in pieces as they are generated;
+the reply is their plain concatenation, as an LLM streams it, so a piece carries its own spaces)
+and `ToolCall`s. Built-in tools, which the conversation engine carries out itself:
 
 - `transfer`: arguments `to` (an E.164 number or a `sip:` URI) and optional `summary`;
 - `hangup`: no arguments (speak any goodbye first: it comes as text before the call);
