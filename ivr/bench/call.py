@@ -210,15 +210,15 @@ async def overhead(turns: int) -> list[float]:
 
 def _start_server():
     """The real app with the embedded engines, in its own thread (as `ivr demo` runs it)."""
-    from ivr.call import CallFactory
-    from ivr.commands.demo import _free_port, _Server
+    from ivr.commands.demo import _free_port, _RecordingFactory, _Server
     from ivr.config import Settings
     from ivr.server import create_app
 
     settings = Settings.from_env()
     port = _free_port()
-    server = _Server(create_app(settings, handler_factory=CallFactory.from_settings(settings)), port)
-    return server, f"ws://127.0.0.1:{port}/media"
+    factory = _RecordingFactory.from_settings(settings)
+    server = _Server(create_app(settings, handler_factory=factory), port)
+    return server, f"ws://127.0.0.1:{port}/media", factory
 
 
 async def _call(url: str):
@@ -250,129 +250,66 @@ async def greeting(url: str, calls: int) -> list[float]:
     return results
 
 
-def _speech_ulaw() -> bytes:
+def _sample(name: str) -> bytes:
     from ivr.harness.audiofile import read_ulaw
     from ivr.harness.samples import HERE
 
-    return read_ulaw(HERE / "where-are-you.wav")
-
-
-async def _stream_silence_until(ws, sender, t_frame: list[int], stop: asyncio.Event, clock0: float) -> None:
-    silence = b"\xff" * 160
-    while not stop.is_set():
-        k = t_frame[0]
-        await asyncio.sleep(max(0.0, clock0 + k * 0.02 - time.perf_counter()))
-        await ws.send(sender.media(silence, k * 20))
-        t_frame[0] += 1
+    return read_ulaw(HERE / name)
 
 
 async def barge_in(url: str, n: int) -> list[float]:
-    """Speak over the menu and time the clear. Speech onset is the first frame of the
-    utterance whose level rises above the noise floor."""
-    import orjson
+    """Replayed calls that talk over the menu at varying points; the harness times speech start
+    (the first frame of the utterance above the noise floor) -> `clear` received."""
+    from ivr.harness.emulator import ReplayOptions
+    from ivr.harness.plan import After, CallPlan, Hangup, Say
+    from ivr.harness.report import build_report
+    from ivr.harness.run import replay
 
-    from ivr.audio import ulaw_to_pcm16
-
-    speech = _speech_ulaw()
-    pcm = np.frombuffer(ulaw_to_pcm16(speech), "<i2").astype(np.float32)
-    frames = [speech[i : i + 160] for i in range(0, len(speech) - 159, 160)]
-    levels = [np.sqrt(np.mean(pcm[i * 160 : (i + 1) * 160] ** 2)) for i in range(len(frames))]
-    onset = next(i for i, lv in enumerate(levels) if lv > 300)
+    speech = _sample("where-are-you.wav")
     results = []
-    for attempt in range(n):
-        ws, sender = await _call(url)
-        await ws.send(sender.start())
-        clock0 = time.perf_counter()
-        k = 0
-        heard_bot_at = None
-        speech_at = None
-        clear_at = None
-        # 20 ms frames on the clock; begin speaking 1.5 s (plus a varying offset) into the bot's menu.
-        offset_frames = 75 + (attempt * 7) % 40
-        i_speech = 0
-        recv = asyncio.create_task(ws.recv())
-        while clear_at is None and k < 1500:
-            await asyncio.sleep(max(0.0, clock0 + k * 0.02 - time.perf_counter()))
-            if heard_bot_at is not None and k - heard_bot_at >= offset_frames and i_speech < len(frames):
-                frame = frames[i_speech]
-                if i_speech == onset:
-                    speech_at = time.perf_counter()
-                i_speech += 1
-            else:
-                frame = b"\xff" * 160
-            await ws.send(sender.media(frame, k * 20))
-            k += 1
-            while recv.done():
-                msg = orjson.loads(recv.result())
-                if msg.get("event") == "media" and heard_bot_at is None:
-                    heard_bot_at = k
-                if msg.get("event") == "clear" and speech_at is not None:
-                    clear_at = time.perf_counter()
-                recv = asyncio.create_task(ws.recv())
-        recv.cancel()
-        if clear_at is not None and speech_at is not None:
-            results.append((clear_at - speech_at) * 1000)
-        await ws.send(sender.stop())
-        await ws.close()
+    for i in range(n):
+        plan = CallPlan(
+            name=f"barge-in-{i}", kind="script", source="bench",
+            steps=[Say(speech, "Where are you located?", After("bot_speaking", 1.0 + 0.37 * (i % 8))), Hangup(After("now"))],
+        )
+        report = build_report(await replay(plan, ReplayOptions(url=url, max_call_s=30)))
+        results += [b["latency_ms"] for b in report["barge_ins"] if b["latency_ms"] is not None]
     return results
 
 
-async def response(url: str, n: int) -> list[float]:
-    """Ask after the menu, in real time; time from the last speech frame to the first answer frame."""
-    import orjson
+async def response(url: str, n: int, factory) -> tuple[list[float], list]:
+    """Replayed calls asking questions after the bot falls silent; the harness times the end of
+    the caller's speech -> the first answer audio played; the server's timings split it."""
+    from ivr.harness.emulator import ReplayOptions
+    from ivr.harness.plan import After, CallPlan, Hangup, Say
+    from ivr.harness.report import build_report
+    from ivr.harness.run import replay
 
-    from ivr.audio import ulaw_to_pcm16
+    questions = [("hours-question.wav", "Hi. What time are you open?"), ("where-are-you.wav", "Where are you located?")]
+    results: list[float] = []
+    timings: list = []
+    while len(results) < n:
+        steps = [Say(_sample(f), t, After("bot_silent", 0.8)) for f, t in questions * 2]
+        plan = CallPlan(name="response", kind="script", source="bench", steps=steps + [Hangup(After("bot_silent", 0.5))])
+        before = len(factory.calls)
+        report = build_report(await replay(plan, ReplayOptions(url=url, max_call_s=120)))
+        results += [t["response_latency_ms"] for t in report["turns"] if t["response_latency_ms"] is not None]
+        for call in factory.calls[before:]:
+            timings += call.stats.answers
+    return results, timings
 
-    speech = _speech_ulaw()
-    pcm = np.frombuffer(ulaw_to_pcm16(speech), "<i2").astype(np.float32)
-    frames = [speech[i : i + 160] for i in range(0, len(speech) - 159, 160)]
-    levels = [np.sqrt(np.mean(pcm[i * 160 : (i + 1) * 160] ** 2)) for i in range(len(frames))]
-    last_voiced = max(i for i, lv in enumerate(levels) if lv > 300)
-    results = []
-    ws, sender = await _call(url)
-    await ws.send(sender.start())
-    clock0 = time.perf_counter()
-    k = 0
-    recv = asyncio.create_task(ws.recv())
-    last_bot_frame_k = None
-    phase = "wait"  # wait for the bot to be silent 1 s, then speak, then wait for the answer
-    i_speech = 0
-    speech_end_at = None
-    bot_frames_after_speech = 0
-    queued_ms = 0.0
-    while len(results) < n and k < 50 * 600:
-        await asyncio.sleep(max(0.0, clock0 + k * 0.02 - time.perf_counter()))
-        frame = b"\xff" * 160
-        if phase == "speak":
-            frame = frames[i_speech]
-            if i_speech == last_voiced:
-                speech_end_at = time.perf_counter()
-            i_speech += 1
-            if i_speech == len(frames):
-                phase = "answer"
-        await ws.send(sender.media(frame, k * 20))
-        k += 1
-        queued_ms = max(0.0, queued_ms - 20)
-        while recv.done():
-            msg = orjson.loads(recv.result())
-            event = msg.get("event")
-            if event == "media":
-                queued_ms += 20
-                last_bot_frame_k = k
-                if phase == "answer" and speech_end_at is not None and bot_frames_after_speech == 0:
-                    results.append((time.perf_counter() - speech_end_at) * 1000)
-                    bot_frames_after_speech = 1
-            elif event == "mark":
-                await ws.send(sender.mark(msg["mark"]["name"]))  # played (the menu is short)
-            recv = asyncio.create_task(ws.recv())
-        if phase in ("wait", "answer") and queued_ms == 0 and last_bot_frame_k is not None and k - last_bot_frame_k > 50 + queued_ms / 20:
-            if phase == "answer" and not bot_frames_after_speech:
-                continue
-            phase, i_speech, speech_end_at, bot_frames_after_speech = "speak", 0, None, 0
-    recv.cancel()
-    await ws.send(sender.stop())
-    await ws.close()
-    return results
+
+def _breakdown(timings: list) -> str:
+    parts = {"endpointing + STT": [], "brain": [], "TTS + send": []}
+    for t in timings:
+        if t.speech_end_at is None or t.brain_first_at is None or t.first_audio_at is None:
+            continue
+        parts["endpointing + STT"].append((t.end_of_turn_at - t.speech_end_at) * 1000)
+        parts["brain"].append((t.brain_first_at - t.end_of_turn_at) * 1000)
+        parts["TTS + send"].append((t.first_audio_at - t.brain_first_at) * 1000)
+    return "\n".join(
+        f"            {name:<18}: median {statistics.median(v):7.1f} ms" for name, v in parts.items() if v
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -385,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
         r = asyncio.run(overhead(args.turns))
         print(f"  overhead  end of turn -> first media frame (instant brain+TTS) : {_pct(r)}")
     if only & {"greeting", "barge-in", "response"}:
-        server, url = _start_server()
+        server, url, factory = _start_server()
         with server:
             if "greeting" in only:
                 r = asyncio.run(greeting(url, args.calls))
@@ -394,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
                 r = asyncio.run(barge_in(url, args.barge_ins))
                 print(f"  barge-in  first speech frame -> clear (embedded VAD)       : {_pct(r)}")
             if "response" in only:
-                r = asyncio.run(response(url, args.answers))
-                print(f"  response  end of speech -> first answer frame (embedded)   : {_pct(r)}")
+                r, timings = asyncio.run(response(url, args.answers, factory))
+                print(f"  response  end of speech -> first answer played (embedded)  : {_pct(r)}")
+                print(_breakdown(timings))
     return 0

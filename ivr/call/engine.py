@@ -18,7 +18,7 @@ import enum
 import itertools
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable
 
@@ -46,6 +46,7 @@ from ivr.telephony.twilio import Dtmf, Event, Mark, Media, Start
 log = logging.getLogger("ivr.call")
 
 FRAME_MS = 20
+ARRIVALS_KEPT = 500  # 10 s of frames
 #: Not "yes" or "sure": cutting in with those usually answers the bot's question.
 DEFAULT_BACKCHANNELS = (
     "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "okay", "ok", "yeah", "yep", "right",
@@ -127,6 +128,7 @@ class BotTurn:
         self.all_marked = asyncio.Event()
         self.resumable = resumable
         self.done_generating = False
+        self.timing: TurnTiming | None = None
         self._heard: Turn | None = None
         self._settled = False
 
@@ -155,13 +157,23 @@ class BotTurn:
 
 
 @dataclass
+class TurnTiming:
+    """Where one answer's time went; monotonic seconds. Speech end is when the audio in which
+    the caller stopped speaking reached us."""
+
+    speech_end_at: float | None
+    end_of_turn_at: float
+    brain_first_at: float | None = None
+    first_audio_at: float | None = None
+
+
+@dataclass
 class CallStats:
     """Figures for benchmarks and reports: times are monotonic seconds."""
 
     start_at: float = 0.0
     greeting_first_audio_at: float | None = None
-    end_of_turn_at: list[float] = field(default_factory=list)
-    turn_first_audio_at: list[float] = field(default_factory=list)
+    answers: list[TurnTiming] = field(default_factory=list)
     barge_ins: int = 0
 
 
@@ -182,6 +194,9 @@ class Call:
         self.caller_ms = 0
         self._framer = Framer(FRAME_BYTES)
         self._pending_audio: list[bytes] = []
+        #: (caller audio ms, arrival time) of recent frames: dates the end of the caller's speech.
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=ARRIVALS_KEPT)
+        self._pending_timing: TurnTiming | None = None
         self._stt = None
         self._brain = None
         self._turn: BotTurn | None = None
@@ -247,7 +262,15 @@ class Call:
             for exc in errors.exceptions:
                 self.log.exception("call engine failed: %r", exc)
 
+    def _arrival_of(self, at_ms: int) -> float | None:
+        for ms, t in reversed(self._arrivals):
+            if ms <= at_ms:
+                return t
+        return None
+
     async def _caller_frames(self, frames: list[bytes]) -> None:
+        if frames:
+            self._arrivals.append((self.caller_ms + FRAME_MS * len(frames), time.monotonic()))
         for frame in frames:
             self.caller_ms += FRAME_MS
             if self._stt is not None and self._ready.is_set():
@@ -301,7 +324,7 @@ class Call:
             elif isinstance(event, EndOfTurn):
                 text = (event.text or " ".join(turn_texts)).strip()
                 turn_texts.clear()
-                self.stats.end_of_turn_at.append(time.monotonic())
+                self._pending_timing = TurnTiming(self._arrival_of(event.at_ms), time.monotonic())
                 await self._end_of_caller_turn(text)
 
     async def _end_of_caller_turn(self, text: str) -> None:
@@ -310,9 +333,11 @@ class Call:
             self._interrupted = None
             if self.options.resume_after_false_interruption and interrupted.resumable:
                 self.log.info("false interruption (%r): resuming the cut sentence", text)
+                self._pending_timing = None
                 self._resume(interrupted)
                 return
         if not text:
+            self._pending_timing = None
             return
         self._interrupted = None
         self._reprompts = 0
@@ -398,6 +423,9 @@ class Call:
         turn = BotTurn(next(self._turns))
         self._turn = turn
         self.history.append(("bot", turn))
+        if self._pending_timing is not None:
+            turn.timing, self._pending_timing = self._pending_timing, None
+            self.stats.answers.append(turn.timing)
         self.state = CallState.GREETING if greeting else CallState.THINKING
         assert self._group is not None
         turn.task = self._group.create_task(self._run_turn(turn, outputs, greeting), name=f"turn-{turn.number}")
@@ -426,6 +454,8 @@ class Call:
             splitter = TextSplitter(self.options.split)
             try:
                 async for out in outputs:
+                    if turn.timing is not None and turn.timing.brain_first_at is None:
+                        turn.timing.brain_first_at = time.monotonic()
                     if isinstance(out, TextDelta):
                         for piece in splitter.push(out.text):
                             await add_piece(piece)
@@ -517,8 +547,8 @@ class Call:
             self.state = CallState.SPEAKING
             if turn.number == 1:
                 self.stats.greeting_first_audio_at = now
-            else:
-                self.stats.turn_first_audio_at.append(now)
+            elif turn.timing is not None:
+                turn.timing.first_audio_at = now
         turn.ledger.sent_audio(index, FRAME_MS, now, words)
         await self.line.send_media(frame)
 
