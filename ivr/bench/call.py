@@ -22,7 +22,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ivr.providers.base import AudioChunk, CallContext, EndOfTurn, SpeechStarted, TextDelta
+from ivr.providers.base import EndOfTurn
+from ivr.providers.scripted import FixedBrain, InstantTts, ScriptedStt
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,99 +45,6 @@ def _pct(values: list[float]) -> str:
 
 
 # --- overhead: instant providers, a line that only notes the time ----------------------------
-
-
-class _InstantStt:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue = asyncio.Queue()
-
-    async def send(self, ulaw: bytes) -> None:
-        pass
-
-    async def finalize(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        self.queue.put_nowait(None)
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        item = await self.queue.get()
-        if item is None:
-            raise StopAsyncIteration
-        return item
-
-
-class _InstantSttEngine:
-    def __init__(self) -> None:
-        self.session = _InstantStt()
-
-    async def load(self) -> None:
-        pass
-
-    async def open(self, call=None):
-        return self.session
-
-
-class _InstantBrainSession:
-    async def greeting(self):
-        yield TextDelta("Hi. ")
-
-    async def respond(self, history, caller):
-        yield TextDelta("Sure, we are open from seven until three. Anything else? ")
-
-    async def aclose(self) -> None:
-        pass
-
-
-class _InstantBrain:
-    async def load(self) -> None:
-        pass
-
-    async def open(self, call):
-        return _InstantBrainSession()
-
-
-class _InstantTtsStream:
-    """Answers each piece with 200 ms of 8 kHz mu-law at once, as a provider sending ulaw_8000."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.n = 0
-
-    async def push(self, text: str) -> int:
-        i = self.n
-        self.n += 1
-        self.queue.put_nowait(AudioChunk(i, b"\x55" * 1600, 8000, "ulaw", True))
-        return i
-
-    async def end(self) -> None:
-        self.queue.put_nowait(None)
-
-    async def cancel(self) -> None:
-        self.queue.put_nowait(None)
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        item = await self.queue.get()
-        if item is None:
-            raise StopAsyncIteration
-        return item
-
-
-class _InstantTts:
-    sample_rate = 8000
-    encoding = "ulaw"
-
-    async def load(self) -> None:
-        pass
-
-    def stream(self):
-        return _InstantTtsStream()
 
 
 @dataclass
@@ -183,8 +91,8 @@ async def overhead(turns: int) -> list[float]:
     results = []
     turns_per_call = 10  # a long phone call, not an endless one: history stays call-sized
     for _ in range(max(1, turns // turns_per_call)):
-        stt = _InstantSttEngine()
-        providers = Providers(stt=stt, tts=_InstantTts(), brain=_InstantBrain())
+        stt = ScriptedStt()
+        providers = Providers(stt=stt, tts=InstantTts(ms_per_char=1), brain=FixedBrain())
         line = _TimingLine(start=start, log=CallLog(logging.getLogger("ivr.bench")), writer=StreamWriter("MZbench"))
         call = Call(line, providers)  # type: ignore[arg-type]
         await call.on_event(start)
@@ -198,7 +106,7 @@ async def overhead(turns: int) -> list[float]:
             line.first_media_at = None
             line.got_media.clear()
             t0 = time.perf_counter()
-            stt.session.queue.put_nowait(EndOfTurn(text=f"are you open today {i}", at_ms=0))
+            stt.sessions[-1].push(EndOfTurn(text=f"are you open today {i}", at_ms=0))
             await line.got_media.wait()
             results.append((line.first_media_at - t0) * 1000)
         await call.close("bench")

@@ -24,6 +24,7 @@ from typing import AsyncIterator, Iterable
 
 from ivr.audio import FRAME_BYTES, Framer, PhoneEncoder, ulaw_silence
 from ivr.audio.dtmf import dtmf_ulaw
+from ivr.call.events import Listener, cut_event, latency_event
 from ivr.call.ledger import HeardLedger
 from ivr.call.splitter import SplitOptions, TextSplitter
 from ivr.call.twilio_rest import TwilioRest, TwilioRestError
@@ -69,6 +70,8 @@ class CallOptions:
     split: SplitOptions = field(default_factory=SplitOptions)
     #: The caller may talk over the bot (speech stops the bot at once).
     barge_in: bool = True
+    #: Speech must last this long (ms of caller audio) before it stops the bot; 0: at once.
+    min_speech_ms: int = 0
     #: Words that, alone, are acknowledgements rather than turns: if such an utterance (or no
     #: words at all: a cough) cut the bot off, the bot resumes from the cut sentence.
     backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS
@@ -181,7 +184,10 @@ class Call:
     """The call handler the server drives (see ivr.session.CallHandler)."""
 
     def __init__(self, line: Line, providers: Providers, options: CallOptions | None = None,
-                 cache: PromptCache | None = None, rest: TwilioRest | None = None) -> None:
+                 cache: PromptCache | None = None, rest: TwilioRest | None = None,
+                 listener: Listener | None = None) -> None:
+        #: Gets small dict events (ivr.call.events); None for most calls, which then pay nothing.
+        self.listener = listener
         self.line = line
         self.log = line.log
         self.providers = providers
@@ -197,6 +203,7 @@ class Call:
         #: (caller audio ms, arrival time) of recent frames: dates the end of the caller's speech.
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=ARRIVALS_KEPT)
         self._pending_timing: TurnTiming | None = None
+        self._barge_pending_at: int | None = None  # speech start awaiting min_speech_ms
         self._stt = None
         self._brain = None
         self._turn: BotTurn | None = None
@@ -210,6 +217,25 @@ class Call:
         self._ready = asyncio.Event()
         self._closed = asyncio.Event()
         self._backchannels = {b.lower() for b in self.options.backchannels}
+
+    @property
+    def state(self) -> CallState:
+        return self._state
+
+    @state.setter
+    def state(self, value: CallState) -> None:
+        if getattr(self, "_state", None) is not value:
+            self._state = value
+            if self.listener is not None:
+                self._emit({"type": "state", "state": value.value})
+
+    def _emit(self, event: dict) -> None:
+        if self.listener is None:
+            return
+        try:
+            self.listener(event)
+        except Exception:
+            self.log.exception("call event listener failed on %s", event.get("type"))
 
     # --- events from the line -------------------------------------------------------------
 
@@ -229,6 +255,7 @@ class Call:
     async def close(self, reason: str) -> None:
         self._closed.set()
         self.state = CallState.ENDED
+        self._emit({"type": "ended", "reason": reason})
         if self._main is not None:
             self._main.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -278,7 +305,19 @@ class Call:
             else:
                 self._pending_audio.append(frame)
         if frames:
+            if self._barge_pending_at is not None:
+                await self._check_pending_barge_in()
             self._check_timers()
+
+    async def _check_pending_barge_in(self) -> None:
+        at_ms = self._barge_pending_at
+        if at_ms is None or self.caller_ms - at_ms < self.options.min_speech_ms:
+            return
+        self._barge_pending_at = None
+        if getattr(self._stt, "speaking", True):
+            await self._barge_in(at_ms)
+        else:
+            self.log.debug("speech at %d ms was shorter than %d ms: no barge-in", at_ms, self.options.min_speech_ms)
 
     def _check_timers(self) -> None:
         if self._ending:
@@ -318,16 +357,22 @@ class Call:
         async for event in self._stt:
             if isinstance(event, SpeechStarted):
                 self._silent_since_ms = None
-                await self._barge_in(event.at_ms)
+                if self.options.min_speech_ms and self.caller_ms - event.at_ms < self.options.min_speech_ms:
+                    self._barge_pending_at = event.at_ms
+                else:
+                    await self._barge_in(event.at_ms)
             elif isinstance(event, Final):
                 turn_texts.append(event.text)
             elif isinstance(event, EndOfTurn):
+                self._barge_pending_at = None
                 text = (event.text or " ".join(turn_texts)).strip()
                 turn_texts.clear()
                 self._pending_timing = TurnTiming(self._arrival_of(event.at_ms), time.monotonic())
                 await self._end_of_caller_turn(text)
 
     async def _end_of_caller_turn(self, text: str) -> None:
+        if text:
+            self._emit({"type": "caller", "text": text})
         interrupted = self._interrupted
         if interrupted is not None and self._is_backchannel(text):
             self._interrupted = None
@@ -393,6 +438,8 @@ class Call:
         if sent_audio:
             await self.line.send_clear()
         turn.ledger.cleared(time.monotonic())
+        if self.listener is not None:
+            self._emit(cut_event(turn, reason))
         if turn.task is not None and not turn.task.done():
             turn.task.cancel()
         self.state = CallState.LISTENING
@@ -440,6 +487,7 @@ class Call:
             nonlocal tts, tts_iter
             index = len(turn.ledger.pieces)
             turn.ledger.add(index, text)
+            self._emit({"type": "bot", "turn": turn.number, "piece": index, "mark": turn.mark_name(index), "text": text})
             cached = self.cache.get(text)
             tts_piece = -1
             if cached is None:
@@ -547,8 +595,10 @@ class Call:
             self.state = CallState.SPEAKING
             if turn.number == 1:
                 self.stats.greeting_first_audio_at = now
+                self._emit({"type": "latency", "turn": 1, "greeting": True, "total_ms": round((now - self.stats.start_at) * 1000, 1)})
             elif turn.timing is not None:
                 turn.timing.first_audio_at = now
+                self._emit(latency_event(turn.number, turn.timing))
         turn.ledger.sent_audio(index, FRAME_MS, now, words)
         await self.line.send_media(frame)
 

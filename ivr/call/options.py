@@ -3,6 +3,7 @@
 ```yaml
 barge_in:
   enabled: true            # the caller may talk over the bot
+  min_speech_ms: 0         # speech must last this long to stop the bot (0: at once)
   resume: true             # after a false interruption (only backchannel words, or none)
   backchannels: [uh-huh, okay, yeah, right]
 silence:
@@ -27,7 +28,7 @@ from ivr.call.splitter import SplitOptions
 from ivr.config import ConfigError
 
 _SECTIONS = {
-    "barge_in": {"enabled", "resume", "backchannels"},
+    "barge_in": {"enabled", "min_speech_ms", "resume", "backchannels"},
     "silence": {"reprompt_after", "max_reprompts", "goodbye", "max_call_minutes"},
     "voice": {"split", "first_min_chars", "min_chars", "max_chars"},
 }
@@ -70,6 +71,7 @@ def call_options(extra: Mapping[str, Any]) -> CallOptions:
     return CallOptions(
         split=split,
         barge_in=bool(barge.get("enabled", base.barge_in)),
+        min_speech_ms=int(_number(barge, "min_speech_ms", "barge_in", base.min_speech_ms)),
         resume_after_false_interruption=bool(barge.get("resume", base.resume_after_false_interruption)),
         backchannels=tuple(b.lower() for b in backchannels),
         reprompt_after_ms=int(_number(silence, "reprompt_after", "silence", base.reprompt_after_ms / 1000) * 1000),

@@ -151,7 +151,12 @@ SttEvent = Union[SpeechStarted, Interim, Final, EndOfTurn]
 
 
 class SttSession(Protocol):
-    """One per call. Iterate it for events; iteration ends after `aclose()`."""
+    """One per call. Iterate it for events; iteration ends after `aclose()`.
+
+    A session may also offer `speaking: bool` (is the caller speaking now?); the engine uses it
+    to hold a barge-in until the speech has lasted `barge_in.min_speech_ms`. Without it, speech
+    that started is taken to go on.
+    """
 
     async def send(self, ulaw: bytes) -> None:
         """Caller audio, 8 kHz mu-law, as it arrives."""

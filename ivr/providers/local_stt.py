@@ -284,6 +284,11 @@ class LocalSttSession:
         """Caller audio fed so far, in ms."""
         return int(self._fed_ms)
 
+    @property
+    def speaking(self) -> bool:
+        """The caller is speaking now, as the VAD hears it (with its short silence hang-over)."""
+        return self._vad.speaking
+
     # --- endpointing ---------------------------------------------------------------------------
 
     def _on_speech_start(self, at_ms: int) -> None:
