@@ -79,10 +79,10 @@ HandlerFactory = Callable[[Line], CallHandler]
 
 
 class ListeningHandler:
-    """Re-frames the caller's audio into exact 20 ms frames (lost audio as silence) and notes DTMF.
+    """Re-frames the caller's audio into exact 20 ms frames (lost audio as silence) and routes
+    the events to hooks a handler overrides: `on_start`, `on_caller_frames`, `on_dtmf`, `on_mark`.
 
-    The base of every handler; on its own it only records the call (its log and, with capture
-    on, its messages).
+    On its own it only records the call (its log and, with capture on, its messages).
     """
 
     def __init__(self, line: Line) -> None:
@@ -97,14 +97,25 @@ class ListeningHandler:
             if event.gap_bytes:
                 await self.on_caller_frames(self.framer.push(ulaw_silence(event.gap_bytes)))
             await self.on_caller_frames(self.framer.push(event.payload))
-        elif isinstance(event, Dtmf):
-            self.digits.append(event.digit)
-            self.line.log.info("caller pressed %s", event.digit)
         elif isinstance(event, Mark):
-            self.marks_played.append(event.name)
+            self.on_mark(event.name)
+        elif isinstance(event, Dtmf):
+            self.line.log.info("caller pressed %s", event.digit)
+            await self.on_dtmf(event.digit)
+        elif isinstance(event, Start):
+            await self.on_start()
+
+    async def on_start(self) -> None:
+        pass
 
     async def on_caller_frames(self, frames: list[bytes]) -> None:
         self.caller_ms += 20 * len(frames)
+
+    async def on_dtmf(self, digit: str) -> None:
+        self.digits.append(digit)
+
+    def on_mark(self, name: str) -> None:
+        self.marks_played.append(name)
 
     async def close(self, reason: str) -> None:
         self.line.log.info("heard %.1f s of caller audio, %d DTMF digits", self.caller_ms / 1000, len(self.digits))

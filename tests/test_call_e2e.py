@@ -28,17 +28,6 @@ SPEED = 2.0
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-class RecordingFactory(CallFactory):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = []
-
-    def __call__(self, line):
-        call = super().__call__(line)
-        self.calls.append(call)
-        return call
-
-
 @pytest.fixture(scope="module")
 def providers():
     p = build(Settings.from_env({}))
@@ -51,7 +40,7 @@ def stack(providers):
     """(media URL, call factory, fake Twilio API) with one server for the module."""
     api = FakeTwilioApi(ACCOUNT, TOKEN)
     with serve(api.app) as api_url:
-        factory = RecordingFactory(providers, rest=TwilioRest(ACCOUNT, TOKEN, base_url=api_url))
+        factory = CallFactory(providers, rest=TwilioRest(ACCOUNT, TOKEN, base_url=api_url))
         app = create_app(Settings.from_env({}), handler_factory=factory)
         with serve(app) as base:
             yield base.replace("http", "ws") + "/media", factory, api
@@ -83,7 +72,7 @@ def test_turn_order_and_hang_up_after_the_goodbye(stack, tmp_path):
             after: bot_silent 5.0
         """)
     out = run(url, path, tmp_path / "out")
-    call = factory.calls[-1]
+    call = factory.recent[-1]
     turns = call._history()
     roles = [t.role for t in turns]
     assert roles == ["bot", "caller", "bot", "caller", "bot"], turns
@@ -117,7 +106,7 @@ def test_barge_in_clears_at_once_and_history_keeps_only_heard_words(stack, tmp_p
     barge = report["barge_ins"][0]
     assert barge["clear_ms"] is not None and barge["clear_ms"] >= barge["caller_speech_start_ms"]
     assert barge["frames_after_clear"] == 0
-    call = factory.calls[-1]
+    call = factory.recent[-1]
     turns = call._history()
     greeting = turns[0]
     assert greeting.role == "bot" and greeting.interrupted
@@ -138,7 +127,7 @@ def test_a_backchannel_does_not_take_the_turn(stack, tmp_path):
             after: bot_silent 1.5
         """)
     run(url, path, tmp_path / "out")
-    call = factory.calls[-1]
+    call = factory.recent[-1]
     turns = call._history()
     assert all(t.role == "bot" for t in turns), turns  # "okay" never became a caller turn
     if call.stats.barge_ins:  # the VAD heard it and cut the bot: the bot resumed the cut sentence
@@ -161,6 +150,6 @@ def test_dtmf_zero_asks_the_twilio_api_for_a_transfer(stack, tmp_path):
     run(url, path, tmp_path / "out")
     twimls = [u.get("Twiml", "") for u in api.updates]
     assert any("<Dial" in t and "<Number>+15550100123</Number>" in t for t in twimls), api.updates
-    call = factory.calls[-1]
+    call = factory.recent[-1]
     assert call.state.value == "ended"
     assert any("putting you through" in t.text.lower() for t in call._history() if t.role == "bot")

@@ -118,13 +118,14 @@ async def overhead(turns: int) -> list[float]:
 
 def _start_server():
     """The real app with the embedded engines, in its own thread (as `ivr demo` runs it)."""
-    from ivr.commands.demo import _free_port, _RecordingFactory, _Server
+    from ivr.call import CallFactory
+    from ivr.commands.demo import _free_port, _Server
     from ivr.config import Settings
     from ivr.server import create_app
 
     settings = Settings.from_env()
     port = _free_port()
-    factory = _RecordingFactory.from_settings(settings)
+    factory = CallFactory.from_settings(settings)
     server = _Server(create_app(settings, handler_factory=factory), port)
     return server, f"ws://127.0.0.1:{port}/media", factory
 
@@ -199,10 +200,10 @@ async def response(url: str, n: int, factory) -> tuple[list[float], list]:
     while len(results) < n:
         steps = [Say(_sample(f), t, After("bot_silent", 0.8)) for f, t in questions * 2]
         plan = CallPlan(name="response", kind="script", source="bench", steps=steps + [Hangup(After("bot_silent", 0.5))])
-        before = len(factory.calls)
+        known = set(map(id, factory.recent))
         report = build_report(await replay(plan, ReplayOptions(url=url, max_call_s=120)))
         results += [t["response_latency_ms"] for t in report["turns"] if t["response_latency_ms"] is not None]
-        for call in factory.calls[before:]:
+        for call in [c for c in factory.recent if id(c) not in known]:
             timings += call.stats.answers
     return results, timings
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from typing import Callable
 
 from ivr.call.engine import Call, CallOptions, CallState, PromptCache
+from ivr.call.events import Listener
 from ivr.call.splitter import SplitOptions, TextSplitter
 from ivr.call.twilio_rest import TwilioRest
 from ivr.config import Settings
@@ -17,6 +20,8 @@ log = logging.getLogger("ivr.call")
 
 __all__ = ["Call", "CallFactory", "CallOptions", "CallState", "PromptCache"]
 
+RECENT_CALLS = 100
+
 
 class CallFactory:
     """Makes a `Call` for each stream, sharing the providers and the prompt cache."""
@@ -26,6 +31,11 @@ class CallFactory:
         self.options = options or CallOptions()
         self.cache = PromptCache()
         self.rest = rest
+        #: The latest calls, newest last (benchmarks, the demo's transcript, tests read them).
+        self.recent: deque[Call] = deque(maxlen=RECENT_CALLS)
+        #: line -> a listener for that call's events (ivr.call.events) or None; the server's web
+        #: phone and capture set it.
+        self.listen: Callable[[Line], Listener | None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "CallFactory":
@@ -40,7 +50,8 @@ class CallFactory:
         return cls(build(settings), call_options(flow.extra), rest=TwilioRest.from_env())
 
     def __call__(self, line: Line) -> Call:
-        return Call(line, self.providers, self.options, self.cache, self.rest)
+        listener = self.listen(line) if self.listen is not None else None
+        return Call(line, self.providers, self.options, self.cache, self.rest, listener=listener)
 
     async def startup(self) -> None:
         """Load the engines and render the greeting, so the first caller waits for neither."""

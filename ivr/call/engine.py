@@ -22,7 +22,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable
 
-from ivr.audio import FRAME_BYTES, Framer, PhoneEncoder, ulaw_silence
+from ivr.audio import FRAME_BYTES, Framer, PhoneEncoder
 from ivr.audio.dtmf import dtmf_ulaw
 from ivr.call.events import Listener, cut_event, latency_event
 from ivr.call.ledger import HeardLedger
@@ -40,9 +40,8 @@ from ivr.providers.base import (
     Turn,
 )
 from ivr.providers.registry import Providers
-from ivr.session import Line
+from ivr.session import Line, ListeningHandler
 from ivr.telephony import twiml
-from ivr.telephony.twilio import Dtmf, Event, Mark, Media, Start
 
 log = logging.getLogger("ivr.call")
 
@@ -54,7 +53,6 @@ DEFAULT_BACKCHANNELS = (
     "i see", "got it", "alright", "all right",
 )  # fmt: skip
 
-
 class CallState(enum.Enum):
     GREETING = "greeting"
     LISTENING = "listening"
@@ -63,7 +61,6 @@ class CallState(enum.Enum):
     TRANSFERRING = "transferring"
     ENDING = "ending"
     ENDED = "ended"
-
 
 @dataclass(frozen=True)
 class CallOptions:
@@ -85,7 +82,6 @@ class CallOptions:
     time_limit_goodbye: str = "I'm sorry, we have reached the time limit for this call. Goodbye."
     #: After the last goodbye is queued, how long to wait for its mark before hanging up anyway.
     goodbye_timeout_ms: int = 15000
-
 
 class PromptCache:
     """Rendered prompts as 8 kHz mu-law frames, shared by every call of the process, so the
@@ -112,10 +108,8 @@ class PromptCache:
             _, old = self._items.popitem(last=False)
             self._bytes -= len(old) * FRAME_BYTES
 
-
 class _TurnCancelled(Exception):
     pass
-
 
 class BotTurn:
     """One bot turn: its ledger, its gate, its task, and the tools it asked for."""
@@ -158,7 +152,6 @@ class BotTurn:
             return True
         return not self.ledger.all_played
 
-
 @dataclass
 class TurnTiming:
     """Where one answer's time went; monotonic seconds. Speech end is when the audio in which
@@ -169,7 +162,6 @@ class TurnTiming:
     brain_first_at: float | None = None
     first_audio_at: float | None = None
 
-
 @dataclass
 class CallStats:
     """Figures for benchmarks and reports: times are monotonic seconds."""
@@ -179,8 +171,7 @@ class CallStats:
     answers: list[TurnTiming] = field(default_factory=list)
     barge_ins: int = 0
 
-
-class Call:
+class Call(ListeningHandler):
     """The call handler the server drives (see ivr.session.CallHandler)."""
 
     def __init__(self, line: Line, providers: Providers, options: CallOptions | None = None,
@@ -188,7 +179,7 @@ class Call:
                  listener: Listener | None = None) -> None:
         #: Gets small dict events (ivr.call.events); None for most calls, which then pay nothing.
         self.listener = listener
-        self.line = line
+        super().__init__(line)
         self.log = line.log
         self.providers = providers
         self.options = options or CallOptions()
@@ -197,8 +188,6 @@ class Call:
         self.state = CallState.GREETING
         self.stats = CallStats(start_at=time.monotonic())
         self.history: list[tuple[str, str | BotTurn]] = []  # ("caller", text) | ("bot", turn)
-        self.caller_ms = 0
-        self._framer = Framer(FRAME_BYTES)
         self._pending_audio: list[bytes] = []
         #: (caller audio ms, arrival time) of recent frames: dates the end of the caller's speech.
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=ARRIVALS_KEPT)
@@ -239,18 +228,11 @@ class Call:
 
     # --- events from the line -------------------------------------------------------------
 
-    async def on_event(self, event: Event) -> None:
-        if isinstance(event, Media):
-            if event.gap_bytes:
-                await self._caller_frames(self._framer.push(ulaw_silence(event.gap_bytes)))
-            await self._caller_frames(self._framer.push(event.payload))
-        elif isinstance(event, Mark):
-            self._on_mark(event.name)
-        elif isinstance(event, Dtmf):
-            self.log.info("caller pressed %s", event.digit)
-            await self._caller_input(CallerInput(dtmf=event.digit))
-        elif isinstance(event, Start):
-            self._main = asyncio.create_task(self._run(), name=f"call-{event.call_sid}")
+    async def on_start(self) -> None:
+        self._main = asyncio.create_task(self._run(), name=f"call-{self.line.start.call_sid}")
+
+    async def on_dtmf(self, digit: str) -> None:
+        await self._caller_input(CallerInput(dtmf=digit))
 
     async def close(self, reason: str) -> None:
         self._closed.set()
@@ -295,7 +277,7 @@ class Call:
                 return t
         return None
 
-    async def _caller_frames(self, frames: list[bytes]) -> None:
+    async def on_caller_frames(self, frames: list[bytes]) -> None:
         if frames:
             self._arrivals.append((self.caller_ms + FRAME_MS * len(frames), time.monotonic()))
         for frame in frames:
@@ -602,7 +584,7 @@ class Call:
         turn.ledger.sent_audio(index, FRAME_MS, now, words)
         await self.line.send_media(frame)
 
-    def _on_mark(self, name: str) -> None:
+    def on_mark(self, name: str) -> None:
         turn = self._turn
         now = time.monotonic()
         if turn is not None and turn.ledger.echoed(name, now):

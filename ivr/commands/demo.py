@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     logs.setup("warning")
     try:
         settings = Settings.from_env()
-        factory = _RecordingFactory.from_settings(settings)
+        factory = CallFactory.from_settings(settings)
     except ConfigError as exc:
         print(f"ivr demo: {exc}")
         return 2
@@ -80,26 +80,6 @@ def run(args: argparse.Namespace) -> int:
     with _Server(create_app(settings, handler_factory=factory), port):
         print(f"ivr demo: ready in {time.monotonic() - t0:.1f} s; replaying {len(calls)} call(s) in real time x{args.speed:g}\n", flush=True)
         return asyncio.run(_replay_all(calls, f"ws://127.0.0.1:{port}/media", factory, args))
-
-
-class _RecordingFactory:
-    """Keeps each call's engine, so the summary can show the bot's words as the caller heard them."""
-
-    @classmethod
-    def from_settings(cls, settings):
-        from ivr.call import CallFactory
-
-        class Recording(CallFactory):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, **kw)
-                self.calls = []
-
-            def __call__(self, line):
-                call = super().__call__(line)
-                self.calls.append(call)
-                return call
-
-        return Recording.from_settings(settings)
 
 
 async def _replay_all(calls: list[Path], url: str, factory, args: argparse.Namespace) -> int:
@@ -119,10 +99,10 @@ async def _replay_all(calls: list[Path], url: str, factory, args: argparse.Names
             print(f"ivr demo: {exc}")
             status = 2
             continue
-        before = len(factory.calls)
+        known = set(map(id, factory.recent))
         record = await replay(plan, ReplayOptions(url=url, speed=args.speed, max_call_s=300))
         texts: dict[str, str] = {}
-        for call in factory.calls[before:]:
+        for call in [c for c in factory.recent if id(c) not in known]:
             texts.update(heard_by_mark(turn for role, turn in call.history if role == "bot"))
         marks = [(m.echoed_ms if m.outcome == "played" else m.sent_ms, m.name) for m in record.playback.marks]
 
