@@ -45,6 +45,7 @@ from ivr.telephony import twiml
 
 log = logging.getLogger("ivr.call")
 
+
 FRAME_MS = 20
 ARRIVALS_KEPT = 500  # 10 s of frames
 #: Not "yes" or "sure": cutting in with those usually answers the bot's question.
@@ -52,6 +53,7 @@ DEFAULT_BACKCHANNELS = (
     "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "okay", "ok", "yeah", "yep", "right",
     "i see", "got it", "alright", "all right",
 )  # fmt: skip
+
 
 class CallState(enum.Enum):
     GREETING = "greeting"
@@ -61,6 +63,7 @@ class CallState(enum.Enum):
     TRANSFERRING = "transferring"
     ENDING = "ending"
     ENDED = "ended"
+
 
 @dataclass(frozen=True)
 class CallOptions:
@@ -82,6 +85,7 @@ class CallOptions:
     time_limit_goodbye: str = "I'm sorry, we have reached the time limit for this call. Goodbye."
     #: After the last goodbye is queued, how long to wait for its mark before hanging up anyway.
     goodbye_timeout_ms: int = 15000
+
 
 class PromptCache:
     """Rendered prompts as 8 kHz mu-law frames, shared by every call of the process, so the
@@ -108,8 +112,10 @@ class PromptCache:
             _, old = self._items.popitem(last=False)
             self._bytes -= len(old) * FRAME_BYTES
 
+
 class _TurnCancelled(Exception):
     pass
+
 
 class BotTurn:
     """One bot turn: its ledger, its gate, its task, and the tools it asked for."""
@@ -152,6 +158,7 @@ class BotTurn:
             return True
         return not self.ledger.all_played
 
+
 @dataclass
 class TurnTiming:
     """Where one answer's time went; monotonic seconds. Speech end is when the audio in which
@@ -162,6 +169,7 @@ class TurnTiming:
     brain_first_at: float | None = None
     first_audio_at: float | None = None
 
+
 @dataclass
 class CallStats:
     """Figures for benchmarks and reports: times are monotonic seconds."""
@@ -170,6 +178,7 @@ class CallStats:
     greeting_first_audio_at: float | None = None
     answers: list[TurnTiming] = field(default_factory=list)
     barge_ins: int = 0
+
 
 class Call(ListeningHandler):
     """The call handler the server drives (see ivr.session.CallHandler)."""
