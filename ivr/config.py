@@ -37,12 +37,25 @@ class Settings:
         default="", metadata={"help": "write each call's inbound Twilio messages here (off when empty)"}
     )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    webphone: bool = field(
+        default=False,
+        metadata={"help": "serve the web phone (/phone) and call viewer (/calls) on a non-loopback "
+                  "server too (always on when listening on loopback); see ivr/web/README.md"},
+    )
+    # Not IVR_-help material: a secret, compared in constant time, never logged.
+    webphone_token: str = field(default="", repr=False, metadata={"env": "IVR_WEBPHONE_TOKEN", "secret": True})
     # Secrets come from their vendors' usual variables, not IVR_*.
     twilio_auth_token: str = field(default="", repr=False, metadata={"env": "TWILIO_AUTH_TOKEN", "secret": True})
     # Providers and the embedded engines (ivr.providers.registry builds them from these).
-    stt: str = field(default="local", metadata={"help": "speech-to-text provider: local"})
-    tts: str = field(default="local", metadata={"help": "text-to-speech provider: local"})
-    brain: str = field(default="flow", metadata={"help": "what answers the caller: flow"})
+    stt: str = field(
+        default="", metadata={"help": "speech-to-text provider: local or deepgram (empty: deepgram if DEEPGRAM_API_KEY is set, else local)"}
+    )
+    tts: str = field(
+        default="", metadata={"help": "text-to-speech provider: local or elevenlabs (empty: elevenlabs if ELEVENLABS_API_KEY is set, else local)"}
+    )
+    brain: str = field(
+        default="", metadata={"help": "what answers the caller: flow or openai (empty: openai if OPENAI_API_KEY is set, else flow)"}
+    )
     flow: str = field(default="", metadata={"help": "call flow YAML for IVR_BRAIN=flow (empty: the bakery example)"})
     engine_workers: int = field(
         default=0, metadata={"help": "worker threads per embedded engine (0: one per CPU core)"}
@@ -62,6 +75,39 @@ class Settings:
     vad_neg_threshold: float = field(default=0.3, metadata={"help": "probability below which speech may end"})
     vad_min_speech_ms: int = field(default=64, metadata={"help": "speech needed before a start is reported"})
     vad_min_silence_ms: int = field(default=160, metadata={"help": "silence needed before an end is reported"})
+    # Cloud providers (ivr.providers.deepgram, .openai_chat, .elevenlabs). Keys come from the
+    # vendors' own variables; the URL overrides serve regional endpoints, self-hosted servers,
+    # proxies, and the tests' fakes on 127.0.0.1.
+    deepgram_api_key: str = field(default="", repr=False, metadata={"env": "DEEPGRAM_API_KEY", "secret": True})
+    deepgram_url: str = field(default="wss://api.deepgram.com", metadata={"help": "Deepgram streaming endpoint (ws:// or wss://)"})
+    deepgram_model: str = field(
+        default="nova-3", metadata={"help": "Deepgram model: nova-3, nova-2-phonecall... or flux-general-en (turn-taking, /v2/listen)"}
+    )
+    deepgram_endpointing_ms: int = field(default=300, metadata={"help": "Deepgram endpointing: silence (ms) that makes a final speech_final"})
+    deepgram_utterance_end_ms: int = field(default=1000, metadata={"help": "Deepgram utterance_end_ms: gap (ms) after the last word that ends a turn"})
+    deepgram_eager_eot: float = field(default=0.0, metadata={"help": "Flux eager_eot_threshold (0.3-0.9) for preemptive replies; 0: off"})
+    deepgram_max_streams: int = field(default=100, metadata={"help": "concurrent Deepgram streams; more calls wait (logged)"})
+    elevenlabs_api_key: str = field(default="", repr=False, metadata={"env": "ELEVENLABS_API_KEY", "secret": True})
+    elevenlabs_voice_id: str = field(
+        default="21m00Tcm4TlvDq8ikWAM", metadata={"env": "ELEVENLABS_VOICE_ID", "help": "ElevenLabs voice (default: Rachel)"}
+    )
+    elevenlabs_model: str = field(
+        default="eleven_flash_v2_5", metadata={"env": "ELEVENLABS_MODEL", "help": "ElevenLabs model (not eleven_v3: no WebSocket)"}
+    )
+    elevenlabs_url: str = field(default="wss://api.elevenlabs.io", metadata={"help": "ElevenLabs WebSocket endpoint (ws:// or wss://)"})
+    elevenlabs_max_sockets: int = field(default=40, metadata={"help": "concurrent ElevenLabs sockets (5 turns each); more wait (logged)"})
+    elevenlabs_cooloff_s: float = field(
+        default=60.0, metadata={"help": "after an ElevenLabs failure, seconds of the embedded TTS before trying it again"}
+    )
+    openai_api_key: str = field(default="", repr=False, metadata={"env": "OPENAI_API_KEY", "secret": True})
+    openai_base_url: str = field(
+        default="https://api.openai.com/v1", metadata={"env": "OPENAI_BASE_URL", "help": "OpenAI or any OpenAI-compatible server"}
+    )
+    openai_model: str = field(default="gpt-4o-mini", metadata={"help": "chat model for IVR_BRAIN=openai (the flow's llm.model wins)"})
+    openai_first_token_s: float = field(
+        default=3.0, metadata={"help": "seconds to wait for the first token before one retry, then a spoken fallback"}
+    )
+    openai_max_requests: int = field(default=100, metadata={"help": "concurrent OpenAI requests; more wait (logged)"})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -90,6 +136,8 @@ class Settings:
             raise ConfigError(f"IVR_MAX_MESSAGE_BYTES: {self.max_message_bytes} is too small for a Twilio message")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError(f"IVR_PUBLIC_URL: {self.public_url!r} must start with https:// (or http:// for local tests)")
+        if self.webphone_token and len(self.webphone_token) < 16:
+            raise ConfigError("IVR_WEBPHONE_TOKEN: use at least 16 random characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"IVR_LOG_LEVEL: {self.log_level!r} is not debug, info, warning or error")
 

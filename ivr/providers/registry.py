@@ -92,10 +92,45 @@ def _flow_brain(settings: Settings, shared: _Shared) -> Brain:
         raise ConfigError(f"IVR_FLOW: {error}") from None
 
 
+def _deepgram_stt(settings: Settings, shared: _Shared) -> SpeechToText:
+    from ivr.providers.deepgram import from_settings
+
+    return from_settings(settings)
+
+
+def _elevenlabs_tts(settings: Settings, shared: _Shared) -> TextToSpeech:
+    from ivr.providers.elevenlabs import from_settings
+
+    # The embedded voice takes over when ElevenLabs fails (built lazily: no model load until then).
+    return from_settings(settings, backup=lambda: _local_tts(settings, shared))
+
+
+def _openai_brain(settings: Settings, shared: _Shared) -> Brain:
+    from ivr.providers.openai_chat import from_settings
+
+    return from_settings(settings)
+
+
 Factory = Callable[[Settings, _Shared], Any]
-STT: dict[str, Factory] = {"local": _local_stt}
-TTS: dict[str, Factory] = {"local": _local_tts}
-BRAINS: dict[str, Factory] = {"flow": _flow_brain}
+STT: dict[str, Factory] = {"local": _local_stt, "deepgram": _deepgram_stt}
+TTS: dict[str, Factory] = {"local": _local_tts, "elevenlabs": _elevenlabs_tts}
+BRAINS: dict[str, Factory] = {"flow": _flow_brain, "openai": _openai_brain}
+
+#: With no explicit choice: the cloud provider whose key is set, else the embedded one.
+DEFAULTS = {
+    "IVR_STT": (("deepgram_api_key", "deepgram"), "local"),
+    "IVR_TTS": (("elevenlabs_api_key", "elevenlabs"), "local"),
+    "IVR_BRAIN": (("openai_api_key", "openai"), "flow"),
+}
+
+
+def choice(settings: Settings, variable: str) -> str:
+    """The provider name for IVR_STT / IVR_TTS / IVR_BRAIN, applying the default rule."""
+    name = getattr(settings, variable[4:].lower()).strip().lower()
+    if name and name != "auto":
+        return name
+    (key_field, cloud), local = DEFAULTS[variable]
+    return cloud if getattr(settings, key_field).strip() else local
 
 
 def _pick(table: dict[str, Factory], name: str, variable: str) -> Factory:
@@ -110,7 +145,7 @@ def build(settings: Settings) -> Providers:
     if settings.engine_workers < 0:
         raise ConfigError("IVR_ENGINE_WORKERS: cannot be negative")
     shared = _Shared(settings)
-    stt = _pick(STT, settings.stt, "IVR_STT")(settings, shared)
-    tts = _pick(TTS, settings.tts, "IVR_TTS")(settings, shared)
-    brain = _pick(BRAINS, settings.brain, "IVR_BRAIN")(settings, shared)
+    stt = _pick(STT, choice(settings, "IVR_STT"), "IVR_STT")(settings, shared)
+    tts = _pick(TTS, choice(settings, "IVR_TTS"), "IVR_TTS")(settings, shared)
+    brain = _pick(BRAINS, choice(settings, "IVR_BRAIN"), "IVR_BRAIN")(settings, shared)
     return Providers(stt=stt, tts=tts, brain=brain, vad=shared.cache.get("vad"))

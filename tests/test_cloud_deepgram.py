@@ -1,0 +1,157 @@
+"""Deepgram live STT: the real SDK client against the fake on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cloud_helpers import frames, silence, tone, until
+from fakes.deepgram import FakeDeepgram
+from ivr.config import ConfigError, Settings
+from ivr.providers import registry
+from ivr.providers.base import EndOfTurn, Final, Interim, SpeechStarted
+from ivr.providers.deepgram import DeepgramStt, EagerEndOfTurn, ResendBuffer, TurnResumed
+
+KEY = "dg-test-key"
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def fake():
+    with FakeDeepgram(KEY) as f:
+        yield f
+
+
+def engine(fake, **kw) -> DeepgramStt:
+    return DeepgramStt(KEY, url=fake.url, **kw)
+
+
+async def collect(session, until_turns: int = 1, timeout: float = 10.0) -> list:
+    events = []
+    async with asyncio.timeout(timeout):
+        async for event in session:
+            events.append(event)
+            if sum(1 for e in events if isinstance(e, EndOfTurn) and e.text) >= until_turns:
+                return events
+    return events
+
+
+async def feed(session, audio: bytes) -> None:
+    for frame in frames(audio):
+        await session.send(frame)
+
+
+async def test_an_utterance_gives_speech_started_interims_a_final_and_the_end_of_turn(fake):
+    fake.say("What time are you open?")
+    session = await engine(fake).open()
+    reader = asyncio.create_task(collect(session))
+    await feed(session, silence(400) + tone(1500) + silence(500))
+    events = await reader
+    await session.aclose()
+    kinds = [type(e) for e in events]
+    assert kinds[0] is SpeechStarted and 380 <= events[0].at_ms <= 420  # dated to the onset
+    assert Interim in kinds and kinds.index(Interim) < kinds.index(Final)
+    final = next(e for e in events if isinstance(e, Final))
+    assert final.text == "What time are you open?" and final.words[0].text == "What"
+    end = events[-1]
+    assert isinstance(end, EndOfTurn) and end.text == "What time are you open?"
+    assert 1850 <= end.at_ms <= 1950  # where the speech ended, not where it was decided
+    stream = fake.streams[0]
+    q = stream.query
+    assert (q["encoding"], q["sample_rate"], q["interim_results"], q["vad_events"]) == ("mulaw", "8000", "true", "true")
+    assert q["endpointing"] == "300" and q["utterance_end_ms"] == "1000" and q["model"] == "nova-3"
+    assert stream.closed_by_client  # CloseStream at hang-up
+
+
+async def test_a_socket_cut_mid_sentence_loses_nothing(fake):
+    """The fake drops the socket 400 ms into the sentence; the session reconnects, resends the
+    audio since the last final, and the whole sentence still arrives, once, on the call's clock."""
+    fake.say("I would like to order a birthday cake", "No thanks")
+    fake.cut_after_ms = 400
+    stt = engine(fake)
+    session = await stt.open()
+    reader = asyncio.create_task(collect(session, until_turns=2))
+    await feed(session, silence(3200) + tone(1200))
+    await until(lambda: len(fake.streams) == 2)  # the second socket is up (resending)
+    await feed(session, silence(600) + tone(500) + silence(600))
+    events = await reader
+    await session.aclose()
+    turns = [e for e in events if isinstance(e, EndOfTurn) and e.text]
+    assert [t.text for t in turns] == ["I would like to order a birthday cake", "No thanks"]
+    assert 4350 <= turns[0].at_ms <= 4450  # times shifted back onto the call's audio clock
+    assert session.reconnects == 1
+    # The second socket got only the audio after the last final (the 3 s empty final), not the call.
+    assert 1200 * 8 <= fake.streams[1].audio_bytes < (3200 + 1200 + 1700) * 8 - 2000 * 8
+
+
+async def test_resend_buffer_keeps_only_unsettled_audio():
+    buf = ResendBuffer()
+    buf.append(b"a" * 800)
+    buf.append(b"b" * 800)
+    buf.trim_to(1000)
+    assert buf.base == 1000 and buf.since(1000) == b"b" * 600 and buf.since(1200) == b"b" * 400
+    buf.trim_to(5000)
+    assert buf.base == 1600 and buf.since(1600) == b""
+
+
+async def test_finalize_ends_the_turn_in_progress(fake):
+    fake.say("Four two one")
+    session = await engine(fake).open()
+    reader = asyncio.create_task(collect(session))
+    await feed(session, silence(200) + tone(800))
+    await until(lambda: fake.streams and fake.streams[0].audio_bytes >= 1000 * 8)
+    await session.finalize()
+    events = await reader
+    await session.aclose()
+    assert fake.streams[0].finalizes == 1
+    assert events[-1] == EndOfTurn("Four two one", events[-1].at_ms)
+
+
+async def test_keepalive_flows_when_no_audio_does(fake):
+    stt = engine(fake)
+    stt.keepalive_s = 0.1
+    session = await stt.open()
+    await feed(session, silence(100))
+    await until(lambda: fake.streams and fake.streams[0].keepalives >= 2)
+    await session.aclose()
+
+
+async def test_a_bad_key_fails_at_start_up_naming_the_variable(fake):
+    stt = DeepgramStt("wrong-key", url=fake.url)
+    with pytest.raises(ConfigError, match="DEEPGRAM_API_KEY"):
+        await stt.load()
+
+
+async def test_a_key_revoked_mid_service_costs_the_call_its_ears_not_its_life(fake, caplog):
+    stt = engine(fake)
+    fake.reject_key = True
+    session = await stt.open()
+    events = [e async for e in session]  # iteration ends: the engine logs it and the call goes on
+    assert events == []
+    assert "DEEPGRAM_API_KEY" in caplog.text
+    await session.aclose()
+
+
+def test_registry_picks_deepgram_when_its_key_is_set_and_names_the_variable_when_missing(fake):
+    settings = Settings.from_env({"DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": fake.url, "IVR_TTS": "local", "IVR_BRAIN": "flow"})
+    assert type(registry.build(settings).stt).__name__ == "DeepgramStt"
+    with pytest.raises(ConfigError, match="IVR_STT=deepgram.*DEEPGRAM_API_KEY"):
+        registry.build(Settings.from_env({"IVR_STT": "deepgram"}))
+    with pytest.raises(ConfigError, match="IVR_DEEPGRAM_URL"):
+        registry.build(Settings.from_env({"DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": "ftp://x"}))
+
+
+async def test_flux_ends_turns_itself_and_signals_eager_ends_and_resumptions(fake):
+    fake.say("Where are you located")
+    session = await engine(fake, model="flux-general-en", eager_eot=0.5).open()
+    reader = asyncio.create_task(collect(session))
+    # A pause long enough for an eager end (250 ms) but not the end (500 ms), then more speech.
+    await feed(session, silence(200) + tone(600) + silence(300) + tone(400) + silence(700))
+    events = await reader
+    await session.aclose()
+    kinds = [type(e) for e in events]
+    assert kinds[0] is SpeechStarted
+    assert kinds.index(EagerEndOfTurn) < kinds.index(TurnResumed) < kinds.index(EndOfTurn)
+    assert events[-1].text == "Where are you located"
+    assert fake.streams[0].path == "/v2/listen" and fake.streams[0].query["model"] == "flux-general-en"
