@@ -51,7 +51,9 @@ class CallFactory:
 
     def __call__(self, line: Line) -> Call:
         listener = self.listen(line) if self.listen is not None else None
-        return Call(line, self.providers, self.options, self.cache, self.rest, listener=listener)
+        call = Call(line, self.providers, self.options, self.cache, self.rest, listener=listener)
+        self.recent.append(call)
+        return call
 
     async def startup(self) -> None:
         """Load the engines and render the greeting, so the first caller waits for neither."""
