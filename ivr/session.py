@@ -8,6 +8,7 @@ line (media, mark, clear, hang up).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Protocol
 
 from starlette.websockets import WebSocket
@@ -33,6 +34,7 @@ class Line:
         self.ended_by_bot = False
         self.transfer_twiml: str | None = None
         self._ws = websocket
+        self._t0 = t0
         self._capture = None
         if capture_dir:
             from ivr.harness.capture import CaptureWriter
@@ -48,14 +50,36 @@ class Line:
             self._capture.write(t_ms, raw)
 
     async def send_media(self, ulaw_frame: bytes) -> None:
-        await self._ws.send_text(self.writer.media(ulaw_frame))
+        text = self.writer.media(ulaw_frame)
+        if self._capture is not None:
+            self._capture_out(text)
+        await self._ws.send_text(text)
         metrics.FRAMES_OUT.inc()
 
     async def send_mark(self, name: str) -> None:
-        await self._ws.send_text(self.writer.mark(name))
+        text = self.writer.mark(name)
+        if self._capture is not None:
+            self._capture_out(text)
+        await self._ws.send_text(text)
 
     async def send_clear(self) -> None:
-        await self._ws.send_text(self.writer.clear())
+        text = self.writer.clear()
+        if self._capture is not None:
+            self._capture_out(text)
+        await self._ws.send_text(text)
+
+    def _capture_out(self, text: str) -> None:
+        # What we sent, on the capture's clock: the call viewer rebuilds playback from it.
+        self._capture.write_out((time.monotonic() - self._t0) * 1000, text)
+
+    @property
+    def capturing(self) -> bool:
+        return self._capture is not None
+
+    def capture_event(self, event: dict) -> None:
+        """Note a call event (ivr.call.events) in the capture, for the call viewer."""
+        if self._capture is not None:
+            self._capture.write_event((time.monotonic() - self._t0) * 1000, event)
 
     async def hang_up(self) -> None:
         """End the stream from our side (the call's own REST hang-up is the caller's business)."""

@@ -12,8 +12,11 @@ Format (one file per call, UTF-8, one JSON object per line):
   of a malformed message replays the same malformation to the parser).
 A binary WebSocket frame (which Twilio never sends, but a capture keeps what arrived) is written
 as `{"t_ms": ..., "msg_b64": "<base64 of the bytes>"}` instead of `msg`.
-Files are named `<UTC time>-<callSid or stream id>.jsonl`. Only inbound messages are kept: the
-replay plays Twilio's side again itself, so outbound audio would be redundant.
+Files are named `<UTC time>-<callSid or stream id>.jsonl`. The server also writes, between them,
+so that its call viewer (/calls) can draw the call's timeline:
+    {"t_ms": 40, "out": "{\"event\":\"media\",...}"}   a message the server sent, as sent
+    {"t_ms": 41, "event": {"type": "bot", ...}}         a call event (ivr.call.events)
+`read_capture` (and so `ivr replay`) skips both: the replay plays Twilio's side again itself.
 """
 
 from __future__ import annotations
@@ -61,6 +64,16 @@ class CaptureWriter:
             entry = {"t_ms": t, "msg_b64": base64.b64encode(message).decode("ascii")}
         self._file.write(orjson.dumps(entry) + b"\n")
 
+    def write_out(self, t_ms: float, message: str) -> None:
+        """A message the server sent (for the call viewer; replays skip it)."""
+        if not self._file.closed:
+            self._file.write(orjson.dumps({"t_ms": round(float(t_ms), 3), "out": message}) + b"\n")
+
+    def write_event(self, t_ms: float, event: dict) -> None:
+        """A call event (ivr.call.events) for the call viewer; replays skip it."""
+        if not self._file.closed:
+            self._file.write(orjson.dumps({"t_ms": round(float(t_ms), 3), "event": event}) + b"\n")
+
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
@@ -90,6 +103,8 @@ def read_capture(path: str | Path) -> Iterator[CapturedMessage]:
                 continue
             try:
                 entry = orjson.loads(line)
+                if isinstance(entry, dict) and ("out" in entry or "event" in entry) and "msg" not in entry:
+                    continue  # the server's side, for its call viewer
                 t_ms = entry["t_ms"]
                 text = entry["msg"] if "msg" in entry else base64.b64decode(entry["msg_b64"], validate=True)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):

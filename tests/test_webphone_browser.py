@@ -1,0 +1,150 @@
+"""The web phone in headless Chromium, with a fake microphone, against the real server and the
+embedded engines: the greeting plays, the caller's words appear, the bot answers; then the call
+viewer shows the call. Saves test-artifacts/webphone.png (and the viewer's pages).
+
+Waits are on page conditions with time limits, never on the wall clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ivr.audio import resample
+from ivr.call import CallFactory
+from ivr.config import Settings
+from ivr.providers.registry import build
+from ivr.server import create_app
+from live_server import serve
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.async_api", reason="pip install playwright")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "ivr" / "harness" / "samples"
+ARTIFACTS = ROOT / "test-artifacts"
+MIC_RATE = 48_000
+#: The caller waits through the greeting ("Thanks for calling Sunrise Bakery.") and talks over
+#: the menu that follows it, then stays silent while the bot answers.
+LEAD_S, TAIL_S = 3.5, 25.0
+
+
+class RecordingFactory(CallFactory):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def __call__(self, line):
+        call = super().__call__(line)
+        self.calls.append(call)
+        return call
+
+
+def fake_mic_wav(path: Path) -> Path:
+    """The caller's question between silences, as the 16-bit 48 kHz WAV Chromium's fake
+    capture device reads."""
+    pcm, rate = sf.read(SAMPLES / "hours-question.wav", dtype="int16")
+    question = resample(pcm.tobytes(), rate, MIC_RATE)
+    lead = bytes(2 * int(LEAD_S * MIC_RATE))
+    tail = bytes(2 * int(TAIL_S * MIC_RATE))
+    audio = np.frombuffer(lead + question + tail, dtype="<i2")
+    sf.write(path, audio, MIC_RATE, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def providers():
+    p = build(Settings.from_env({}))
+    asyncio.run(p.load())
+    return p
+
+
+async def test_web_phone_call_in_chromium(providers, tmp_path):
+    captures = tmp_path / "captures"
+    factory = RecordingFactory(providers)
+    app = create_app(Settings.from_env({}, capture_dir=str(captures)), handler_factory=factory)
+    wav = fake_mic_wav(tmp_path / "caller.wav")
+    ARTIFACTS.mkdir(exist_ok=True)
+    args = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}%noloop",
+        "--autoplay-policy=no-user-gesture-required",
+    ]  # fmt: skip
+    with serve(app) as base:
+        async with playwright.async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=args)
+            try:
+                page = await browser.new_page(viewport={"width": 1200, "height": 820})
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                await page.goto(base + "/phone")
+                await page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+                await page.click("#call")
+                await page.wait_for_selector("body[data-phone='in call']", timeout=15_000)
+                # The greeting plays: its mark came back from the player, so it was heard.
+                await page.wait_for_function(
+                    """() => [...document.querySelectorAll('.line.bot .piece.played')]
+                             .some(s => s.textContent.includes('Sunrise Bakery'))""",
+                    timeout=30_000,
+                )
+                # The caller's words, as the bot's speech-to-text heard them.
+                await page.wait_for_function(
+                    """() => [...document.querySelectorAll('.line.caller .text')]
+                             .some(s => /open/i.test(s.textContent))""",
+                    timeout=60_000,
+                )
+                # The bot answers with the hours, and the answer plays out to its last mark.
+                await page.wait_for_function(
+                    """() => [...document.querySelectorAll('.line.bot')].some(l =>
+                             /tuesday/i.test(l.textContent) && l.querySelector('.latency')
+                             && l.querySelectorAll('.piece').length
+                             === l.querySelectorAll('.piece.played').length)""",
+                    timeout=60_000,
+                )
+                state = await page.evaluate(
+                    """() => ({
+                        callState: document.body.dataset.callState,
+                        counts: window.ivrPhone.ui.counts,
+                        latencyRows: document.querySelectorAll('#latencies tr').length,
+                        struck: [...document.querySelectorAll('.line.interrupted s')].map(s => s.textContent),
+                        audio: window.ivrPhone.call.ctx.state,
+                    })"""
+                )
+                await page.screenshot(path=str(ARTIFACTS / "webphone.png"))
+                await page.click("#hangup")
+                await page.wait_for_selector("body[data-phone='idle']", timeout=10_000)
+
+                # The call viewer lists the call and draws its timeline.
+                await page.goto(base + "/calls")
+                await page.wait_for_selector("table.calls tbody tr", timeout=30_000)
+                row = await page.inner_text("table.calls tbody tr")
+                await page.screenshot(path=str(ARTIFACTS / "webphone-calls.png"), full_page=True)
+                await page.click("table.calls tbody tr a")
+                await page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+                turns = await page.locator("#turns tbody tr").count()
+                await page.screenshot(path=str(ARTIFACTS / "webphone-timeline.png"), full_page=True)
+            finally:
+                await browser.close()
+
+    assert not errors, errors
+    assert state["audio"] == "running"
+    assert state["counts"]["media"] > 100 and state["counts"]["marks"] >= 3, state
+    assert state["latencyRows"] >= 2, state  # the greeting's and the answer's
+    call = factory.calls[-1]
+    said = [text for role, text in call.history if role == "caller"]
+    assert any("open" in text.lower() for text in said), said
+    if call.stats.barge_ins:  # the caller talked over the menu: its unheard words are struck through
+        assert state["struck"], state
+    assert "hours-question" not in row and "1" in row  # a call with at least one turn
+    assert turns >= 1
+    assert (ARTIFACTS / "webphone.png").stat().st_size > 10_000
