@@ -29,3 +29,61 @@ PROVIDER_ERRORS = Counter("ivr_provider_errors_total", "Cloud provider failures"
 PROVIDER_RECONNECTS = Counter("ivr_provider_reconnects_total", "Cloud provider sockets reopened mid-call", ["provider"])
 PROVIDER_WAITS = Counter("ivr_provider_waits_total", "Calls that waited for a provider concurrency slot", ["provider"])
 PROVIDER_FALLBACKS = Counter("ivr_provider_fallbacks_total", "Turns served by a fallback (embedded TTS, spoken line)", ["provider"])
+
+# The conversation engine's view of each call (ivr.call.engine observes these), whatever the
+# providers: what a caller waits for, and where the wait went.
+from prometheus_client import Histogram  # noqa: E402
+
+#: Phone-scale waits: a good answer starts within a second, a barge-in clears within 200 ms.
+LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+RESPONSE_LATENCY = Histogram(
+    "ivr_response_latency_seconds",
+    "From the end of the caller's speech (its audio reaching us) to the bot's first answer frame sent",
+    buckets=LATENCY_BUCKETS,
+)
+TURN_STAGE = Histogram(
+    "ivr_turn_stage_seconds",
+    "One answer's time by stage: stt (speech end to end of turn: endpointing and transcription), "
+    "brain (to its first output), tts (to the first audio frame)",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+BARGE_IN_LATENCY = Histogram(
+    "ivr_barge_in_latency_seconds",
+    "From the caller's speech start (its audio reaching us) to the clear that stops the bot",
+    buckets=LATENCY_BUCKETS,
+)
+GREETING_LATENCY = Histogram(
+    "ivr_greeting_latency_seconds", "From the stream's start to the greeting's first audio frame", buckets=LATENCY_BUCKETS
+)
+BARGE_INS = Counter("ivr_barge_ins_total", "Bot turns cut by the caller speaking over them")
+TRANSFERS = Counter("ivr_transfers_total", "Calls handed on by the bot", ["kind"])  # number | sip
+CALL_ENDINGS = Counter(
+    "ivr_call_endings_total",
+    "Media streams ended, by how: caller (Twilio stopped the stream), bot, transfer, disconnect (lost), refused",
+    ["how"],
+)
+DRAINING = Gauge("ivr_draining", "1 while the server drains (refusing new calls) before it exits")
+DRAIN_ENDED = Counter("ivr_drain_ended_calls_total", "Calls the bot ended (or transferred) at the drain deadline")
+
+
+def observe_answer(timing) -> None:
+    """Record one answer (an `ivr.call.engine.TurnTiming` whose first audio has gone out)."""
+    if timing.first_audio_at is None:
+        return
+    start = timing.speech_end_at if timing.speech_end_at is not None else timing.end_of_turn_at
+    RESPONSE_LATENCY.observe(max(0.0, timing.first_audio_at - start))
+    if timing.speech_end_at is not None:
+        TURN_STAGE.labels("stt").observe(max(0.0, timing.end_of_turn_at - timing.speech_end_at))
+    if timing.brain_first_at is not None:
+        TURN_STAGE.labels("brain").observe(max(0.0, timing.brain_first_at - timing.end_of_turn_at))
+        TURN_STAGE.labels("tts").observe(max(0.0, timing.first_audio_at - timing.brain_first_at))
+
+
+def observe_barge_in(speech_arrived_at: float | None, now: float) -> None:
+    """Record a barge-in whose clear went out at `now` (monotonic), for speech whose first audio
+    reached us at `speech_arrived_at` (None: not known, counted only)."""
+    BARGE_INS.inc()
+    if speech_arrived_at is not None:
+        BARGE_IN_LATENCY.observe(max(0.0, now - speech_arrived_at))

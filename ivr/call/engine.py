@@ -22,6 +22,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterable
 
+from ivr import metrics
 from ivr.audio import FRAME_BYTES, Framer, PhoneEncoder
 from ivr.audio.dtmf import dtmf_ulaw
 from ivr.call.events import Listener, cut_event, latency_event
@@ -421,6 +422,7 @@ class Call(ListeningHandler):
         self.log.info("barge-in at %d ms: clearing the bot's audio", at_ms)
         self._interrupted = turn
         await self._cut(turn, reason="barge-in")
+        metrics.observe_barge_in(self._arrival_of(at_ms), time.monotonic())
 
     async def _cut(self, turn: BotTurn, reason: str) -> None:
         """Stop a turn: no frame after this; Twilio drops what it buffered; work is cancelled."""
@@ -587,9 +589,11 @@ class Call(ListeningHandler):
             if turn.number == 1:
                 self.stats.greeting_first_audio_at = now
                 self._emit({"type": "latency", "turn": 1, "greeting": True, "total_ms": round((now - self.stats.start_at) * 1000, 1)})
+                metrics.GREETING_LATENCY.observe(now - self.stats.start_at)
             elif turn.timing is not None:
                 turn.timing.first_audio_at = now
                 self._emit(latency_event(turn.number, turn.timing))
+                metrics.observe_answer(turn.timing)
         turn.ledger.sent_audio(index, FRAME_MS, now, words)
         await self.line.send_media(frame)
 
@@ -646,6 +650,26 @@ class Call(ListeningHandler):
         if self._group is not None:
             self._begin_turn(goodbye())
 
+    async def drain(self, goodbye: str, transfer_to: str = "") -> None:
+        """The server is going away (ivr.drain): stop the bot, say `goodbye`, and once it has been
+        heard hang up, or transfer to `transfer_to`. A call already ending is left to end."""
+        if self._ending:
+            return
+        if self._group is None:  # the engines never opened: nothing to say with
+            await self._hang_up()
+            return
+        if self._turn is not None and self._turn.audible:
+            await self._cut(self._turn, reason="drain")
+        self._ending = True
+        summary = "The assistant's server restarted during the call."
+        last = ToolCall("transfer", {"to": transfer_to, "summary": summary}, "drain") if transfer_to else ToolCall("hangup", {}, "drain")
+
+        async def words() -> AsyncIterator[BrainOutput]:
+            yield TextDelta(goodbye)
+            yield last
+
+        self._begin_turn(words())
+
     async def _hang_up(self) -> None:
         self._ending = True
         self.state = CallState.ENDING
@@ -666,6 +690,7 @@ class Call(ListeningHandler):
         self._ending = True
         doc = twiml.transfer_sip(target, summary) if target.startswith(("sip:", "sips:")) else twiml.transfer_number(target)
         self.log.info("transferring the call to %s", self.log.mask(target))
+        metrics.TRANSFERS.labels("sip" if target.startswith(("sip:", "sips:")) else "number").inc()
         self.line.transfer_twiml = doc
         if self.rest is not None:
             try:
