@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     logs.setup(settings.log_level)
     app = create_app(settings)
     log.info("listening on http://%s:%d (voice webhook POST /twiml/voice, media stream /media)", settings.host, settings.port)
+    from ivr.web import startup_lines
+
+    for line in startup_lines(settings):
+        print(f"ivr serve: {line}", flush=True)
     uvicorn.run(
         app,
         host=settings.host,
