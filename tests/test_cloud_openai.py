@@ -1,0 +1,124 @@
+"""The OpenAI brain: the real `openai` client against the fake API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import pytest
+
+from fakes.openai_api import FakeOpenAI, Reply
+from ivr.config import ConfigError, Settings
+from ivr.flows import parse_flow
+from ivr.providers import registry
+from ivr.providers.base import CallContext, CallerInput, TextDelta, ToolCall, Turn
+from ivr.providers.openai_chat import OpenAIBrain, llm_config
+from live_server import serve
+
+KEY = "sk-test"
+FLOW = """
+greeting: "Thanks for calling {shop}."
+variables: {shop: Sunrise Bakery, staff: "+15550100123"}
+nodes: {main: {say: hi}}
+llm: {model: gpt-test, temperature: 0.2, first_token_timeout: 0.5, fallback: "One moment, please say that again."}
+system_prompt: You answer the phone for a bakery.
+transfers: {staff: "{staff}"}
+tools:
+  - name: check_order
+    description: Look an order up.
+    parameters: {type: object, properties: {number: {type: string}}, required: [number]}
+"""
+
+
+@pytest.fixture
+def fake():
+    f = FakeOpenAI(KEY)
+    with serve(f.app) as url:
+        f.url = url + "/v1"
+        yield f
+
+
+def brain(fake, key=KEY) -> OpenAIBrain:
+    flow = parse_flow(FLOW)
+    return OpenAIBrain(key, fake.url, "gpt-4o-mini", llm_config(flow.extra, flow.greeting, flow.variables))
+
+
+async def answer(b: OpenAIBrain, text: str | None = "hi", history=()) -> list:
+    session = await b.open(CallContext(call_sid="CA1", parameters={"From": "+15550001111"}))
+    return [o async for o in session.respond(list(history), CallerInput(text=text))]
+
+
+async def test_text_streams_in_deltas_and_tool_calls_are_assembled(fake):
+    fake.responder = lambda body: Reply("Let me put you through.", [("transfer", {"target": "staff", "summary": "wants a cake"})])
+    out = await answer(brain(fake), "a person please",
+                       history=[Turn("bot", "Thanks for calling, we open at", interrupted=True), Turn("caller", "hello")])
+    deltas = [o.text for o in out if isinstance(o, TextDelta)]
+    assert len(deltas) > 1 and "".join(deltas) == "Let me put you through."
+    assert out[-1] == ToolCall("transfer", {"to": "+15550100123", "summary": "wants a cake"}, "call_0")
+    body = fake.requests[-1]
+    assert body["model"] == "gpt-test" and body["temperature"] == 0.2 and body["stream"] is True
+    roles = [m["role"] for m in body["messages"]]
+    assert roles == ["system", "assistant", "user", "user"]
+    assert "interrupted" in body["messages"][1]["content"] and "+15550001111" in body["messages"][0]["content"]
+    names = [t["function"]["name"] for t in body["tools"]]
+    assert names == ["transfer", "hangup", "send_dtmf", "check_order"]
+    assert body["tools"][0]["function"]["parameters"]["properties"]["target"]["enum"] == ["staff"]
+
+
+async def test_greeting_is_the_flows_with_its_variables(fake):
+    session = await brain(fake).open(CallContext())
+    assert [o.text async for o in session.greeting()] == ["Thanks for calling Sunrise Bakery."]
+
+
+async def test_a_429_is_retried_once(fake):
+    fake.faults.append("429")
+    out = await answer(brain(fake))
+    assert "".join(o.text for o in out if isinstance(o, TextDelta)) == "Sorry, could you say that again?"
+    assert len(fake.requests) == 2 and not fake.faults  # the 429, then the answer
+
+
+async def test_a_stalled_stream_gets_one_retry_then_a_spoken_fallback(fake):
+    fake.faults.extend(["stall_first", "stall"])
+    out = await answer(brain(fake))
+    assert out == [TextDelta("One moment, please say that again.")]
+    assert len(fake.requests) == 2  # one retry, no more
+
+
+async def test_a_stall_then_a_good_answer(fake):
+    fake.faults.append("stall")
+    fake.responder = lambda body: Reply("Here I am.")
+    out = await answer(brain(fake))
+    assert "".join(o.text for o in out) == "Here I am."
+
+
+async def test_429_twice_means_the_fallback_line_and_the_call_goes_on(fake):
+    fake.faults.extend(["429", "500"])
+    out = await answer(brain(fake))
+    assert out == [TextDelta("One moment, please say that again.")]
+
+
+async def test_a_bad_key_fails_at_start_up_naming_the_variable(fake):
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        await brain(fake, key="sk-wrong").load()
+
+
+async def test_a_bad_key_mid_call_is_logged_and_the_caller_hears_the_fallback(fake, caplog):
+    out = await answer(brain(fake, key="sk-wrong"))
+    assert out == [TextDelta("One moment, please say that again.")]
+    assert "OPENAI_API_KEY" in caplog.text
+
+
+def test_flow_errors_name_the_key():
+    with pytest.raises(ConfigError, match="transfers.boss"):
+        llm_config({"transfers": {"boss": "call me"}})
+    with pytest.raises(ConfigError, match="llm"):
+        llm_config({"llm": {"modle": "x"}})
+    with pytest.raises(ConfigError, match=r"tools\[0\]"):
+        llm_config({"tools": [{"name": "hangup"}]})
+
+
+def test_registry_defaults_follow_the_keys(fake):
+    settings = Settings.from_env({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.url})
+    assert registry.choice(settings, "IVR_BRAIN") == "openai"
+    assert type(registry.BRAINS["openai"](settings, None)).__name__ == "OpenAIBrain"
+    assert registry.choice(Settings.from_env({}), "IVR_BRAIN") == "flow"
+    assert registry.choice(Settings.from_env({"OPENAI_API_KEY": KEY, "IVR_BRAIN": "flow"}), "IVR_BRAIN") == "flow"
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        registry.build(Settings.from_env({"IVR_BRAIN": "openai", "IVR_STT": "local", "IVR_TTS": "local"}))
