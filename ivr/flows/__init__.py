@@ -28,6 +28,28 @@ spells a number digit by digit, as a person reads an order number back.
 Keys reserved for the conversation engine (`barge_in`, `silence`, `voice`, `llm`,
 `system_prompt`, `tools`, `transfers`) are accepted and left to it; any other unknown key is an
 error, so a misspelling never passes silently.
+
+For the OpenAI brain (`IVR_BRAIN=openai`, ivr.providers.openai_chat) the same file gives:
+
+```yaml
+greeting: "Thanks for calling {shop}."   # said first (fixed, so it is rendered once at start-up)
+system_prompt: |
+  You answer the phone for Sunrise Bakery. Keep answers to one or two sentences.
+llm:
+  model: gpt-4o-mini          # overrides IVR_OPENAI_MODEL
+  temperature: 0.3
+  max_tokens: 200
+  first_token_timeout: 3      # seconds; then one retry, then `fallback` is spoken
+  fallback: "Sorry, I'm having trouble right now. Could you say that again?"
+transfers:                    # the model's `transfer` tool takes one of these names
+  staff: "{staff_line}"       # a number or a sip: URI; {variables} are filled in
+tools:                        # the application's own tools (JSON schema parameters)
+  - name: check_order
+    description: Look up an order by its number.
+    parameters: {type: object, properties: {number: {type: string}}, required: [number]}
+```
+
+`hangup` and `send_dtmf` are always offered; `transfer` when `transfers` has targets.
 """
 
 from __future__ import annotations
