@@ -568,8 +568,11 @@ class Call(ListeningHandler):
                 if encoder is None:
                     encoder = PhoneEncoder(8000 if chunk.encoding == "ulaw" else chunk.sample_rate)
                 out = encoder.push_ulaw(chunk.audio) if chunk.encoding == "ulaw" else encoder.push(chunk.audio)
+                # A chunk's word timings count once (with its first frame), not once per frame.
+                words = chunk.words
                 for frame in out:
-                    await self._send(turn, index, frame, chunk.words)
+                    await self._send(turn, index, frame, words)
+                    words = ()
                     frames.append(frame)
             if chunk.last:
                 break
