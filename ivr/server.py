@@ -266,6 +266,16 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
         await websocket.close()
 
 
+async def _warm_up(state: IvrState, startup) -> None:
+    try:
+        await startup()
+    except Exception:
+        log.exception("loading the engines failed: /readyz stays false; calls try again on first use")
+        return
+    state.ready = True
+    log.info("ready for calls")
+
+
 def create_app(settings: Settings | None = None, handler_factory: HandlerFactory | None = None) -> Starlette:
     """The app. Without a handler factory, calls go to the conversation engine with the
     providers the settings choose (loaded at start-up, before /readyz turns true)."""
@@ -286,10 +296,16 @@ def create_app(settings: Settings | None = None, handler_factory: HandlerFactory
         if not settings.public_url:
             log.info("IVR_PUBLIC_URL is not set: public URLs are taken from each request's Host header")
         startup = getattr(state.handler_factory, "startup", None)
-        if startup is not None:
-            await startup()
-        state.ready = True
+        # Engines load after the port opens: /healthz answers at once, /readyz once they are in,
+        # and a call that comes early is taken (it waits for the engines) rather than refused.
+        warming = None
+        if startup is None:
+            state.ready = True
+        else:
+            warming = asyncio.create_task(_warm_up(state, startup), name="warm-up")
         yield
+        if warming is not None:
+            warming.cancel()
         state.ready = False
 
     app = Starlette(

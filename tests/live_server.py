@@ -24,8 +24,10 @@ def serve(app, **config) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
+    deadline = time.monotonic() + 120
+    state = getattr(getattr(app, "state", None), "ivr", None)
+    # Started, and (for ivr's app) ready: its engines load once the port is open.
+    while not server.started or (state is not None and not state.ready):
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)

@@ -39,12 +39,14 @@ class _Server:
     def __init__(self, app, port: int) -> None:
         import uvicorn
 
+        self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None))
         self.thread = threading.Thread(target=self.server.run, name="ivr-server", daemon=True)
 
     def __enter__(self) -> "_Server":
         self.thread.start()
-        while not self.server.started:
+        # Up, then ready: the engines load once the port is open.
+        while not (self.server.started and self.app.state.ivr.ready):
             if not self.thread.is_alive():
                 raise RuntimeError("the server did not start; see the log above")
             time.sleep(0.05)
