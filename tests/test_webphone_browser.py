@@ -84,7 +84,7 @@ async def test_web_phone_call_in_chromium(providers, tmp_path):
         async with playwright.async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=args)
             try:
-                page = await browser.new_page(viewport={"width": 1200, "height": 820})
+                page = await browser.new_page(viewport={"width": 1100, "height": 820})
                 errors: list[str] = []
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 await page.goto(base + "/phone")
@@ -120,7 +120,8 @@ async def test_web_phone_call_in_chromium(providers, tmp_path):
                         audio: window.ivrPhone.call.ctx.state,
                     })"""
                 )
-                await page.screenshot(path=str(ARTIFACTS / "webphone.png"))
+                bottom = await page.evaluate("() => document.querySelector('main').getBoundingClientRect().bottom")
+                await page.screenshot(path=str(ARTIFACTS / "webphone.png"), clip={"x": 0, "y": 0, "width": 1100, "height": bottom + 8})
                 await page.click("#hangup")
                 await page.wait_for_selector("body[data-phone='idle']", timeout=10_000)
 
@@ -132,6 +133,7 @@ async def test_web_phone_call_in_chromium(providers, tmp_path):
                 await page.click("table.calls tbody tr a")
                 await page.wait_for_selector("body[data-ready='1']", timeout=30_000)
                 turns = await page.locator("#turns tbody tr").count()
+                table = await page.inner_text("#turns")
                 await page.screenshot(path=str(ARTIFACTS / "webphone-timeline.png"), full_page=True)
             finally:
                 await browser.close()
@@ -147,4 +149,41 @@ async def test_web_phone_call_in_chromium(providers, tmp_path):
         assert state["struck"], state
     assert "hours-question" not in row and "1" in row  # a call with at least one turn
     assert turns >= 1
+    assert "open" in table.lower() and "tuesday" in table.lower(), table  # caller and bot words
     assert (ARTIFACTS / "webphone.png").stat().st_size > 10_000
+
+
+async def test_worklet_codec_matches_ivr_audio():
+    """The browser's mu-law encoder and decoder agree with the server's (ivr.audio), and its
+    8 kHz resampler passes the phone band and stops what would alias."""
+    from ivr.audio import pcm16_to_ulaw, ulaw_to_pcm16
+
+    source = (ROOT / "ivr" / "web" / "static" / "phone-worklet.js").read_text()
+    samples = list(range(-32768, 32768, 7)) + [32767]
+    async with playwright.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = await browser.new_page()
+            await page.add_script_tag(content=source)
+            encoded = await page.evaluate("(xs) => xs.map(globalThis.ivrCodec.linearToUlaw)", samples)
+            decoded = await page.evaluate("() => Array.from(globalThis.ivrCodec.ULAW_TO_FLOAT, v => Math.round(v * 32768))")
+            gains = await page.evaluate(
+                """() => { const out = {};
+                  for (const hz of [300, 1000, 3000, 5000, 9000]) {
+                    const d = new globalThis.ivrCodec.Downsampler(48000), y = [];
+                    const x = new Float32Array(48000);
+                    for (let i = 0; i < x.length; i++) x[i] = Math.sin(2 * Math.PI * hz * i / 48000);
+                    for (let i = 0; i < x.length; i += 128) d.push(x.subarray(i, i + 128), y);
+                    const tail = y.slice(2000); let e = 0; for (const v of tail) e += v * v;
+                    out[hz] = Math.sqrt(2 * e / tail.length); }
+                  return out; }"""
+            )
+        finally:
+            await browser.close()
+    import numpy as np
+
+    expected = pcm16_to_ulaw(np.array(samples, dtype="<i2").tobytes())
+    assert bytes(encoded) == expected
+    assert np.array_equal(np.array(decoded, dtype=np.int16), np.frombuffer(ulaw_to_pcm16(bytes(range(256))), dtype="<i2"))
+    assert all(0.9 < gains[str(hz)] < 1.1 for hz in (300, 1000, 3000)), gains
+    assert gains["5000"] < 0.01 and gains["9000"] < 0.01, gains

@@ -141,7 +141,20 @@ def call_report(path: Path) -> tuple[CallRecord, dict, list[dict]]:
         said = [text for t, text in heard if a <= t < b + 1]
         return " ".join(said) or None
 
-    return record, build_report(record, bot_text), events
+    report = build_report(record, bot_text)
+    _add_caller_texts(report, events)
+    return record, report, events
+
+
+def _add_caller_texts(report: dict, events: list[dict]) -> None:
+    """What the bot's speech-to-text heard, on the turn (found by energy) it ended."""
+    turns = report["turns"]
+    for ev in events:
+        if ev.get("type") != "caller":
+            continue
+        ended = [t for t in turns if t["caller_speech_end_ms"] is not None and t["caller_speech_end_ms"] <= ev["t_ms"]]
+        if ended and not ended[-1]["caller_text"]:
+            ended[-1]["caller_text"] = ev["text"]
 
 
 def _started_at(name: str) -> str:

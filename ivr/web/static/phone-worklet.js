@@ -9,20 +9,23 @@
 const FRAME = 160; // 20 ms at 8 kHz
 const PHONE_RATE = 8000;
 
-// --- G.711 mu-law (the classic Sun reference: same codes as Python's audioop) -------------
+// --- G.711 mu-law, exactly as CPython's audioop (the server's codec) computes it -----------
 const BIAS = 0x84;
-const CLIP = 32635;
+const SEG_END = [0x3f, 0x7f, 0xff, 0x1ff, 0x3ff, 0x7ff, 0xfff, 0x1fff];
 
 function linearToUlaw(sample) {
-  let s = sample | 0;
-  const sign = s < 0 ? 0x80 : 0;
-  if (sign) s = -s;
-  if (s > CLIP) s = CLIP;
-  s += BIAS;
-  let exponent = 7;
-  for (let mask = 0x4000; (s & mask) === 0 && exponent > 0; exponent--, mask >>= 1) {}
-  const mantissa = (s >> (exponent + 3)) & 0x0f;
-  return ~(sign | (exponent << 4) | mantissa) & 0xff;
+  let v = (sample | 0) >> 2; // 14-bit magnitude, as audioop does
+  let mask = 0xff;
+  if (v < 0) {
+    v = -v;
+    mask = 0x7f;
+  }
+  if (v > 8159) v = 8159;
+  v += BIAS >> 2;
+  let seg = 0;
+  while (seg < 8 && v > SEG_END[seg]) seg++;
+  if (seg >= 8) return 0x7f ^ mask;
+  return ((seg << 4) | ((v >> (seg + 1)) & 0x0f)) ^ mask;
 }
 
 const ULAW_TO_FLOAT = new Float32Array(256);
