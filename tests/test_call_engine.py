@@ -166,3 +166,24 @@ def test_engine_options_come_from_the_flow_file_and_typos_are_errors():
         call_options({"barge_in": {"min_speech": 3}})
     with pytest.raises(ConfigError, match="split"):
         call_options({"voice": {"split": "paragraph"}})
+
+
+async def test_hanging_up_mid_sentence_frees_the_tts_at_once():
+    class StallingStream(InstantTts().stream().__class__):
+        async def push(self, text):  # accepted, never rendered
+            self.n += 1
+            return self.n - 1
+
+    class StallingTts(InstantTts):
+        def stream(self):
+            s = StallingStream(self.ms_per_char)
+            self.streams.append(s)
+            return s
+
+    tts = StallingTts()
+    line = RecordingLine()
+    call = Call(line, Providers(stt=ScriptedStt(), tts=tts, brain=FixedBrain(GREETING)))  # type: ignore[arg-type]
+    await call.on_event(line.start)
+    await line.wait_for(lambda: tts.streams)
+    await call.close("stop")
+    assert tts.streams[0].cancelled

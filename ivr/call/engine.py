@@ -527,10 +527,12 @@ class Call(ListeningHandler):
                 turn.ledger.marked(index, mark, time.monotonic())
                 await self.line.send_mark(mark)
 
+        spoken = False
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(feed())
                 group.create_task(speak())
+            spoken = True
             turn.done_generating = True
             if turn.ledger.all_played or not turn.ledger.pieces:
                 turn.all_marked.set()
@@ -547,7 +549,9 @@ class Call(ListeningHandler):
             self.state = CallState.LISTENING
         finally:
             turn.done_generating = True
-            if tts is not None and not turn.gate_open:
+            if tts is not None and not spoken:
+                # Cut, failed or the call ended: free the TTS worker now (a cancelled task may
+                # still await here: the cancel is the cleanup itself).
                 with contextlib.suppress(Exception):
                     await tts.cancel()
 
