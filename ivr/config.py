@@ -108,6 +108,21 @@ class Settings:
         default=3.0, metadata={"help": "seconds to wait for the first token before one retry, then a spoken fallback"}
     )
     openai_max_requests: int = field(default=100, metadata={"help": "concurrent OpenAI requests; more wait (logged)"})
+    # Operations (ivr.drain, ivr.logs).
+    log_format: str = field(
+        default="auto", metadata={"help": "json (one object a line), text, or auto (json unless stderr is a terminal)"}
+    )
+    drain_seconds: float = field(
+        default=300.0,
+        metadata={"help": "on SIGTERM, how long calls in progress may go on before the bot ends them politely"},
+    )
+    drain_goodbye: str = field(
+        default="I'm sorry, I have to end this call now. Please call again. Goodbye.",
+        metadata={"help": "what the bot says to calls still running at the drain deadline"},
+    )
+    drain_transfer_to: str = field(
+        default="", metadata={"help": "at the drain deadline, transfer calls here (+E.164 or sip:) instead of ending them"}
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -138,6 +153,12 @@ class Settings:
             raise ConfigError(f"IVR_PUBLIC_URL: {self.public_url!r} must start with https:// (or http:// for local tests)")
         if self.webphone_token and len(self.webphone_token) < 16:
             raise ConfigError("IVR_WEBPHONE_TOKEN: use at least 16 random characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
+        if self.log_format not in ("auto", "json", "text"):
+            raise ConfigError(f"IVR_LOG_FORMAT: {self.log_format!r} is not auto, json or text")
+        if self.drain_seconds < 0:
+            raise ConfigError(f"IVR_DRAIN_SECONDS: {self.drain_seconds} is negative")
+        if self.drain_transfer_to and not self.drain_transfer_to.startswith(("+", "sip:", "sips:")):
+            raise ConfigError(f"IVR_DRAIN_TRANSFER_TO: {self.drain_transfer_to!r} is not +E.164 or a sip: URI")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"IVR_LOG_LEVEL: {self.log_level!r} is not debug, info, warning or error")
 

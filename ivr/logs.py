@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import re
+import sys
 import time
+
+import orjson
 
 from ivr.telephony.twilio import ProtocolError
 
@@ -12,11 +17,67 @@ ERROR_LOG_BURST = 10
 ERROR_LOG_EVERY = 100
 
 
-def setup(level: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMATS = ("auto", "json", "text")
+
+#: (call_sid, stream_sid) of the call whose task is running: set by `CallLog.bind` in the stream's
+#: task, inherited by every task the call starts, so provider and engine lines carry the ids too.
+_call_ids: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("ivr_call_ids", default=None)
+
+#: E.164 numbers, and digit-only SIP users, anywhere in a message (a safety net behind `mask`).
+_NUMBER = re.compile(r"(?<![\w+])\+\d{7,15}\b|(?<=sips:)\d{7,15}(?=@)|(?<=sip:)\d{7,15}(?=@)")
+
+
+def setup(level: str = "info", fmt: str = "text") -> None:
+    """Log to stderr: `fmt` json (one object a line, for log collectors), text, or auto (json
+    unless stderr is a terminal). Does nothing if logging is already configured (tests)."""
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(CallContextFilter())
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+
+
+class CallContextFilter(logging.Filter):
+    """Adds the current call's ids to records that lack them, and masks phone numbers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "call_sid"):
+            ids = _call_ids.get()
+            if ids is not None:
+                record.call_sid, record.stream_sid = ids
+        message = record.getMessage()
+        masked = _NUMBER.sub(lambda m: mask_number(m.group(0)), message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ts (UTC), level, logger, msg, call_sid/stream_sid in a call, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        doc: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        call_sid = getattr(record, "call_sid", None)
+        if call_sid is not None:
+            stream_sid = getattr(record, "stream_sid", "-")
+            # CallLog writes the ids into the text for plain logs; here they are fields.
+            prefix = f"[call_sid={call_sid} stream_sid={stream_sid}] "
+            if message.startswith(prefix):
+                message = message[len(prefix) :]
+            doc["call_sid"], doc["stream_sid"] = call_sid, stream_sid
+        doc["msg"] = message
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            doc["exc"] = record.exc_text
+        return orjson.dumps(doc, default=str).decode()
 
 
 def mask_number(number: str) -> str:
@@ -45,6 +106,7 @@ class CallLog:
 
     def bind(self, call_sid: str, stream_sid: str) -> None:
         self.call_sid, self.stream_sid = call_sid, stream_sid
+        _call_ids.set((call_sid, stream_sid))
 
     @staticmethod
     def mask(number: str) -> str:

@@ -50,6 +50,8 @@ class IvrState:
         self.web = None
         self.ready = False
         self.calls: set[asyncio.Task] = set()
+        #: The call handler of each connected stream, for ivr.drain to end them politely.
+        self.handlers: dict[str, object] = {}
         #: How streams the bot ended should go on (hang up, or a transfer), for /twiml/fallback.
         self.outcomes: OrderedDict[str, str] = OrderedDict()
 
@@ -215,6 +217,7 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
                 for early_raw, early_ms in early:
                     line.capture(early_raw, early_ms)
                 handler = state.handler_factory(line)
+                state.handlers[key] = handler
                 calllog.info(
                     "call started: from %s to %s",
                     calllog.mask(event.custom_parameters.get("From", "")),
@@ -240,6 +243,7 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         end_reason = "disconnect"
     finally:
+        state.handlers.pop(key, None)
         if handler is not None:
             try:
                 await handler.close(end_reason)
@@ -253,6 +257,8 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
                 state.remember_outcome(line.start.call_sid, twiml.hangup())
         if admitted:
             metrics.ACTIVE_CALLS.dec()
+            bot_end = line is not None and ("transfer" if line.transfer_twiml else "bot" if line.ended_by_bot else "")
+            metrics.CALL_ENDINGS.labels(bot_end or ("caller" if end_reason == "stop" else end_reason)).inc()
         state.admission.leave(key)
         if parser.start is not None:
             calllog.info(

@@ -12,6 +12,10 @@ log = logging.getLogger("ivr.serve")
 #: uvicorn refuses (closes with 1009) any WebSocket message over this many times our own bound;
 #: messages between the two are skipped as protocol errors and the call goes on.
 HARD_LIMIT_FACTOR = 16
+#: Settings that also have a command-line option.
+OPTIONS = ("host", "port", "public_url", "max_calls", "capture_dir", "log_level", "log_format", "drain_seconds")
+#: After the drain (ivr.drain), how long uvicorn waits for the last connections before closing them.
+SHUTDOWN_SECONDS = 5
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the server Twilio calls",
         description="Run the server Twilio calls. Every option can also be set by its environment variable.",
     )
-    for name in ("host", "port", "public_url", "max_calls", "capture_dir", "log_level"):
+    for name in OPTIONS:
         var, help_text = env[name]
         flag = "--capture" if name == "capture_dir" else "--" + name.replace("_", "-")
         p.add_argument(flag, dest=name, default=None, metavar=var, help=f"{help_text} [{var}]")
@@ -34,20 +38,22 @@ def run(args: argparse.Namespace) -> int:
     from ivr import logs
     from ivr.server import create_app
 
-    overrides = {k: getattr(args, k) for k in ("host", "port", "public_url", "max_calls", "capture_dir", "log_level")}
+    overrides = {k: getattr(args, k) for k in OPTIONS}
     try:
         settings = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
     except ConfigError as exc:
         print(f"ivr serve: {exc}")
         return 2
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format)
     app = create_app(settings)
     log.info("listening on http://%s:%d (voice webhook POST /twiml/voice, media stream /media)", settings.host, settings.port)
     from ivr.web import startup_lines
 
     for line in startup_lines(settings):
         print(f"ivr serve: {line}", flush=True)
-    uvicorn.run(
+    from ivr.drain import Drain, DrainingServer
+
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -56,5 +62,11 @@ def run(args: argparse.Namespace) -> int:
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         log_config=None,
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
     )
-    return 0
+    server = DrainingServer(config, Drain.for_app(app))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    return 0 if server.started else 3
