@@ -251,6 +251,9 @@ class OpenAISession:
         self.brain = brain
         self.call = call
 
+    async def aclose(self) -> None:
+        pass  # nothing per call: requests are made (and closed) per turn
+
     async def greeting(self) -> AsyncIterator[BrainOutput]:
         # A fixed greeting: rendered once at start-up, so every call starts without waiting.
         yield TextDelta(self.brain.config.greeting or "Hello! How can I help you?")
