@@ -112,3 +112,88 @@ async def _drain_scenario(server: ServeProcess, tmp_path):
         assert all(r.get("call_sid") == sid for r in server.lines if sid in r.get("msg", ""))
     assert any(r["msg"] == "the bot ends the call" for r in server.lines if r.get("call_sid") == long.options.call_sid)
     assert not any(CALLER in raw for raw in server.raw)
+
+
+# --- the drain's logic, without a server ------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _not_draining_afterwards():
+    """In-process drains set the process-wide ivr_draining gauge: leave it as found."""
+    yield
+    from ivr import metrics
+
+    metrics.DRAINING.set(0)
+
+
+class FakeHandler:
+    def __init__(self, ended: asyncio.Event, polite: bool = True) -> None:
+        self.ended = ended
+        self.drained: list[tuple[str, str]] = []
+        if not polite:
+            self.drain = None  # type: ignore[assignment]
+            self.line = self
+
+    async def drain(self, goodbye: str, transfer_to: str = "") -> None:
+        self.drained.append((goodbye, transfer_to))
+        self.ended.set()  # the goodbye is heard, the call ends
+
+    async def hang_up(self) -> None:  # as Line.hang_up, for handlers without drain()
+        self.drained.append(("hang_up", ""))
+        self.ended.set()
+
+
+class FakeState:
+    def __init__(self) -> None:
+        from ivr.admission import Admission
+
+        self.admission = Admission(10)
+        self.calls: set[asyncio.Task] = set()
+        self.handlers: dict[str, object] = {}
+
+    def add_call(self, key: str, polite: bool = True) -> tuple[FakeHandler, asyncio.Event]:
+        ended = asyncio.Event()
+        handler = FakeHandler(ended, polite)
+        task = asyncio.create_task(ended.wait())
+        task.add_done_callback(lambda t: (self.calls.discard(t), self.handlers.pop(key, None)))
+        self.calls.add(task)
+        self.handlers[key] = handler
+        return handler, ended
+
+
+async def test_drain_lets_calls_that_end_in_time_end_by_themselves():
+    from ivr.drain import Drain
+
+    state = FakeState()
+    handler, ended = state.add_call("a")
+    drain = Drain(state, seconds=60, goodbye="bye")
+    running = asyncio.create_task(drain.run())
+    await asyncio.sleep(0)  # let the drain start waiting
+    assert state.admission.draining and not state.admission.reserve("CAnew")
+    ended.set()  # the caller hangs up
+    await asyncio.wait_for(running, 5)
+    assert handler.drained == []
+
+
+async def test_drain_ends_the_rest_politely_at_the_deadline_or_when_hurried():
+    from ivr.drain import Drain
+
+    state = FakeState()
+    polite, _ = state.add_call("a")
+    plain, _ = state.add_call("b", polite=False)
+    drain = Drain(state, seconds=3600, goodbye="bye now", transfer_to="sip:desk@pbx.example.com")
+    running = asyncio.create_task(drain.run())
+    await asyncio.sleep(0)
+    assert not running.done()
+    drain.hurry()  # a second SIGTERM: do not wait the hour
+    await asyncio.wait_for(running, 5)
+    assert polite.drained == [("bye now", "sip:desk@pbx.example.com")]
+    assert plain.drained == [("hang_up", "")]
+    assert not state.calls
+
+
+async def test_drain_with_no_calls_returns_at_once():
+    from ivr.drain import Drain
+
+    state = FakeState()
+    await asyncio.wait_for(Drain(state, seconds=3600, goodbye="bye").run(), 5)
+    assert state.admission.draining
