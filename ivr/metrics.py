@@ -87,3 +87,8 @@ def observe_barge_in(speech_arrived_at: float | None, now: float) -> None:
     BARGE_INS.inc()
     if speech_arrived_at is not None:
         BARGE_IN_LATENCY.observe(max(0.0, now - speech_arrived_at))
+CALL_DURATION = Histogram(
+    "ivr_call_duration_seconds",
+    "Media stream length of calls taken (its p99 is what IVR_DRAIN_SECONDS should cover)",
+    buckets=(10, 30, 60, 120, 180, 300, 450, 600, 900, 1200, 1800, 3600),
+)

@@ -259,6 +259,7 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
             metrics.ACTIVE_CALLS.dec()
             bot_end = line is not None and ("transfer" if line.transfer_twiml else "bot" if line.ended_by_bot else "")
             metrics.CALL_ENDINGS.labels(bot_end or ("caller" if end_reason == "stop" else end_reason)).inc()
+            metrics.CALL_DURATION.observe(time.monotonic() - t0)
         state.admission.leave(key)
         if parser.start is not None:
             calllog.info(

@@ -91,3 +91,4 @@ async def test_metrics_move_during_a_replayed_call(providers):
     assert value(after, "ivr_active_calls") == 0.0
     endings = sum(value(after, "ivr_call_endings_total", how=h) - value(before, "ivr_call_endings_total", how=h) for h in ("caller", "bot", "disconnect"))
     assert endings == 1
+    assert value(after, "ivr_call_duration_seconds_count") == value(before, "ivr_call_duration_seconds_count") + 1
