@@ -10,6 +10,7 @@ BENCHMARKS = {
     "codec": "per-frame cost of the Twilio media path, inbound and outbound",
     "engines": "embedded engines: STT WER, latency and RTF, TTS first audio, VAD cost, concurrent calls",
     "call": "conversation engine: pipeline overhead, greeting, barge-in and response latency",
+    "cloud": "cloud adapters against their fakes: ivr's own share of the response latency",
 }
 
 
