@@ -120,6 +120,10 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit:
             self.drain.hurry()
+        else:
+            # At once, not at uvicorn's next tick (0.1 s): no new call slips in. A plain flag is
+            # all a signal handler may safely touch.
+            self.drain.state.admission.draining = True
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets=None) -> None:
