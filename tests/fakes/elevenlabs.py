@@ -191,6 +191,11 @@ class FakeElevenLabs:
                     ctx.first_audio_at = time.monotonic()
                     if self.fail_after_audio:
                         self.fail_after_audio -= 1
+                        # Let the chunk reach the client first: abort() drops unsent bytes, and
+                        # a reset can discard what the client has not read yet.
+                        while ws.transport.get_write_buffer_size():
+                            await asyncio.sleep(0.001)
+                        await asyncio.sleep(0.2)
                         ws.transport.abort()
                         return
                 ctx.audio_bytes += len(audio[at:at + step])
