@@ -19,7 +19,7 @@ from ivr.harness.report import build_report
 from ivr.harness.sources import load_call
 from ops_server import ServeProcess
 
-DRAIN_S = 6.0
+DRAIN_S = 10.0
 CALLER = "+15550100123"
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -51,13 +51,14 @@ async def test_sigterm_drains_calls_then_exits(tmp_path):
 
 
 async def _drain_scenario(server: ServeProcess, tmp_path):
-    short = TwilioEmulator(await plan(tmp_path, "short", 4.0), ReplayOptions(url=server.media_url, max_call_s=60))
+    short = TwilioEmulator(await plan(tmp_path, "short", 6.0), ReplayOptions(url=server.media_url, max_call_s=60))
     long = TwilioEmulator(await plan(tmp_path, "long", 80.0), ReplayOptions(url=server.media_url, max_call_s=90))
     a = asyncio.create_task(short.run())
     b = asyncio.create_task(long.run())
     for em in (short, long):
         await server.wait_for(started(em.options.call_sid), 30)
 
+    assert not a.done() and not b.done()  # both calls are in flight when the signal comes
     t_term = time.monotonic()
     long_term_ms = long.clock.now_ms()
     server.signal(signal.SIGTERM)
