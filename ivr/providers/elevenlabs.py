@@ -502,7 +502,10 @@ async def _quietly(coro) -> None:
 class FallbackTts:
     """ElevenLabs first; the embedded TTS when it fails (for the turn, then for `cooloff_s`)."""
 
-    def __init__(self, primary: ElevenLabsTts, backup: Callable[[], TextToSpeech], cooloff_s: float = 60.0) -> None:
+    def __init__(self, primary: ElevenLabsTts, backup: Callable[[], TextToSpeech], cooloff_s: float = 60.0,
+                 provider: str = PROVIDER, name: str = "ElevenLabs") -> None:
+        # provider/name: the other cloud voices (ivr.providers.http_tts) reuse this fallback.
+        self.provider, self.name = provider, name
         self.primary = primary
         self._backup_factory = backup
         self._backup: TextToSpeech | None = None
@@ -523,13 +526,13 @@ class FallbackTts:
 
     def stream(self) -> TtsStream:
         if time.monotonic() < self.down_until:
-            cloud.fallback(PROVIDER)
+            cloud.fallback(self.provider)
             return self.backup.stream()
         return _FallbackStream(self)
 
     def tripped(self, reason: str) -> None:
         if time.monotonic() >= self.down_until:
-            log.error("ElevenLabs failed (%s): the embedded voice speaks for the next %.0f s", reason, self.cooloff_s)
+            log.error("%s failed (%s): the embedded voice speaks for the next %.0f s", self.name, reason, self.cooloff_s)
         self.down_until = time.monotonic() + self.cooloff_s
 
 
@@ -574,7 +577,7 @@ class _FallbackStream:
                 if self.on_backup:
                     raise
                 self.owner.tripped(str(exc))
-                cloud.fallback(PROVIDER)
+                cloud.fallback(self.owner.provider)
                 await self._switch()
 
     async def _switch(self) -> None:
