@@ -44,6 +44,13 @@ class Settings:
     )
     # Not IVR_-help material: a secret, compared in constant time, never logged.
     webphone_token: str = field(default="", repr=False, metadata={"env": "IVR_WEBPHONE_TOKEN", "secret": True})
+    # Outbound calls (ivr.outbound). The API token guards POST /calls: a secret, compared in
+    # constant time, never logged; unset, the calls API is off.
+    api_token: str = field(default="", repr=False, metadata={"env": "IVR_API_TOKEN", "secret": True})
+    caller_id: str = field(default="", metadata={"help": "caller ID of outbound calls: a number of the Twilio account, E.164"})
+    outbound_dir: str = field(
+        default="", metadata={"help": "where outbound call records are kept (empty: $XDG_STATE_HOME/ivr or ~/.local/state/ivr)"}
+    )
     # Secrets come from their vendors' usual variables, not IVR_*.
     twilio_auth_token: str = field(default="", repr=False, metadata={"env": "TWILIO_AUTH_TOKEN", "secret": True})
     # Providers and the embedded engines (ivr.providers.registry builds them from these).

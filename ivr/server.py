@@ -29,6 +29,7 @@ from ivr.session import HandlerFactory, Line
 from ivr.telephony import twiml
 from ivr.telephony.twilio import DroppedMedia, Media, ProtocolError, Start, Stop, StreamParser
 from ivr.web import install as install_web
+from ivr.outbound.routes import install as install_outbound
 
 log = logging.getLogger("ivr.server")
 
@@ -325,6 +326,7 @@ def create_app(settings: Settings | None = None, handler_factory: HandlerFactory
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             WebSocketRoute("/media", media),
             *install_web(state),
+            *install_outbound(state),
         ],
         lifespan=lifespan,
     )

@@ -36,6 +36,8 @@ class CallFactory:
         #: line -> a listener for that call's events (ivr.call.events) or None; the server's web
         #: phone and capture set it.
         self.listen: Callable[[Line], Listener | None] | None = None
+        #: Given to each call (see Call.before_greeting); the server's outbound routes set it.
+        self.before_greeting = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "CallFactory":
@@ -52,6 +54,7 @@ class CallFactory:
     def __call__(self, line: Line) -> Call:
         listener = self.listen(line) if self.listen is not None else None
         call = Call(line, self.providers, self.options, self.cache, self.rest, listener=listener)
+        call.before_greeting = self.before_greeting
         self.recent.append(call)
         return call
 

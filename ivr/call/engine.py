@@ -20,7 +20,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 from ivr import metrics
 from ivr.audio import FRAME_BYTES, Framer, PhoneEncoder
@@ -216,6 +216,10 @@ class Call(ListeningHandler):
         self._ready = asyncio.Event()
         self._closed = asyncio.Event()
         self._backchannels = {b.lower() for b in self.options.backchannels}
+        #: Awaited before the greeting; returns the context the brain gets (ivr.outbound.amd:
+        #: an outbound call waits for the answering-machine verdict). None: greet at once.
+        self.before_greeting: Callable[[CallContext], Awaitable[CallContext]] | None = None
+        self._awaiting_answer = False
 
     @property
     def state(self) -> CallState:
@@ -262,6 +266,16 @@ class Call(ListeningHandler):
     async def _run(self) -> None:
         start = self.line.start
         ctx = CallContext(call_sid=start.call_sid, stream_sid=start.stream_sid, parameters=dict(start.custom_parameters))
+        if self.before_greeting is not None:
+            # Nothing heard before the verdict (a machine's greeting, its beep, a person's
+            # "hello?") is a turn to answer, and no re-prompt may fire meanwhile.
+            self._awaiting_answer = True
+            try:
+                ctx = await self.before_greeting(ctx)
+            finally:
+                self._awaiting_answer = False
+                self._pending_audio.clear()
+                self._silent_since_ms = None
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
@@ -312,7 +326,7 @@ class Call(ListeningHandler):
             self.log.debug("speech at %d ms was shorter than %d ms: no barge-in", at_ms, self.options.min_speech_ms)
 
     def _check_timers(self) -> None:
-        if self._ending:
+        if self._ending or self._awaiting_answer:
             return
         if self.caller_ms >= self.options.max_call_ms:
             self.log.info("call reached its time limit (%d ms)", self.options.max_call_ms)

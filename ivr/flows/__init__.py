@@ -25,6 +25,12 @@ digits; `min`/`max` digits) or `text` (the caller's words); then `next` or `goto
 Placeholders: `{name}` is a slot, a call parameter (`{From}`) or a variable; `{name:digits}`
 spells a number digit by digit, as a person reads an order number back.
 
+`outbound` (calls the bot places, ivr.outbound): `greeting` (said instead of the top-level one
+when a person answers), optional `start` (the first node then; default: `start`) and `voicemail`
+(said once an answering machine's greeting has ended, at the beep; then the bot hangs up; without
+it the bot hangs up on machines without a word). The call's parameters (`{name}`) fill both.
+Which path runs is Twilio's answering-machine verdict, the `AnsweredBy` call parameter.
+
 Keys reserved for the conversation engine (`barge_in`, `silence`, `voice`, `llm`,
 `system_prompt`, `tools`, `transfers`) are accepted and left to it; any other unknown key is an
 error, so a misspelling never passes silently.
@@ -63,7 +69,8 @@ from typing import Any, Mapping
 import yaml
 
 RESERVED_TOP_LEVEL = ("barge_in", "silence", "voice", "llm", "system_prompt", "tools", "transfers")
-TOP_LEVEL = ("name", "greeting", "start", "nodes", "variables", "fallback", "anywhere")
+TOP_LEVEL = ("name", "greeting", "start", "nodes", "variables", "fallback", "anywhere", "outbound")
+OUTBOUND_KEYS = ("greeting", "start", "voicemail")
 ACTION_KEYS = ("say", "goto", "transfer", "hangup", "tool")
 NODE_KEYS = ("say", "prompt", "next", "transfer", "hangup", "tool", "routes", "collect")
 ROUTE_KEYS = ("match", "dtmf") + ACTION_KEYS
@@ -140,6 +147,13 @@ class Fallback:
 
 
 @dataclass(frozen=True, slots=True)
+class Outbound:
+    greeting: str = ""
+    start: str | None = None
+    voicemail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Flow:
     greeting: str
     start: str
@@ -150,6 +164,8 @@ class Flow:
     anywhere: tuple[Route, ...] = ()
     #: Sections for the conversation engine, untouched (e.g. `barge_in`, `silence`).
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: How calls the bot places begin (None: like inbound calls, with no voicemail message).
+    outbound: Outbound | None = None
 
 
 def example_path() -> Path:
@@ -350,9 +366,20 @@ def _flow(data: Any) -> Flow:
         fallback=fallback,
         anywhere=_routes(data.get("anywhere"), "anywhere"),
         extra={k: v for k, v in data.items() if k in RESERVED_TOP_LEVEL},
+        outbound=_outbound(data["outbound"]) if data.get("outbound") is not None else None,
     )
     _check_targets(flow)
     return flow
+
+
+def _outbound(value: Any) -> Outbound:
+    data = _mapping(value, "outbound")
+    _keys(data, OUTBOUND_KEYS, "outbound")
+    return Outbound(
+        greeting=_text(data.get("greeting"), "outbound.greeting"),
+        start=_text(data.get("start"), "outbound.start") or None,
+        voicemail=_text(data.get("voicemail"), "outbound.voicemail"),
+    )
 
 
 def _check_targets(flow: Flow) -> None:
@@ -361,6 +388,8 @@ def _check_targets(flow: Flow) -> None:
             raise FlowError(f"{where}: no node named {target!r} (nodes: {', '.join(flow.nodes)})")
 
     check(flow.start, "start")
+    if flow.outbound is not None:
+        check(flow.outbound.start, "outbound.start")
     check(flow.fallback.then.goto, "fallback.then.goto")
     for i, route in enumerate(flow.anywhere):
         check(route.action.goto, f"anywhere[{i}].goto")

@@ -14,7 +14,7 @@ import string
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
-from ivr.flows import Action, Collect, Flow, Node, Route, load_flow, normalize
+from ivr.flows import Action, Collect, Flow, FlowError, Node, Route, example_path, load_flow, normalize
 from ivr.providers.base import BrainOutput, CallContext, CallerInput, TextDelta, ToolCall, Turn
 
 log = logging.getLogger("ivr.flow")
@@ -31,12 +31,28 @@ MAX_STEPS = 20
 class FlowBrain:
     def __init__(self, flow: Flow | str | Path | None = None) -> None:
         self.flow = flow if isinstance(flow, Flow) else load_flow(flow)
+        # Outbound calls may name another flow (the IvrFlow parameter): a file beside this one,
+        # never a path, so a request cannot make the bot read any other file.
+        self.directory = Path(flow).parent if isinstance(flow, (str, Path)) and flow else example_path().parent
+        self._named: dict[str, Flow] = {}
 
     async def load(self) -> None:
         pass
 
     async def open(self, call: CallContext | None = None) -> "FlowSession":
-        return FlowSession(self.flow, call or CallContext())
+        call = call or CallContext()
+        name = call.parameters.get("IvrFlow", "")
+        return FlowSession(self.named(name) if name else self.flow, call)
+
+    def named(self, name: str) -> Flow:
+        if name not in self._named:
+            if "/" in name or "\\" in name or name.startswith("."):
+                raise FlowError(f"flow name {name!r} is not a file name")
+            path = next((self.directory / n for n in (name, name + ".yaml", name + ".yml") if (self.directory / n).is_file()), None)
+            if path is None:
+                raise FlowError(f"no flow named {name!r} in {self.directory}")
+            self._named[name] = load_flow(path)
+        return self._named[name]
 
 
 class FlowSession:
@@ -54,8 +70,17 @@ class FlowSession:
 
     async def greeting(self) -> AsyncIterator[BrainOutput]:
         out: list[BrainOutput] = []
-        self._say(out, self.flow.greeting)
-        self._enter(out, self.flow.start)
+        params = self._call.parameters
+        outbound = self.flow.outbound if params.get("IvrDirection") == "outbound" else None
+        answered_by = params.get("AnsweredBy", "")
+        if params.get("IvrDirection") == "outbound" and (answered_by.startswith("machine") or answered_by == "fax"):
+            # The engine waited for the verdict, which for a machine comes at the beep: leave the
+            # message now and hang up; a machine gets no menu.
+            self._say(out, outbound.voicemail if outbound is not None else "")
+            self._finish(out, None, True, None)
+        else:
+            self._say(out, (outbound.greeting if outbound is not None else "") or self.flow.greeting)
+            self._enter(out, (outbound.start if outbound is not None else None) or self.flow.start)
         for item in out:
             yield item
 
