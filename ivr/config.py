@@ -115,6 +115,35 @@ class Settings:
         default=3.0, metadata={"help": "seconds to wait for the first token before one retry, then a spoken fallback"}
     )
     openai_max_requests: int = field(default=100, metadata={"help": "concurrent OpenAI requests; more wait (logged)"})
+    # Request-per-piece cloud voices (ivr.providers.openai_tts, .azure_tts).
+    openai_tts_base_url: str = field(
+        default="", metadata={"env": "OPENAI_TTS_BASE_URL", "help": "OpenAI-compatible speech server for IVR_TTS=openai (empty: OPENAI_BASE_URL)"}
+    )
+    openai_tts_model: str = field(default="gpt-4o-mini-tts", metadata={"env": "OPENAI_TTS_MODEL", "help": "speech model for IVR_TTS=openai"})
+    openai_tts_voice: str = field(default="alloy", metadata={"env": "OPENAI_TTS_VOICE", "help": "voice for IVR_TTS=openai"})
+    openai_tts_instructions: str = field(
+        default="", metadata={"env": "OPENAI_TTS_INSTRUCTIONS", "help": "how the voice should sound (gpt-4o-mini-tts; not tts-1)"}
+    )
+    openai_tts_stream_format: str = field(
+        default="audio", metadata={"env": "OPENAI_TTS_STREAM_FORMAT", "help": "audio (raw bytes) or sse (speech.audio.delta events)"}
+    )
+    openai_tts_streaming_strategy: str = field(
+        default="", metadata={"env": "OPENAI_TTS_STREAMING_STRATEGY", "help": "compatible servers: sentence, paragraph, fixed or word (empty: not sent)"}
+    )
+    openai_tts_streaming_chunk_size: int = field(
+        default=0, metadata={"env": "OPENAI_TTS_STREAMING_CHUNK_SIZE", "help": "compatible servers: streaming_chunk_size (0: not sent)"}
+    )
+    openai_tts_max_requests: int = field(default=100, metadata={"help": "concurrent OpenAI speech requests (2 per speaking call); more wait (logged)"})
+    azure_speech_key: str = field(default="", repr=False, metadata={"env": "AZURE_SPEECH_KEY", "secret": True})
+    azure_speech_region: str = field(default="", metadata={"env": "AZURE_SPEECH_REGION", "help": "Azure Speech region (e.g. eastus) for IVR_TTS=azure"})
+    azure_tts_url: str = field(default="", metadata={"help": "Azure TTS endpoint URL (instead of AZURE_SPEECH_REGION: sovereign clouds, proxies)"})
+    azure_speech_voice: str = field(
+        default="en-US-AvaMultilingualNeural", metadata={"env": "AZURE_SPEECH_VOICE", "help": "Azure neural voice for IVR_TTS=azure"}
+    )
+    azure_max_requests: int = field(default=100, metadata={"help": "concurrent Azure TTS requests (2 per speaking call); more wait (logged)"})
+    tts_cooloff_s: float = field(
+        default=60.0, metadata={"help": "after an OpenAI or Azure TTS failure, seconds of the embedded TTS before trying it again"}
+    )
     # Operations (ivr.drain, ivr.logs).
     log_format: str = field(
         default="auto", metadata={"help": "json (one object a line), text, or auto (json unless stderr is a terminal)"}

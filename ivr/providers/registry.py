@@ -105,6 +105,18 @@ def _elevenlabs_tts(settings: Settings, shared: _Shared) -> TextToSpeech:
     return from_settings(settings, backup=lambda: _local_tts(settings, shared))
 
 
+def _openai_tts(settings: Settings, shared: _Shared) -> TextToSpeech:
+    from ivr.providers.openai_tts import from_settings
+
+    return from_settings(settings, backup=lambda: _local_tts(settings, shared))
+
+
+def _azure_tts(settings: Settings, shared: _Shared) -> TextToSpeech:
+    from ivr.providers.azure_tts import from_settings
+
+    return from_settings(settings, backup=lambda: _local_tts(settings, shared))
+
+
 def _openai_brain(settings: Settings, shared: _Shared) -> Brain:
     from ivr.providers.openai_chat import from_settings
 
@@ -114,6 +126,7 @@ def _openai_brain(settings: Settings, shared: _Shared) -> Brain:
 Factory = Callable[[Settings, _Shared], Any]
 STT: dict[str, Factory] = {"local": _local_stt, "deepgram": _deepgram_stt}
 TTS: dict[str, Factory] = {"local": _local_tts, "elevenlabs": _elevenlabs_tts}
+TTS.update(openai=_openai_tts, azure=_azure_tts)  # chosen by name only: OPENAI_API_KEY means the brain
 BRAINS: dict[str, Factory] = {"flow": _flow_brain, "openai": _openai_brain}
 
 #: With no explicit choice: the cloud provider whose key is set, else the embedded one.
