@@ -142,6 +142,12 @@ class Placer:
         self.public_base = public_base.rstrip("/")
         self.store = store
 
+    async def aclose(self) -> None:
+        """Close the REST client's HTTP session (at the end of a command's event loop)."""
+        http = getattr(self.rest.client(), "http_client", None)
+        if http is not None and hasattr(http, "close"):
+            await http.close()
+
     async def place(self, request: OutboundRequest, call_id: str | None = None) -> dict:
         """Returns {"id", "sid", "status"}. Raises PlaceError (bad request), NotPlaced (Twilio
         said no) or TwilioRestError-like errors (unknown: the call may or may not exist)."""

@@ -86,6 +86,7 @@ class FakeTwilioApi:
         self.done: dict[str, threading.Event] = {}
         self._tasks: set[asyncio.Task] = set()
         self._seq = itertools.count(1)
+        self._http: httpx.AsyncClient | None = None
         self.app = Starlette(routes=[
             Route("/2010-04-01/Accounts/{account}/Calls.json", self.create_call, methods=["POST"]),
             Route("/2010-04-01/Accounts/{account}/Calls/{call}.json", self.update_call, methods=["POST"]),
@@ -155,8 +156,9 @@ class FakeTwilioApi:
         if not url:
             return
         headers = {"X-Twilio-Signature": RequestValidator(self.auth_token).compute_signature(url, params)}
-        async with httpx.AsyncClient() as client:
-            reply = await client.post(url, data=params, headers=headers)
+        if self._http is None:  # one client (made on the server's loop): keep-alive, like Twilio
+            self._http = httpx.AsyncClient(timeout=30)
+        reply = await self._http.post(url, data=params, headers=headers)
         self.callbacks.append({"url": url, "params": params, "status_code": reply.status_code})
 
     async def _progress(self, sid: str, form: dict, status: str, event: str, **extra) -> None:
