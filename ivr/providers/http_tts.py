@@ -252,6 +252,10 @@ class PieceStream:
 
     async def _fetch(self, piece: _Piece) -> None:
         engine = self.engine
+        if not any(c.isalnum() for c in piece.text):
+            # A piece of punctuation: the APIs answer 400 or silence, and a 400 would trip the fallback.
+            piece.queue.put_nowait(AudioChunk(piece.index, b"", engine.sample_rate, engine.encoding, True))
+            return
         for attempt in (1, 2):
             asked = time.monotonic()
             got = False
