@@ -5,9 +5,6 @@ behaviour and order of events, never on wall-clock speed.
 """
 
 import asyncio
-import contextlib
-import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -15,15 +12,12 @@ from fakes.twilio_api import FakeTwilioApi
 from ivr.call import CallFactory
 from ivr.call.twilio_rest import TwilioRest
 from ivr.config import Settings
-from ivr.harness.emulator import ReplayOptions
-from ivr.harness.run import replay_file
 from ivr.providers.registry import build
 from ivr.server import create_app
 from live_server import serve
+from replay_helpers import run, script
 
-SAMPLES = Path(__file__).resolve().parent.parent / "ivr" / "harness" / "samples"
 ACCOUNT, TOKEN = "AC" + "1" * 32, "2" * 32
-SPEED = 2.0
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -44,16 +38,6 @@ def stack(providers):
         app = create_app(Settings.from_env({}), handler_factory=factory)
         with serve(app) as base:
             yield base.replace("http", "ws") + "/media", factory, api
-
-
-def script(tmp_path, body: str) -> Path:
-    path = tmp_path / "call.yaml"
-    path.write_text(textwrap.dedent(body).replace("SAMPLES", str(SAMPLES)))
-    return path
-
-
-def run(url, path, out):
-    return asyncio.run(replay_file(path, ReplayOptions(url=url, speed=SPEED, max_call_s=120), out))
 
 
 def test_turn_order_and_hang_up_after_the_goodbye(stack, tmp_path):

@@ -9,9 +9,6 @@ context still speaking. Assertions are on behaviour and order, never on wall-clo
 
 from __future__ import annotations
 
-import asyncio
-import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -22,15 +19,13 @@ from fakes.twilio_api import FakeTwilioApi
 from ivr.call import CallFactory
 from ivr.call.twilio_rest import TwilioRest
 from ivr.config import Settings
-from ivr.harness.emulator import ReplayOptions
-from ivr.harness.run import replay_file
 from ivr.providers.registry import build
 from ivr.server import create_app
 from live_server import serve
+from replay_helpers import run, script
 
-SAMPLES = Path(__file__).resolve().parent.parent / "ivr" / "harness" / "samples"
 ACCOUNT, TOKEN = "AC" + "1" * 32, "2" * 32
-SPEED = 2.0
+SPEED = 2.0  # the harness's clock (replay_helpers.run), which the fake ElevenLabs paces to
 FLOW = """
 name: Sunrise Bakery (LLM)
 greeting: "Thanks for calling Sunrise Bakery. How can I help?"
@@ -41,17 +36,6 @@ nodes: {main: {say: unused with the LLM}}
 """
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-class RecordingFactory(CallFactory):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = []
-
-    def __call__(self, line):
-        call = super().__call__(line)
-        self.calls.append(call)
-        return call
 
 
 @pytest.fixture(scope="module")
@@ -73,20 +57,10 @@ def cloud(tmp_path_factory):
         providers = build(settings)
         assert [type(p).__name__ for p in (providers.stt, providers.tts, providers.brain)] == \
             ["DeepgramStt", "FallbackTts", "OpenAIBrain"]  # chosen by their keys alone
-        factory = RecordingFactory(providers, rest=TwilioRest(ACCOUNT, TOKEN, base_url=api_url))
+        factory = CallFactory(providers, rest=TwilioRest(ACCOUNT, TOKEN, base_url=api_url))
         app = create_app(settings, handler_factory=factory)
         with serve(app) as base:
             yield base.replace("http", "ws") + "/media", factory, api, dg, el, openai
-
-
-def script(tmp_path, body: str) -> Path:
-    path = tmp_path / "call.yaml"
-    path.write_text(textwrap.dedent(body).replace("SAMPLES", str(SAMPLES)))
-    return path
-
-
-def run(url, path, out):
-    return asyncio.run(replay_file(path, ReplayOptions(url=url, speed=SPEED, max_call_s=60), out))
 
 
 def test_hours_call_end_to_end_with_the_cloud_adapters(cloud, tmp_path):
@@ -106,7 +80,7 @@ def test_hours_call_end_to_end_with_the_cloud_adapters(cloud, tmp_path):
             after: bot_silent 5.0
         """)
     out = run(url, path, tmp_path / "out")
-    call = factory.calls[-1]
+    call = factory.recent[-1]
     turns = call._history()
     assert [t.role for t in turns] == ["bot", "caller", "bot", "caller", "bot"], turns
     assert turns[1].text == "Hi. What time are you open?"
@@ -146,7 +120,7 @@ def test_barge_in_closes_the_elevenlabs_context_and_keeps_only_heard_words(cloud
     assert all(b["frames_after_clear"] == 0 for b in report["barge_ins"])
     assert len(el.closed_early()) > closed_before  # close_context, on the same socket
     assert el.sockets == 1
-    call = factory.calls[-1]
+    call = factory.recent[-1]
     turns = call._history()
     bot_turns = [item for role, item in call.history if role == "bot"]
     cut = next(b for b in bot_turns if "market street" in " ".join(p.text for p in b.ledger.pieces).lower())
