@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"{variant:11s} answers {len(added):3d}: median {statistics.median(added):.2f} ms, "
               f"p90 {_percentile(added, 90):.2f} ms, p99 {_percentile(added, 99):.2f} ms, max {max(added):.2f} ms")
+        print(f"{'':11s} each answer, in order (ms): {' '.join(f'{v:.1f}' for v in added)}")
     return 0 if ok else 1
 
 

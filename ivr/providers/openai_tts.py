@@ -73,6 +73,12 @@ class OpenAITts(HttpTts):
                                   timeout=httpx2.Timeout(30.0, connect=3.0))
         self.limit = cloud.Limit(PROVIDER, max_requests, "requests", "IVR_OPENAI_TTS_MAX_REQUESTS")
 
+    async def load(self) -> None:
+        # The 24 -> 8 kHz filter is designed on first use (about 1 ms): not during the first answer.
+        from ivr.audio import PhoneEncoder
+
+        PhoneEncoder(RATE)
+
     async def synthesize(self, text: str) -> AsyncIterator[tuple[bytes, int, str]]:
         import openai
 
