@@ -20,9 +20,10 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
+
+from ivr.bench.questions import percentile, question_call
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,10 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tts-ms", type=float, default=150, help="ElevenLabs fake: first audio delay (default 150)")
     p.add_argument("--speed", type=float, default=1.0, help="harness playback speed (default real time)")
 
-
-def _percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,15 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ivr.providers.registry import build
     from ivr.server import create_app
 
-    samples = REPO / "ivr" / "harness" / "samples"
-    tmp = Path(tempfile.mkdtemp(prefix="ivr-bench-cloud-"))
-    flow = tmp / "flow.yaml"
-    flow.write_text('greeting: "Hello."\nnodes: {main: {say: x}}\n')
-    steps = "".join(
-        f"  - audio: {samples / 'hours-question.wav'}\n    text: q\n    after: bot_silent 0.6\n" for _ in range(args.answers)
-    )
-    plan = tmp / "call.yaml"
-    plan.write_text("name: bench\nsteps:\n" + steps + "  - hangup:\n    after: bot_silent 1.0\n")
+    flow, plan = question_call("ivr-bench-cloud-", args.answers)
 
     counter = iter(range(1, 1_000_000))
     # A different reply each time: a repeated one would come from the prompt cache, not the TTS.
@@ -86,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         app = create_app(settings, handler_factory=_Recording(factory, calls))
         with serve(app) as base:
             url = base.replace("http", "ws") + "/media"
-            asyncio.run(replay_file(plan, ReplayOptions(url=url, speed=args.speed, max_call_s=600), tmp / "out"))
+            asyncio.run(replay_file(plan, ReplayOptions(url=url, speed=args.speed, max_call_s=600), plan.parent / "out"))
         answers = [t for call in calls for t in call.stats.answers if t.first_audio_at is not None]
         finals = [t for t, _ in dg.finals_sent]
         contexts = sorted((c for c in el.contexts.values() if c.first_audio_at and c.first_text_at),
@@ -107,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     print(textwrap.dedent(f"""\
         cloud adapters, fakes on 127.0.0.1 with fixed delays: STT final +{args.stt_ms:.0f} ms, first token {args.llm_ms:.0f} ms, first audio {args.tts_ms:.0f} ms
         answers measured: {len(shares)}
-        from Deepgram's final to the first reply frame sent: median {statistics.median(totals):.1f} ms, p99 {_percentile(totals, 99):.1f} ms
-        ivr's own share (minus the fakes' LLM and TTS waits): median {statistics.median(shares):.1f} ms, p90 {_percentile(shares, 90):.1f} ms, p99 {_percentile(shares, 99):.1f} ms, max {max(shares):.1f} ms
+        from Deepgram's final to the first reply frame sent: median {statistics.median(totals):.1f} ms, p99 {percentile(totals, 99):.1f} ms
+        ivr's own share (minus the fakes' LLM and TTS waits): median {statistics.median(shares):.1f} ms, p90 {percentile(shares, 90):.1f} ms, p99 {percentile(shares, 99):.1f} ms, max {max(shares):.1f} ms
         each answer's share, in order (ms): {' '.join(f'{v:.0f}' for v in shares)}"""))
     return 0
 

@@ -19,8 +19,9 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 from pathlib import Path
+
+from ivr.bench.questions import percentile, question_call
 
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = ("openai", "openai-sse", "azure")
@@ -32,10 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=float, default=2.0, help="harness playback speed (default 2)")
     p.add_argument("--only", choices=VARIANTS, action="append", help="measure only this voice (repeatable)")
 
-
-def _percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,15 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ivr.providers.registry import build
     from ivr.server import create_app
 
-    samples = REPO / "ivr" / "harness" / "samples"
-    tmp = Path(tempfile.mkdtemp(prefix="ivr-bench-tts-http-"))
-    flow = tmp / "flow.yaml"
-    flow.write_text('greeting: "Hello."\nnodes: {main: {say: x}}\n')
-    steps = "".join(
-        f"  - audio: {samples / 'hours-question.wav'}\n    text: q\n    after: bot_silent 0.6\n" for _ in range(args.answers)
-    )
-    plan = tmp / "call.yaml"
-    plan.write_text("name: bench\nsteps:\n" + steps + "  - hangup:\n    after: bot_silent 1.0\n")
+    flow, plan = question_call("ivr-bench-tts-http-", args.answers)
     delay = args.tts_ms / 1000
     results: dict[str, list[float]] = {}
     for variant in args.only or VARIANTS:
@@ -88,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             app = create_app(settings, handler_factory=_Recording(factory, calls))
             with serve(app) as base:
                 url = base.replace("http", "ws") + "/media"
-                asyncio.run(replay_file(plan, ReplayOptions(url=url, speed=args.speed, max_call_s=600), tmp / variant))
+                asyncio.run(replay_file(plan, ReplayOptions(url=url, speed=args.speed, max_call_s=600), plan.parent / variant))
         first_byte = {r.body.get("input", r.body.get("text", "")).strip(): r.first_byte_at for r in voice.requests}
         added = []
         for call in calls:
@@ -109,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             ok = False
             continue
         print(f"{variant:11s} answers {len(added):3d}: median {statistics.median(added):.2f} ms, "
-              f"p90 {_percentile(added, 90):.2f} ms, p99 {_percentile(added, 99):.2f} ms, max {max(added):.2f} ms")
+              f"p90 {percentile(added, 90):.2f} ms, p99 {percentile(added, 99):.2f} ms, max {max(added):.2f} ms")
         print(f"{'':11s} each answer, in order (ms): {' '.join(f'{v:.1f}' for v in added)}")
     return 0 if ok else 1
 
