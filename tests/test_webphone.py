@@ -126,7 +126,8 @@ def test_bearer_token_works_for_scripts():
 def test_off_on_a_non_loopback_host_unless_asked_for():
     with client("http://10.0.0.5:8080", host="0.0.0.0", twilio_auth_token=TWILIO_TOKEN) as c:
         assert c.get("/phone").status_code == 404
-        assert c.get("/calls").status_code == 404
+        # No viewer; the path itself exists for the outbound API's POST /calls.
+        assert c.get("/calls").status_code in (404, 405)
         assert ws_status(c, "/media", {"Origin": "http://10.0.0.5:8080"}) == 403
     assert WebAccess.from_settings(Settings.from_env({}, host="0.0.0.0", webphone=True)).token_required
 
