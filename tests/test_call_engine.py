@@ -187,3 +187,42 @@ async def test_hanging_up_mid_sentence_frees_the_tts_at_once():
     await line.wait_for(lambda: tts.streams)
     await call.close("stop")
     assert tts.streams[0].cancelled
+
+
+async def test_a_reply_begun_on_an_eager_end_of_turn_is_spoken_when_the_turn_ends_so():
+    from ivr.providers.base import EagerEndOfTurn, TurnResumed
+
+    brain = FixedBrain(GREETING, answer=lambda caller: [TextDelta(f"You said {caller.text} ")])
+    call, line, stt = await started(brain=brain)
+    session = brain.sessions[0]
+    session.speculative = True
+    await echo_marks(call, line)
+    stt.push(EagerEndOfTurn("rye bread", 500))
+    await line.wait_for(lambda: session.inputs)
+    n_media = line.kinds().count("media")
+    await asyncio.sleep(0.02)
+    assert line.kinds().count("media") == n_media  # prepared, not spoken
+    stt.push(EndOfTurn("Rye bread.", 600))
+    await line.wait_for(lambda: call._turn.done_generating and call._turn.number == 2)
+    assert len(session.inputs) == 1  # the brain was asked once, early
+    assert call._turn.ledger.pieces[0].text == "You said rye bread"
+
+    # A guess the caller overrules: the early reply is dropped, the real turn answered.
+    await echo_marks(call, line)
+    stt.push(EagerEndOfTurn("sour", 900))
+    await line.wait_for(lambda: len(session.inputs) == 2)
+    stt.push(TurnResumed(950))
+    stt.push(EndOfTurn("sourdough please", 1500))
+    await line.wait_for(lambda: call._turn.number == 3 and call._turn.done_generating)
+    assert [c.text for _, c in session.inputs] == ["rye bread", "sour", "sourdough please"]
+    assert call._turn.ledger.pieces[0].text == "You said sourdough please"
+
+
+async def test_a_stateful_brain_is_never_asked_early():
+    from ivr.providers.base import EagerEndOfTurn
+
+    call, line, stt = await started()
+    await echo_marks(call, line)
+    stt.push(EagerEndOfTurn("hours", 500))
+    await asyncio.sleep(0.02)
+    assert call.providers.brain.sessions[0].inputs == []

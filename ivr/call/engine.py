@@ -27,18 +27,21 @@ from ivr.audio import FRAME_BYTES, Framer, PhoneEncoder
 from ivr.audio.dtmf import dtmf_ulaw
 from ivr.call.events import Listener, cut_event, latency_event
 from ivr.call.ledger import HeardLedger
+from ivr.call.speculation import Speculation
 from ivr.call.splitter import SplitOptions, TextSplitter
 from ivr.call.twilio_rest import TwilioRest, TwilioRestError
 from ivr.providers.base import (
     BrainOutput,
     CallContext,
     CallerInput,
+    EagerEndOfTurn,
     EndOfTurn,
     Final,
     SpeechStarted,
     TextDelta,
     ToolCall,
     Turn,
+    TurnResumed,
 )
 from ivr.providers.registry import Providers
 from ivr.session import Line, ListeningHandler
@@ -203,6 +206,7 @@ class Call(ListeningHandler):
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=ARRIVALS_KEPT)
         self._pending_timing: TurnTiming | None = None
         self._barge_pending_at: int | None = None  # speech start awaiting min_speech_ms
+        self._speculation: Speculation | None = None
         self._stt = None
         self._brain = None
         self._turn: BotTurn | None = None
@@ -369,6 +373,10 @@ class Call(ListeningHandler):
                     await self._barge_in(event.at_ms)
             elif isinstance(event, Final):
                 turn_texts.append(event.text)
+            elif isinstance(event, EagerEndOfTurn):
+                self._speculate(event.text)
+            elif isinstance(event, TurnResumed):
+                self._drop_speculation()
             elif isinstance(event, EndOfTurn):
                 self._barge_pending_at = None
                 text = (event.text or " ".join(turn_texts)).strip()
@@ -408,12 +416,32 @@ class Call(ListeningHandler):
             # The caller acts while the bot talks (keys, or barge-in off): stop the bot first.
             await self._cut(self._turn, reason="caller input")
         history = self._history()
+        speculation, self._speculation = self._speculation, None
         if caller.text:
             self.history.append(("caller", caller.text))
         elif caller.dtmf:
             self.history.append(("caller", f"[pressed {caller.dtmf}]"))
         self.state = CallState.THINKING
+        if speculation is not None and caller.text and speculation.matches(caller.text):
+            self.log.debug("the turn ended as guessed: speaking the reply already begun")
+            self._begin_turn(speculation.replay())
+            return
+        if speculation is not None:
+            speculation.cancel()
         self._begin_turn(self._brain.respond(history, caller))
+
+    def _speculate(self, text: str) -> None:
+        """Start the reply to a turn that is probably over (see ivr.call.speculation)."""
+        self._drop_speculation()
+        if not text or self._ending or self._group is None or not getattr(self._brain, "speculative", False):
+            return
+        history = self._history()
+        self._speculation = Speculation(text, self._brain.respond(history, CallerInput(text=text)), self._group)
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            self._speculation.cancel()
+            self._speculation = None
 
     def _history(self) -> list[Turn]:
         turns: list[Turn] = []

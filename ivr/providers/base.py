@@ -147,7 +147,23 @@ class EndOfTurn:
     at_ms: int
 
 
-SttEvent = Union[SpeechStarted, Interim, Final, EndOfTurn]
+@dataclass(frozen=True, slots=True)
+class EagerEndOfTurn:
+    """The turn is probably over (a turn-taking model's early guess, e.g. Deepgram Flux): a reply
+    may be prepared now, to be spoken if the EndOfTurn that follows has the same text."""
+
+    text: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResumed:
+    """The caller went on after an EagerEndOfTurn: a reply prepared for it is dropped."""
+
+    at_ms: int
+
+
+SttEvent = Union[SpeechStarted, Interim, Final, EndOfTurn, EagerEndOfTurn, TurnResumed]
 
 
 class SttSession(Protocol):
@@ -274,6 +290,11 @@ BUILTIN_TOOLS = ("transfer", "hangup", "send_dtmf")
 
 
 class BrainSession(Protocol):
+    """A session may set `speculative = True` when `respond()` changes nothing until its reply
+    is used (its state lives in the history passed in): the engine may then start a reply on an
+    EagerEndOfTurn and drop it if the caller goes on. A stateful brain (the call flow) leaves it
+    unset."""
+
     def greeting(self) -> AsyncIterator[BrainOutput]:
         """The bot's opening turn."""
         ...
@@ -299,6 +320,7 @@ __all__ = [
     "BrainSession",
     "CallContext",
     "CallerInput",
+    "EagerEndOfTurn",
     "EndOfTurn",
     "Final",
     "Interim",
@@ -309,6 +331,7 @@ __all__ = [
     "TextDelta",
     "TextToSpeech",
     "ToolCall",
+    "TurnResumed",
     "TtsStream",
     "Turn",
     "VadEvent",

@@ -26,7 +26,17 @@ from typing import Any, AsyncIterator
 
 from ivr.config import ConfigError, Settings
 from ivr.providers import cloud
-from ivr.providers.base import CallContext, EndOfTurn, Final, Interim, SpeechStarted, SttEvent, Word
+from ivr.providers.base import (
+    CallContext,
+    EagerEndOfTurn,
+    EndOfTurn,
+    Final,
+    Interim,
+    SpeechStarted,
+    SttEvent,
+    TurnResumed,
+    Word,
+)
 
 log = logging.getLogger("ivr.stt.deepgram")
 
@@ -38,24 +48,6 @@ KEEPALIVE_AFTER_S = 4.0
 MAX_RESEND_BYTES = 60 * 1000 * BYTES_PER_MS
 FINALIZE_WAIT_S = 3.0
 RECONNECT_DELAYS_S = (0.0, 0.2, 0.5, 1.0, 2.0)
-
-
-# --- extra events (Flux) ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class EagerEndOfTurn:
-    """Flux thinks the turn is probably over: a reply may be prepared speculatively."""
-
-    text: str
-    at_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class TurnResumed:
-    """The caller went on after an EagerEndOfTurn: drop the speculative reply."""
-
-    at_ms: int
 
 
 # --- pure protocol logic ---------------------------------------------------------------------------
@@ -155,7 +147,7 @@ class FluxTurns:
         self.settled_ms = 0
         self._turn = -1
 
-    def turn_info(self, msg: Any) -> list[SttEvent | EagerEndOfTurn | TurnResumed]:
+    def turn_info(self, msg: Any) -> list[SttEvent]:
         event = str(msg.event)
         text = (msg.transcript or "").strip()
         start = _ms(msg.audio_window_start, self.offset_ms)

@@ -247,6 +247,9 @@ class OpenAIBrain:
 
 
 class OpenAISession:
+    #: Each reply is built from the history passed in, so one started early can be dropped.
+    speculative = True
+
     def __init__(self, brain: OpenAIBrain, call: CallContext) -> None:
         self.brain = brain
         self.call = call

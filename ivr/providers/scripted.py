@@ -59,6 +59,8 @@ class ScriptedStt:
 
 
 class FixedBrainSession:
+    speculative = False
+
     def __init__(self, greeting: str, answer: Callable[[CallerInput], list[BrainOutput]]) -> None:
         self._greeting = greeting
         self._answer = answer
