@@ -12,6 +12,7 @@ BENCHMARKS = {
     "call": "conversation engine: pipeline overhead, greeting, barge-in and response latency",
     "cloud": "cloud adapters against their fakes: ivr's own share of the response latency",
     "tts-http": "OpenAI speech (raw, SSE) and Azure against their fakes: first byte to first media frame",
+    "capacity": "calls per core of one `ivr serve` with the cloud fakes as processes, under `ivr load`",
 }
 
 

@@ -1,0 +1,276 @@
+"""`ivr bench capacity`: concurrent calls per core of one `ivr serve` with the cloud adapters.
+
+Every piece is its own process on 127.0.0.1, as in production where the clouds are elsewhere:
+the Deepgram, OpenAI and ElevenLabs fakes (tests/fakes, in a source checkout), one `ivr serve`
+pointed at them, and `ivr load` replaying calls at it. For each N the load runs N concurrent
+calls for the duration; the server's CPU is read from its own cpu_times over the steady window
+(after the ramp), so the figure is the server's alone, not the fakes' nor the harness's.
+
+calls/core = N / (server CPU seconds / wall seconds): how many calls one fully used core carries.
+
+Inbound frame lag is measured by the load generator (how late each 20 ms caller frame left it):
+when the harness itself nears a full core the lag is the harness's, not the server's, so its CPU
+is printed beside it. The fakes' CPU is printed too: on a small machine they compete with the
+server for the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FAKES = REPO / "tests" / "fakes"
+SAMPLES = Path(__file__).resolve().parents[1] / "harness" / "samples"
+
+# The OpenAI brain needs a flow with a system prompt (as tests/test_cloud_e2e.py uses).
+FLOW = textwrap.dedent("""\
+    name: Sunrise Bakery (LLM)
+    greeting: "Thanks for calling Sunrise Bakery. How can I help?"
+    system_prompt: You answer the phone for Sunrise Bakery.
+    llm: {first_token_timeout: 2}
+    nodes: {main: {say: unused with the LLM}}
+    """)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calls", default="10,25,50,100", help="concurrent calls to try, comma-separated (default 10,25,50,100)")
+    p.add_argument("--duration", type=float, default=30, help="seconds of load at each N (default 30)")
+    p.add_argument("--ramp", type=float, default=5, help="seconds over which the N calls start (default 5)")
+    p.add_argument("--call", action="append", metavar="FILE",
+                   help="call script to replay (repeatable; default the hours sample)")
+    p.add_argument("--stt-ms", type=float, default=150, help="Deepgram fake: final delay (default 150)")
+    p.add_argument("--llm-ms", type=float, default=300, help="OpenAI fake: first token delay (default 300)")
+    p.add_argument("--tts-ms", type=float, default=150, help="ElevenLabs fake: first audio delay (default 150)")
+    p.add_argument("--lag-limit-ms", type=float, default=20, help="inbound frame lag p99 that still counts (default 20)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Procs:
+    """The processes this benchmark started; all of them are stopped on exit, whatever the exit."""
+
+    def __init__(self, logs: Path) -> None:
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs = logs
+
+    def start(self, name: str, argv: list[str], env: dict | None = None, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+        # stderr to a file, not a pipe: an undrained pipe would stall a chatty server mid-run.
+        # Their own session: a Ctrl-C reaches only us, and we stop them in order in stop_all().
+        with open(self.logs / f"{name}.log", "w") as err:
+            proc = subprocess.Popen(argv, env=env, stdout=stdout, stderr=err, start_new_session=True, text=True)
+        self.procs[name] = proc
+        return proc
+
+    def log_tail(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _first_line(proc: subprocess.Popen, name: str, timeout: float = 20) -> str:
+    """The URL a fake prints once it listens (the fakes pick their port when given 0)."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    if not sel.select(timeout):
+        raise RuntimeError(f"{name} fake printed no URL within {timeout:g} s")
+    line = proc.stdout.readline().strip()
+    if not line:
+        raise RuntimeError(f"{name} fake exited with {proc.poll()}")
+    return line
+
+
+def _wait_http(url: str, proc: subprocess.Popen, name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} not ready at {url} within {timeout:g} s")
+
+
+def _cpu_s(proc) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system + getattr(t, "children_user", 0) + getattr(t, "children_system", 0)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not (FAKES / "deepgram.py").exists():
+        print("ivr bench capacity needs a source checkout (it starts the fakes in tests/fakes)", file=sys.stderr)
+        return 2
+    try:
+        import psutil
+    except ImportError:
+        print("ivr bench capacity needs psutil to read the processes' CPU", file=sys.stderr)
+        return 2
+    try:
+        levels = [int(n) for n in args.calls.split(",") if n.strip()]
+    except ValueError:
+        print(f"--calls: comma-separated numbers, not {args.calls!r}", file=sys.stderr)
+        return 2
+    calls = [str(Path(c).resolve()) for c in (args.call or [SAMPLES / "hours.yaml"])]
+
+    py = sys.executable
+    with tempfile.TemporaryDirectory(prefix="ivr-bench-capacity-") as tmp:
+        procs = _Procs(Path(tmp))
+        try:
+            flow = Path(tmp) / "flow.yaml"
+            flow.write_text(FLOW)
+            # Every caller utterance is "heard" as the same question, so each turn is answered
+            # by the LLM and the TTS: the full cloud path, every turn.
+            dg = procs.start("deepgram", [py, str(FAKES / "deepgram.py"), "--port", "0", "--key", "dg-bench",
+                                          "--text", "what time are you open", "--final-delay-ms", str(args.stt_ms)],
+                             stdout=subprocess.PIPE)
+            el = procs.start("elevenlabs", [py, str(FAKES / "elevenlabs.py"), "--port", "0", "--key", "el-bench",
+                                            "--voice", "v", "--first-audio-delay-ms", str(args.tts_ms)],
+                             stdout=subprocess.PIPE)
+            oa_port = _free_port()
+            oa = procs.start("openai", [py, str(FAKES / "openai_api.py"), "--port", str(oa_port), "--key", "sk-bench",
+                                        "--first-token-delay-ms", str(args.llm_ms)])
+            dg_url, el_url = _first_line(dg, "Deepgram"), _first_line(el, "ElevenLabs")
+            _wait_openai(oa_port, oa)
+
+            port = _free_port()
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("IVR_", "TWILIO_"))}
+            env.update({
+                "IVR_HOST": "127.0.0.1", "IVR_PORT": str(port), "IVR_LOG_LEVEL": "warning", "IVR_MAX_CALLS": "100000",
+                "IVR_FLOW": str(flow), "IVR_DEEPGRAM_ENDPOINTING_MS": "700",
+                "DEEPGRAM_API_KEY": "dg-bench", "IVR_DEEPGRAM_URL": dg_url,
+                "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": f"http://127.0.0.1:{oa_port}/v1",
+                "ELEVENLABS_API_KEY": "el-bench", "ELEVENLABS_VOICE_ID": "v", "IVR_ELEVENLABS_URL": el_url,
+            })
+            server = procs.start("server", [py, "-m", "ivr", "serve"], env=env)
+            _wait_http(f"http://127.0.0.1:{port}/readyz", server, "ivr serve")
+
+            watched = {name: psutil.Process(p.pid) for name, p in procs.procs.items()}
+            rows = []
+            print(f"ivr serve pid {server.pid}, fakes on 127.0.0.1 (STT final +{args.stt_ms:g} ms, first token "
+                  f"{args.llm_ms:g} ms, first audio {args.tts_ms:g} ms), {os.cpu_count()} cores; "
+                  f"{args.duration:g} s per N, ramp {args.ramp:g} s", flush=True)
+            for n in levels:
+                rows.append(_one_level(n, args, calls, port, server.pid, procs, watched, Path(tmp)))
+                _print_row(rows[-1], args.lag_limit_ms)
+            _print_table(rows, args.lag_limit_ms)
+        except KeyboardInterrupt:
+            print("interrupted: stopping the processes", file=sys.stderr)
+            return 130
+        except RuntimeError as exc:
+            print(f"ivr bench capacity: {exc}", file=sys.stderr)
+            for name, proc in procs.procs.items():
+                if proc.poll() is not None and (tail := procs.log_tail(name)):
+                    print(f"--- {name} stderr:\n{tail}", file=sys.stderr)
+            return 1
+        finally:
+            procs.stop_all()
+    return 0
+
+
+def _wait_openai(port: int, proc: subprocess.Popen) -> None:
+    # /v1/models wants the key: any HTTP answer at all means uvicorn listens.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"OpenAI fake exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("OpenAI fake not listening within 30 s")
+
+
+def _one_level(n, args, calls, port, server_pid, procs, watched, tmp: Path) -> dict:
+    out = tmp / f"load-{n}.json"
+    argv = [sys.executable, "-m", "ivr", "load", *calls, "--url", f"ws://127.0.0.1:{port}/media",
+            "--calls", str(n), "--ramp", str(args.ramp), "--duration", str(args.duration),
+            "--server-pid", str(server_pid), "--out", str(out), "--no-progress"]
+    import psutil
+
+    load = procs.start(f"load-{n}", argv)
+    harness = psutil.Process(load.pid)
+    # The steady window: after every call has started, before the deadline cuts them.
+    t_start = time.monotonic()
+    time.sleep(min(args.ramp + 1, args.duration / 2))
+    cpu0 = {name: _cpu_s(p) for name, p in watched.items()}
+    h0, w0 = _cpu_s(harness), time.monotonic()
+    time.sleep(max(1.0, t_start + args.duration - 1 - time.monotonic()))
+    cpu1 = {name: _cpu_s(p) for name, p in watched.items()}
+    h1, w1 = _cpu_s(harness), time.monotonic()
+    load.wait(timeout=args.duration + 120)
+    if not out.exists():
+        raise RuntimeError(f"ivr load wrote no summary (exit {load.returncode}): {procs.log_tail(f'load-{n}')}")
+    del procs.procs[f"load-{n}"]
+    s = json.loads(out.read_text())
+    wall = w1 - w0
+    cores = {name: (cpu1[name] - cpu0[name]) / wall for name in watched}
+    server_cores = cores.pop("server")
+    return {
+        "n": n, "server_cores": server_cores, "calls_per_core": n / server_cores if server_cores > 0 else float("inf"),
+        "harness_cores": (h1 - h0) / wall, "fakes_cores": sum(cores.values()), "fakes": cores,
+        "lag": s["inbound_frame_lag_ms"], "resp": s["response_latency_ms"], "jitter": s["outbound_jitter_ms"],
+        "started": s["calls_started"], "failed": s["calls_failed"], "cut": s["calls_cut_at_deadline"], "unanswered": s["unanswered_turns"],
+        "rss": (s.get("server") or {}).get("rss_mb_max"),
+    }
+
+
+def _f(v, fmt="{:.1f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _print_row(r: dict, limit: float) -> None:
+    fakes = ", ".join(f"{k} {v:.3f}" for k, v in r["fakes"].items())
+    print(f"N={r['n']}: server {r['server_cores']:.3f} cores -> {r['calls_per_core']:.0f} calls/core; "
+          f"harness {r['harness_cores']:.2f} cores; fakes {fakes}; server RSS max {_f(r['rss'], '{:.0f}')} MB; "
+          f"{r['cut']} calls cut at the deadline (their last turn may count as unanswered)", flush=True)
+
+
+def _print_table(rows: list[dict], limit: float) -> None:
+    print()
+    print("| calls | server cores | calls/core | frame lag p50 / p99 ms | response p50 / p95 ms | failed | unanswered turns | harness cores | fakes cores |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['n']} | {r['server_cores']:.3f} | {r['calls_per_core']:.0f} | {_f(r['lag']['p50'])} / {_f(r['lag']['p99'])} "
+              f"| {_f(r['resp']['p50'], '{:.0f}')} / {_f(r['resp']['p95'], '{:.0f}')} | {r['failed']} / {r['started']} "
+              f"| {r['unanswered']} | {r['harness_cores']:.2f} | {r['fakes_cores']:.2f} |")
+    ok = [r for r in rows if r["lag"]["p99"] is not None and r["lag"]["p99"] < limit and not r["failed"]]
+    if ok:
+        best = max(ok, key=lambda r: r["n"])
+        print(f"\nlargest N with frame lag p99 < {limit:g} ms and no failed call: {best['n']} calls, "
+              f"{best['calls_per_core']:.0f} calls per server core")
+    else:
+        print(f"\nno N kept frame lag p99 under {limit:g} ms without failed calls")
+    if any(r["harness_cores"] > 0.8 for r in rows):
+        print("note: the load generator neared a full core at some N: its frame lag there is the harness's own")
