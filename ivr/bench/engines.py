@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ivr.audio import FRAME_BYTES, pcm16_to_ulaw, resample, ulaw_silence, ulaw_to_pcm16
+from ivr.providers.feed import feed_call_audio
 
 DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
 
@@ -101,13 +102,7 @@ async def transcribe_call(stt, ulaw: bytes, realtime: bool = False, tail_ms: int
 
     reader = asyncio.create_task(collect())
     audio = ulaw + ulaw_silence(8 * tail_ms)
-    started = time.perf_counter()
-    for i in range(0, len(audio), FRAME_BYTES):
-        await session.send(audio[i : i + FRAME_BYTES])
-        if realtime:
-            await asyncio.sleep(max(0.0, started + (i + FRAME_BYTES) / 8000 - time.perf_counter()))
-    await session.finalize()
-    await session.aclose()
+    started = await feed_call_audio(session, audio, realtime)
     await reader
     return events, stamps, started
 

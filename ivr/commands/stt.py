@@ -14,8 +14,9 @@ import time
 import wave
 from pathlib import Path
 
-from ivr.audio import FRAME_BYTES, SUPPORTED_RATES, pcm16_to_ulaw, resample, ulaw_silence
+from ivr.audio import SUPPORTED_RATES, pcm16_to_ulaw, resample, ulaw_silence
 from ivr.audio._audioop import audioop
+from ivr.providers.feed import feed_call_audio
 
 RAW_ULAW = (".ulaw", ".mulaw", ".ul", ".raw")
 
@@ -115,13 +116,7 @@ async def _transcribe(stt, ulaw: bytes, realtime: bool) -> int:
             sys.stdout.flush()
 
     printer = asyncio.create_task(show())
-    started = time.perf_counter()
-    for i in range(0, len(audio), FRAME_BYTES):
-        await session.send(audio[i : i + FRAME_BYTES])
-        if realtime:
-            await asyncio.sleep(max(0.0, started + (i + FRAME_BYTES) / 8000 - time.perf_counter()))
-    await session.finalize()
-    await session.aclose()
+    started = await feed_call_audio(session, audio, realtime)
     await printer
     elapsed = time.perf_counter() - started
     print(f"{len(ulaw) / 8000:.2f} s of audio in {elapsed:.2f} s", file=sys.stderr)
