@@ -93,6 +93,7 @@ class Settings:
     deepgram_endpointing_ms: int = field(default=300, metadata={"help": "Deepgram endpointing: silence (ms) that makes a final speech_final"})
     deepgram_utterance_end_ms: int = field(default=1000, metadata={"help": "Deepgram utterance_end_ms: gap (ms) after the last word that ends a turn"})
     deepgram_eager_eot: float = field(default=0.0, metadata={"help": "Flux eager_eot_threshold (0.3-0.9) for preemptive replies; 0: off"})
+    deepgram_chunk_ms: int = field(default=40, metadata={"help": "audio per message to Deepgram, 20-100 ms in steps of 20: larger costs less CPU, adds up to that less 20 ms of delay"})
     deepgram_max_streams: int = field(default=100, metadata={"help": "concurrent Deepgram streams; more calls wait (logged)"})
     elevenlabs_api_key: str = field(default="", repr=False, metadata={"env": "ELEVENLABS_API_KEY", "secret": True})
     elevenlabs_voice_id: str = field(

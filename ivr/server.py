@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ivr import metrics
 from ivr.admission import Admission
 from ivr.config import Settings
+from ivr.heap import freeze_startup_objects
 from ivr.logs import CallLog
 from ivr.security import PublicUrl, SignatureChecker
 from ivr.session import HandlerFactory, Line
@@ -280,6 +281,7 @@ async def _warm_up(state: IvrState, startup) -> None:
     except Exception:
         log.exception("loading the engines failed: /readyz stays false; calls try again on first use")
         return
+    freeze_startup_objects()
     state.ready = True
     log.info("ready for calls")
 

@@ -108,6 +108,31 @@ async def test_finalize_ends_the_turn_in_progress(fake):
     assert events[-1] == EndOfTurn("Four two one", events[-1].at_ms)
 
 
+async def test_audio_goes_in_chunks_and_the_last_partial_one_is_not_held_back(fake):
+    """Twilio's 20 ms frames go three to a message at 60 ms; at the end of the call the two frames
+    still waiting for a full chunk go out before Finalize, so the last words are heard."""
+    fake.say("Four two one")
+    session = await engine(fake, chunk_ms=60).open()
+    reader = asyncio.create_task(collect(session))
+    await until(lambda: session._conn is not None)  # live: nothing is left for a resend to send at once
+    await feed(session, silence(200) + tone(800) + silence(40))  # 52 frames: 17 chunks and 1 frame over
+    await until(lambda: fake.streams[0].audio_bytes >= 51 * 160)
+    assert set(fake.streams[0].audio_messages) == {480}
+    await session.finalize()
+    events = await reader
+    await session.aclose()
+    assert fake.streams[0].audio_bytes == 52 * 160 and fake.streams[0].audio_messages[-1] == 160
+    assert events[-1].text == "Four two one"
+
+
+def test_the_chunk_size_is_whole_frames_up_to_100_ms():
+    with pytest.raises(ConfigError, match="IVR_DEEPGRAM_CHUNK_MS"):
+        DeepgramStt(KEY, chunk_ms=50)
+    with pytest.raises(ConfigError, match="IVR_DEEPGRAM_CHUNK_MS"):
+        DeepgramStt(KEY, chunk_ms=120)
+    assert DeepgramStt(KEY).chunk_bytes == 320
+
+
 async def test_keepalive_flows_when_no_audio_does(fake):
     stt = engine(fake)
     stt.keepalive_s = 0.1

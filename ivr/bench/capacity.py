@@ -19,18 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-FAKES = REPO / "tests" / "fakes"
+from ivr.bench.procs import Procs, have_fakes, start_fakes, start_server
+
 SAMPLES = Path(__file__).resolve().parents[1] / "harness" / "samples"
 
 # The OpenAI brain needs a flow with a system prompt (as tests/test_cloud_e2e.py uses).
@@ -52,74 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stt-ms", type=float, default=150, help="Deepgram fake: final delay (default 150)")
     p.add_argument("--llm-ms", type=float, default=300, help="OpenAI fake: first token delay (default 300)")
     p.add_argument("--tts-ms", type=float, default=150, help="ElevenLabs fake: first audio delay (default 150)")
+    p.add_argument("--cached-replies", action="store_true",
+                   help="the LLM gives the same answer every time, so the TTS is skipped from the cache")
     p.add_argument("--lag-limit-ms", type=float, default=20, help="inbound frame lag p99 that still counts (default 20)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Procs:
-    """The processes this benchmark started; all of them are stopped on exit, whatever the exit."""
-
-    def __init__(self, logs: Path) -> None:
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.logs = logs
-
-    def start(self, name: str, argv: list[str], env: dict | None = None, stdout=subprocess.DEVNULL) -> subprocess.Popen:
-        # stderr to a file, not a pipe: an undrained pipe would stall a chatty server mid-run.
-        # Their own session: a Ctrl-C reaches only us, and we stop them in order in stop_all().
-        with open(self.logs / f"{name}.log", "w") as err:
-            proc = subprocess.Popen(argv, env=env, stdout=stdout, stderr=err, start_new_session=True, text=True)
-        self.procs[name] = proc
-        return proc
-
-    def log_tail(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _first_line(proc: subprocess.Popen, name: str, timeout: float = 20) -> str:
-    """The URL a fake prints once it listens (the fakes pick their port when given 0)."""
-    import selectors
-
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    if not sel.select(timeout):
-        raise RuntimeError(f"{name} fake printed no URL within {timeout:g} s")
-    line = proc.stdout.readline().strip()
-    if not line:
-        raise RuntimeError(f"{name} fake exited with {proc.poll()}")
-    return line
-
-
-def _wait_http(url: str, proc: subprocess.Popen, name: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{name} not ready at {url} within {timeout:g} s")
 
 
 def _cpu_s(proc) -> float:
@@ -128,7 +59,7 @@ def _cpu_s(proc) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not (FAKES / "deepgram.py").exists():
+    if not have_fakes():
         print("ivr bench capacity needs a source checkout (it starts the fakes in tests/fakes)", file=sys.stderr)
         return 2
     try:
@@ -143,37 +74,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     calls = [str(Path(c).resolve()) for c in (args.call or [SAMPLES / "hours.yaml"])]
 
-    py = sys.executable
     with tempfile.TemporaryDirectory(prefix="ivr-bench-capacity-") as tmp:
-        procs = _Procs(Path(tmp))
+        procs = Procs(Path(tmp))
         try:
             flow = Path(tmp) / "flow.yaml"
             flow.write_text(FLOW)
-            # Every caller utterance is "heard" as the same question, so each turn is answered
-            # by the LLM and the TTS: the full cloud path, every turn.
-            dg = procs.start("deepgram", [py, str(FAKES / "deepgram.py"), "--port", "0", "--key", "dg-bench",
-                                          "--text", "what time are you open", "--final-delay-ms", str(args.stt_ms)],
-                             stdout=subprocess.PIPE)
-            el = procs.start("elevenlabs", [py, str(FAKES / "elevenlabs.py"), "--port", "0", "--key", "el-bench",
-                                            "--voice", "v", "--first-audio-delay-ms", str(args.tts_ms)],
-                             stdout=subprocess.PIPE)
-            oa_port = _free_port()
-            oa = procs.start("openai", [py, str(FAKES / "openai_api.py"), "--port", str(oa_port), "--key", "sk-bench",
-                                        "--first-token-delay-ms", str(args.llm_ms)])
-            dg_url, el_url = _first_line(dg, "Deepgram"), _first_line(el, "ElevenLabs")
-            _wait_openai(oa_port, oa)
-
-            port = _free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("IVR_", "TWILIO_"))}
-            env.update({
-                "IVR_HOST": "127.0.0.1", "IVR_PORT": str(port), "IVR_LOG_LEVEL": "warning", "IVR_MAX_CALLS": "100000",
-                "IVR_FLOW": str(flow), "IVR_DEEPGRAM_ENDPOINTING_MS": "700",
-                "DEEPGRAM_API_KEY": "dg-bench", "IVR_DEEPGRAM_URL": dg_url,
-                "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": f"http://127.0.0.1:{oa_port}/v1",
-                "ELEVENLABS_API_KEY": "el-bench", "ELEVENLABS_VOICE_ID": "v", "IVR_ELEVENLABS_URL": el_url,
-            })
-            server = procs.start("server", [py, "-m", "ivr", "serve"], env=env)
-            _wait_http(f"http://127.0.0.1:{port}/readyz", server, "ivr serve")
+            # Varied replies: every answer is new text, spoken by ElevenLabs (a repeated one
+            # would come from the prompt cache and leave the TTS path idle).
+            fakes = start_fakes(procs, args.stt_ms, args.llm_ms, args.tts_ms, varied=not args.cached_replies)
+            server, port = start_server(procs, fakes, flow)
 
             watched = {name: psutil.Process(p.pid) for name, p in procs.procs.items()}
             rows = []
@@ -189,27 +98,11 @@ def run(args: argparse.Namespace) -> int:
             return 130
         except RuntimeError as exc:
             print(f"ivr bench capacity: {exc}", file=sys.stderr)
-            for name, proc in procs.procs.items():
-                if proc.poll() is not None and (tail := procs.log_tail(name)):
-                    print(f"--- {name} stderr:\n{tail}", file=sys.stderr)
+            procs.print_failures()
             return 1
         finally:
             procs.stop_all()
     return 0
-
-
-def _wait_openai(port: int, proc: subprocess.Popen) -> None:
-    # /v1/models wants the key: any HTTP answer at all means uvicorn listens.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"OpenAI fake exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("OpenAI fake not listening within 30 s")
 
 
 def _one_level(n, args, calls, port, server_pid, procs, watched, tmp: Path) -> dict:

@@ -1,17 +1,18 @@
 """`ivr bench cloud`: ivr's own share of the response latency with the cloud adapters.
 
-The three fakes from the test suite (tests/fakes, in a source checkout) run on 127.0.0.1 with
-fixed delays: Deepgram sends each final `--stt-ms` late, OpenAI its first token `--llm-ms` late,
-ElevenLabs its first audio `--tts-ms` late. A replayed call asks a question N times through the
-real server; for each answer
+The three fakes from the test suite (tests/fakes, in a source checkout) and one `ivr serve` run as
+separate processes on 127.0.0.1 (see ivr.bench.procs); this process replays a call at the server
+as Twilio would. The fakes add fixed delays: Deepgram sends each final `--stt-ms` late, OpenAI its
+first token `--llm-ms` late, ElevenLabs its first audio `--tts-ms` late. The caller asks a question
+N times; every answer is new text (nothing from the prompt cache). For each answer
 
-    ivr share = (first reply frame sent to Twilio - Deepgram final sent)
+    ivr share = (first reply frame received by the caller - Deepgram final sent)
                 - (OpenAI first token sent - its request received)
                 - (ElevenLabs first audio sent - its first text received)
 
-so what remains is ivr's own work: parsing the final, the turn decision, the request, the
-clause split, the TTS request, framing and sending, plus loopback transit. The fakes run in this
-process (their timestamps share the server's clock); their own work counts against ivr.
+so what remains is ivr's own work between the providers: reading the final, the turn decision,
+the request, the clause split, the TTS request, framing and sending, plus loopback transit. Every
+timestamp is time.monotonic(), one clock for all the processes.
 """
 
 from __future__ import annotations
@@ -20,12 +21,21 @@ import argparse
 import asyncio
 import statistics
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
+from ivr import aio
+from ivr.bench.procs import Procs, cpu_steal, have_fakes, start_fakes, start_server, steal_share
 from ivr.bench.questions import percentile, question_call
+from ivr.heap import freeze_startup_objects
 
-REPO = Path(__file__).resolve().parents[2]
+#: The pieces of ivr's share, each between two timestamps of different processes.
+STAGES = (
+    "Deepgram final sent -> OpenAI request received",
+    "first token sent -> ElevenLabs text received",
+    "ElevenLabs audio sent -> caller gets the frame",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,88 +43,116 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stt-ms", type=float, default=150, help="Deepgram fake: final delay (default 150)")
     p.add_argument("--llm-ms", type=float, default=300, help="OpenAI fake: first token delay (default 300)")
     p.add_argument("--tts-ms", type=float, default=150, help="ElevenLabs fake: first audio delay (default 150)")
-    p.add_argument("--speed", type=float, default=1.0, help="harness playback speed (default real time)")
-
+    p.add_argument("--flux", action="store_true",
+                   help="Deepgram Flux with preemptive replies: measure EndOfTurn -> first reply frame instead")
 
 
 def run(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(REPO / "tests"))
-    try:
-        from fakes.deepgram import FakeDeepgram
-        from fakes.elevenlabs import FakeElevenLabs
-        from fakes.openai_api import FakeOpenAI, Reply
-        from live_server import serve
-    except ImportError:
-        print("ivr bench cloud needs a source checkout (it uses tests/fakes)", file=sys.stderr)
+    if not have_fakes():
+        print("ivr bench cloud needs a source checkout (it starts the fakes in tests/fakes)", file=sys.stderr)
         return 2
-    from ivr.call import CallFactory
-    from ivr.config import Settings
     from ivr.harness.emulator import ReplayOptions
-    from ivr.harness.run import replay_file
-    from ivr.providers.registry import build
-    from ivr.server import create_app
+    from ivr.harness.run import replay
+    from ivr.harness.sources import load_call
 
-    flow, plan = question_call("ivr-bench-cloud-", args.answers)
-
-    counter = iter(range(1, 1_000_000))
-    # A different reply each time: a repeated one would come from the prompt cache, not the TTS.
-    openai = FakeOpenAI("sk-bench", responder=lambda body: Reply(f"Answer {next(counter)}: we open at seven."),
-                        first_token_delay_s=args.llm_ms / 1000)
-    shares: list[float] = []
-    totals: list[float] = []
-    with FakeDeepgram("dg-bench", default_text="what time are you open", final_delay_s=args.stt_ms / 1000) as dg, \
-            FakeElevenLabs("el-bench", "v", first_audio_delay_s=args.tts_ms / 1000) as el, \
-            serve(openai.app) as openai_url:
-        settings = Settings.from_env({
-            "DEEPGRAM_API_KEY": "dg-bench", "IVR_DEEPGRAM_URL": dg.url, "IVR_DEEPGRAM_ENDPOINTING_MS": "700",
-            "ELEVENLABS_API_KEY": "el-bench", "ELEVENLABS_VOICE_ID": "v", "IVR_ELEVENLABS_URL": el.url,
-            "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": openai_url + "/v1", "IVR_FLOW": str(flow),
-        })
-        factory = CallFactory(build(settings))
-        calls: list = []
-        app = create_app(settings, handler_factory=_Recording(factory, calls))
-        with serve(app) as base:
-            url = base.replace("http", "ws") + "/media"
-            asyncio.run(replay_file(plan, ReplayOptions(url=url, speed=args.speed, max_call_s=600), plan.parent / "out"))
-        answers = [t for call in calls for t in call.stats.answers if t.first_audio_at is not None]
-        finals = [t for t, _ in dg.finals_sent]
-        contexts = sorted((c for c in el.contexts.values() if c.first_audio_at and c.first_text_at),
-                          key=lambda c: c.first_text_at)
-        for answer in answers:
-            final = max((t for t in finals if t <= answer.end_of_turn_at), default=None)
-            llm = max(((r, s) for r, s in openai.timings if r >= (final or 0) and s <= answer.first_audio_at), default=None)
-            ctx = next((c for c in contexts if llm and c.first_text_at >= llm[1] and c.first_audio_at <= answer.first_audio_at), None)
-            if final is None or llm is None or ctx is None:
-                continue
-            total = answer.first_audio_at - final
-            share = total - (llm[1] - llm[0]) - (ctx.first_audio_at - ctx.first_text_at)
-            totals.append(total * 1000)
-            shares.append(share * 1000)
-    if not shares:
+    flow, script = question_call("ivr-bench-cloud-", args.answers)
+    with tempfile.TemporaryDirectory(prefix="ivr-bench-cloud-") as tmp:
+        procs = Procs(Path(tmp))
+        try:
+            fakes = start_fakes(procs, args.stt_ms, args.llm_ms, args.tts_ms, varied=True, timings_dir=Path(tmp))
+            flux = {"IVR_DEEPGRAM_MODEL": "flux-general-en", "IVR_DEEPGRAM_EAGER_EOT": "0.5"} if args.flux else {}
+            _server, port = start_server(procs, fakes, flow, flux)
+            plan = asyncio.run(load_call(script))
+            freeze_startup_objects()  # the caller's own pauses would count against the server
+            steal0 = cpu_steal()
+            record = aio.run(replay(plan, ReplayOptions(url=f"ws://127.0.0.1:{port}/media", max_call_s=600)))
+            steal = steal_share(steal0, cpu_steal())
+            procs.stop_all()  # the fakes write their timings as they exit
+            timings = fakes.read_timings()
+        except KeyboardInterrupt:
+            print("interrupted: stopping the processes", file=sys.stderr)
+            return 130
+        except RuntimeError as exc:
+            print(f"ivr bench cloud: {exc}", file=sys.stderr)
+            procs.print_failures()
+            return 1
+        finally:
+            procs.stop_all()
+    if record.failed:
+        print(f"ivr bench cloud: the call failed: {[e.detail for e in record.errors]}", file=sys.stderr)
+        return 1
+    if steal is not None:
+        print(f"CPU time the host took from this machine (steal) during the call: {steal:.1%}")
+    if args.flux:
+        return _print_flux(args, flux_answers(record, timings))
+    rows = match_answers(record, timings)
+    if not rows:
         print("no answers could be matched to the fakes' timings", file=sys.stderr)
         return 1
+    totals = [r["total"] for r in rows]
+    shares = [r["share"] for r in rows]
     print(textwrap.dedent(f"""\
         cloud adapters, fakes on 127.0.0.1 with fixed delays: STT final +{args.stt_ms:.0f} ms, first token {args.llm_ms:.0f} ms, first audio {args.tts_ms:.0f} ms
-        answers measured: {len(shares)}
-        from Deepgram's final to the first reply frame sent: median {statistics.median(totals):.1f} ms, p99 {percentile(totals, 99):.1f} ms
+        answers measured: {len(rows)} of {args.answers}
+        from Deepgram's final to the first reply frame at the caller: median {statistics.median(totals):.1f} ms, p99 {percentile(totals, 99):.1f} ms
         ivr's own share (minus the fakes' LLM and TTS waits): median {statistics.median(shares):.1f} ms, p90 {percentile(shares, 90):.1f} ms, p99 {percentile(shares, 99):.1f} ms, max {max(shares):.1f} ms
-        each answer's share, in order (ms): {' '.join(f'{v:.0f}' for v in shares)}"""))
+        each answer's share, in order (ms): {' '.join(f'{v:.1f}' for v in shares)}
+        where it went (median / p99 ms):"""))
+    for name in STAGES:
+        values = [r[name] for r in rows]
+        print(f"  {name:<48} {statistics.median(values):6.1f} / {percentile(values, 99):6.1f}")
+    slowest = max(rows, key=lambda r: r["share"])
+    print("  the slowest answer: " + ", ".join(f"{slowest[n]:.1f}" for n in STAGES) + " ms")
     return 0
 
 
-class _Recording:
-    """The factory, keeping each call for its timings."""
+def match_answers(record, timings: dict[str, dict]) -> list[dict]:
+    """Line up each Deepgram final with the OpenAI request, the ElevenLabs context and the first
+    reply frame that followed it; in ms."""
+    media = [record.monotonic_start + m.recv_ms / 1000 for m in record.playback.media]
+    requests = sorted(tuple(r) for r in timings["openai"]["requests"])
+    contexts = sorted((c["first_text_at"], c["first_audio_at"]) for c in timings["elevenlabs"]["contexts"]
+                      if c["first_text_at"] and c["first_audio_at"])
+    rows = []
+    for final, _text in timings["deepgram"]["finals_sent"]:
+        llm = next((r for r in requests if r[0] >= final), None)
+        frame = next((t for t in media if t >= final), None)
+        if llm is None or frame is None or llm[1] > frame:
+            continue
+        ctx = next((c for c in contexts if llm[1] <= c[0] and c[1] <= frame), None)
+        if ctx is None:
+            continue
+        total = frame - final
+        share = total - (llm[1] - llm[0]) - (ctx[1] - ctx[0])
+        stages = (llm[0] - final, ctx[0] - llm[1], frame - ctx[1])
+        rows.append({"total": total * 1000, "share": share * 1000, **{n: v * 1000 for n, v in zip(STAGES, stages)}})
+    return rows
 
-    def __init__(self, factory, calls: list) -> None:
-        self._factory, self._calls = factory, calls
 
-    def __call__(self, line):
-        call = self._factory(line)
-        self._calls.append(call)
-        return call
+def flux_answers(record, timings: dict[str, dict]) -> list[tuple[float, bool]]:
+    """(EndOfTurn sent -> first reply frame at the caller, ms; whether the reply's request went
+    out before the EndOfTurn, i.e. on Flux's EagerEndOfTurn) for each answered turn."""
+    media = [record.monotonic_start + m.recv_ms / 1000 for m in record.playback.media]
+    requests = sorted(r[0] for r in timings["openai"]["requests"])
+    out = []
+    for end_of_turn, _text in timings["deepgram"]["finals_sent"]:
+        frame = next((t for t in media if t >= end_of_turn), None)
+        if frame is None:
+            continue
+        request = max((r for r in requests if r <= frame), default=None)
+        out.append(((frame - end_of_turn) * 1000, request is not None and request < end_of_turn))
+    return out
 
-    async def startup(self) -> None:
-        await self._factory.startup()
 
-    def __getattr__(self, name):
-        return getattr(self._factory, name)
+def _print_flux(args: argparse.Namespace, rows: list[tuple[float, bool]]) -> int:
+    if not rows:
+        print("no answers could be matched to the fakes' timings", file=sys.stderr)
+        return 1
+    waits = [w for w, _ in rows]
+    early = sum(1 for _, e in rows if e)
+    print(textwrap.dedent(f"""        Deepgram Flux (EagerEndOfTurn at half the 500 ms end-of-turn silence), preemptive replies on;
+        fakes: first token {args.llm_ms:.0f} ms, first audio {args.tts_ms:.0f} ms
+        answers measured: {len(rows)} of {args.answers}; replies started on EagerEndOfTurn: {early}
+        from Flux's EndOfTurn to the first reply frame at the caller: median {statistics.median(waits):.1f} ms, p99 {percentile(waits, 99):.1f} ms
+        (a reply started only at EndOfTurn would need the whole {args.llm_ms + args.tts_ms:.0f} ms of the fakes plus ivr's share)"""))
+    return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 
+from ivr import aio
 from ivr.commands.replay import add_call_options, parse_params
 
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.calls < 1 or args.duration <= 0 or args.ramp < 0:
         print("ivr load: --calls must be at least 1, --duration positive, --ramp not negative")
         return 2
-    return asyncio.run(_run(args))
+    return aio.run(_run(args))
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -44,6 +44,7 @@ async def _run(args: argparse.Namespace) -> int:
     from ivr.harness.loadview import LoadProgress, format_load_summary
     from ivr.harness.sources import CallSourceError, load_call
     from ivr.harness.tts import NoSynthesiser
+    from ivr.heap import freeze_startup_objects
 
     try:
         params = parse_params(args.param)
@@ -51,6 +52,7 @@ async def _run(args: argparse.Namespace) -> int:
     except (argparse.ArgumentTypeError, CallSourceError, NoSynthesiser) as exc:
         print(f"ivr load: {exc}")
         return 2
+    freeze_startup_objects()  # the load generator's own pauses would read as the server's lag
     options = LoadOptions(
         url=args.url, calls=args.calls, ramp_s=args.ramp, duration_s=args.duration, speed=args.speed,
         params=params, auth_token=args.auth_token, sign_url=args.sign_url,

@@ -31,6 +31,12 @@ class CallClock:
             return 0.0
         return (time.monotonic() - self._t0) * 1000.0 * self.speed
 
+    def monotonic_at(self, call_ms: float) -> float:
+        """The time.monotonic() reading at which the call clock reads `call_ms`."""
+        if self._t0 is None:
+            raise RuntimeError("the call clock has not started")
+        return self._t0 + self.wall_seconds(call_ms)
+
     def wall_seconds(self, call_ms: float) -> float:
         """Wall-clock seconds that `call_ms` of call time take."""
         return call_ms / 1000.0 / self.speed

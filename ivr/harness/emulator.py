@@ -103,6 +103,7 @@ class TwilioEmulator:
             return self.record
         self.record.connected = True
         self.clock.start()
+        self.record.monotonic_start = self.clock.monotonic_at(0.0)
         self.record.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         try:
             await self._ws.send(self.sender.connected())

@@ -38,6 +38,8 @@ class CallRecord:
     end_ms: float = 0.0
     ended_by: str = ""  # "caller" (hang-up sent) | "bot" (server closed) | "error"
     wall_seconds: float = 0.0
+    #: time.monotonic() at call time 0: lines the record up with other processes' timestamps.
+    monotonic_start: float = 0.0
 
     def error(self, ms: float, kind: str, detail: str) -> None:
         self.errors.append(CallError(ms, kind, detail))

@@ -55,6 +55,7 @@ class Stream:
     path: str
     query: dict
     audio_bytes: int = 0
+    audio_messages: list = field(default_factory=list)  # each audio message's size
     keepalives: int = 0
     finalizes: int = 0
     closed_by_client: bool = False
@@ -172,6 +173,7 @@ class _Session:
                 self.last_activity = time.monotonic()
                 if isinstance(message, bytes):
                     self.stream.audio_bytes += len(message)
+                    self.stream.audio_messages.append(len(message))
                     if await self._audio(message):
                         return
                     continue
@@ -358,6 +360,7 @@ def _spread(text: str, start_ms: int, end_ms: int) -> list[dict]:
 
 if __name__ == "__main__":  # python tests/fakes/deepgram.py --port P (benchmarks)
     import argparse
+    import gc
     import signal
 
     parser = argparse.ArgumentParser()
@@ -365,9 +368,16 @@ if __name__ == "__main__":  # python tests/fakes/deepgram.py --port P (benchmark
     parser.add_argument("--key", default="dg-test-key")
     parser.add_argument("--text", default="what time are you open")
     parser.add_argument("--final-delay-ms", type=float, default=0)
+    parser.add_argument("--timings", help="write the finals' send times (monotonic s) here on exit")
     args = parser.parse_args()
+    # Blocked before the server thread starts, so sigwait (not the default action) takes them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     fake = FakeDeepgram(args.key, default_text=args.text, final_delay_s=args.final_delay_ms / 1000)
     fake.server._port = args.port
     with fake:
+        gc.freeze()  # short collector passes: its pauses would count as the server's time
         print(fake.url, flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    if args.timings:
+        with open(args.timings, "w") as f:
+            json.dump({"finals_sent": fake.finals_sent}, f)

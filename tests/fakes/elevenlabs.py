@@ -233,6 +233,7 @@ def _error(status: int, message: str) -> Response:
 
 if __name__ == "__main__":  # python tests/fakes/elevenlabs.py --port P (benchmarks)
     import argparse
+    import gc
     import signal
 
     parser = argparse.ArgumentParser()
@@ -241,10 +242,16 @@ if __name__ == "__main__":  # python tests/fakes/elevenlabs.py --port P (benchma
     parser.add_argument("--voice", default="voice-test")
     parser.add_argument("--first-audio-delay-ms", type=float, default=0)
     parser.add_argument("--pace", type=float, default=0)
+    parser.add_argument("--timings", help="write each context's first text and audio times (monotonic s) here on exit")
     args = parser.parse_args()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     fake = FakeElevenLabs(args.key, args.voice, pace=args.pace, first_audio_delay_s=args.first_audio_delay_ms / 1000)
     fake.server._port = args.port
     with fake:
+        gc.freeze()  # short collector passes: its pauses would count as the server's time
         print(fake.url, flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    if args.timings:
+        with open(args.timings, "w") as f:
+            json.dump({"contexts": [{"id": c.id, "first_text_at": c.first_text_at, "first_audio_at": c.first_audio_at}
+                                    for c in fake.contexts.values()]}, f)

@@ -15,6 +15,7 @@ chunk, then silence). `first_token_delay_s` delays every first token (benchmarks
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections import deque
@@ -48,9 +49,15 @@ def bakery(body: dict) -> Reply:
     return Reply("Sorry, could you say that again?")
 
 
+def varied() -> Callable[[dict], Reply]:
+    """A responder whose every answer is new text (numbered), so none can come from a cache."""
+    counter = itertools.count(1)
+    return lambda body: Reply(f"Answer {next(counter)}: we're open Tuesday to Sunday, from seven until three.")
+
+
 class FakeOpenAI:
     def __init__(self, api_key: str = "sk-test", responder: Callable[[dict], Reply] = bakery,
-                 first_token_delay_s: float = 0.0) -> None:
+                 first_token_delay_s: float = 0.0, lifespan=None) -> None:
         self.api_key = api_key
         self.responder = responder
         self.first_token_delay_s = first_token_delay_s
@@ -61,7 +68,7 @@ class FakeOpenAI:
         self.app = Starlette(routes=[
             Route("/v1/chat/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
-        ])
+        ], lifespan=lifespan)
 
     def _authorized(self, request: Request) -> bool:
         return request.headers.get("authorization") == f"Bearer {self.api_key}"
@@ -129,6 +136,8 @@ class FakeOpenAI:
 
 if __name__ == "__main__":  # python tests/fakes/openai_api.py --port P (benchmarks)
     import argparse
+    import contextlib
+    import gc
 
     import uvicorn
 
@@ -136,6 +145,20 @@ if __name__ == "__main__":  # python tests/fakes/openai_api.py --port P (benchma
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--key", default="sk-test")
     parser.add_argument("--first-token-delay-ms", type=float, default=0)
+    parser.add_argument("--varied", action="store_true", help="a new answer every time (nothing from a prompt cache)")
+    parser.add_argument("--timings", help="write (request received, first token sent) times (monotonic s) here on exit")
     args = parser.parse_args()
-    fake = FakeOpenAI(args.key, first_token_delay_s=args.first_token_delay_ms / 1000)
-    uvicorn.run(fake.app, host="127.0.0.1", port=args.port, log_level="warning")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        gc.freeze()  # short collector passes: its pauses would count as the server's time
+        yield
+        # Here, not after uvicorn.run(): uvicorn re-raises SIGTERM once it has shut down.
+        if args.timings:
+            with open(args.timings, "w") as f:
+                json.dump({"requests": fake.timings}, f)
+
+    fake = FakeOpenAI(args.key, responder=varied() if args.varied else bakery,
+                      first_token_delay_s=args.first_token_delay_ms / 1000, lifespan=lifespan)
+    # Keep-alive like a real API front end (uvicorn closes idle connections after 5 s).
+    uvicorn.run(fake.app, host="127.0.0.1", port=args.port, log_level="warning", timeout_keep_alive=120)
