@@ -25,7 +25,6 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from ivr import aio
 from ivr.bench.procs import Procs, cpu_steal, have_fakes, start_fakes, start_server, steal_share
 from ivr.bench.questions import percentile, question_call
 from ivr.heap import freeze_startup_objects
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             plan = asyncio.run(load_call(script))
             freeze_startup_objects()  # the caller's own pauses would count against the server
             steal0 = cpu_steal()
-            record = aio.run(replay(plan, ReplayOptions(url=f"ws://127.0.0.1:{port}/media", max_call_s=600)))
+            record = asyncio.run(replay(plan, ReplayOptions(url=f"ws://127.0.0.1:{port}/media", max_call_s=600)))
             steal = steal_share(steal0, cpu_steal())
             procs.stop_all()  # the fakes write their timings as they exit
             timings = fakes.read_timings()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 
-from ivr import aio
 from ivr.commands.replay import add_call_options, parse_params
 
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.calls < 1 or args.duration <= 0 or args.ramp < 0:
         print("ivr load: --calls must be at least 1, --duration positive, --ramp not negative")
         return 2
-    return aio.run(_run(args))
+    return asyncio.run(_run(args))
 
 
 async def _run(args: argparse.Namespace) -> int:
