@@ -325,9 +325,10 @@ class DeepgramSession:
         end = self.buffer.end
         if conn is None or self._sent >= end:
             return  # kept in the buffer: the next socket gets it
+        data = self.buffer.since(self._sent)
+        self._sent = end  # claimed before the await: a concurrent call cannot send it twice
         try:
-            await conn.send_media(self.buffer.since(self._sent))
-            self._sent = end
+            await conn.send_media(data)
             self._last_audio = time.monotonic()
         except Exception:
             # The reader sees the close and reconnects; this audio is in the buffer.
