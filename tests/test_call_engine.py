@@ -84,7 +84,9 @@ async def test_short_speech_under_min_speech_ms_does_not_interrupt():
     assert "clear" in line.kinds()
 
 
-async def test_backchannel_interruption_resumes_the_cut_sentence():
+@pytest.mark.parametrize("heard", ["uh-huh", "Okay?", "Uh-huh.", "Yeah, right!"])
+async def test_backchannel_interruption_resumes_the_cut_sentence(heard):
+    """Whatever punctuation the recogniser guesses for the murmur, it is a backchannel."""
     call, line, stt = await started()
     await line.wait_for(lambda: len(line.marks()) >= 3 and call._turn.done_generating)
     await echo_marks(call, line, line.marks()[:1])
@@ -92,7 +94,7 @@ async def test_backchannel_interruption_resumes_the_cut_sentence():
     await line.wait_for(lambda: "clear" in line.kinds())
     await echo_marks(call, line, line.marks()[1:])
     n = len(line.sent)
-    stt.push(EndOfTurn(text="uh-huh", at_ms=500))
+    stt.push(EndOfTurn(text=heard, at_ms=500))
     await line.wait_for(lambda: "media" in line.kinds()[n:])
     assert call.providers.brain.sessions[0].inputs == []  # the brain was not asked
     resumed = " ".join(p.text for p in call._turn.ledger.pieces)

@@ -17,6 +17,7 @@ import contextlib
 import enum
 import itertools
 import logging
+import re
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ from ivr.providers.base import (
 from ivr.providers.registry import Providers
 from ivr.session import Line, ListeningHandler
 from ivr.telephony import twiml
+
+#: Everything but letters, digits, apostrophes and hyphens ("uh-huh"): backchannels ignore punctuation.
+_NOT_A_WORD = re.compile(r"[^\w\s'-]")
 
 log = logging.getLogger("ivr.call")
 
@@ -404,7 +408,8 @@ class Call(ListeningHandler):
         await self._caller_input(CallerInput(text=text))
 
     def _is_backchannel(self, text: str) -> bool:
-        words = " ".join(text.lower().replace(",", " ").replace(".", " ").replace("!", " ").split())
+        # Punctuation is the recogniser's guess ("Okay." or "Okay?" for the same murmur): words only.
+        words = " ".join(_NOT_A_WORD.sub(" ", text.lower()).split())
         if not words:
             return True
         return words in self._backchannels or all(w in self._backchannels for w in words.split())
