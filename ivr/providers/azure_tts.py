@@ -55,7 +55,8 @@ class AzureTts(HttpTts):
         }
         # One pool per process; a call's pieces reuse its connections (no TLS handshake per piece).
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=3.0),
-                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=100))
+                                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=100,
+                                                            keepalive_expiry=cloud.HTTP_KEEPALIVE_S))
         self.limit = cloud.Limit(PROVIDER, max_requests, "requests", "IVR_AZURE_MAX_REQUESTS")
 
     async def synthesize(self, text: str) -> AsyncIterator[tuple[bytes, int, str]]:

@@ -18,6 +18,12 @@ from ivr.config import ConfigError
 
 log = logging.getLogger("ivr.providers")
 
+#: Idle connections to a provider's HTTP API are kept this long (seconds) for the next turn: a
+#: caller's turn often takes longer than the 5 s HTTP clients default to, and a new connection
+#: adds a TLS handshake to the answer. 55 s stays under common load balancers' 60 s idle limit;
+#: a server that closes sooner only costs a new connection.
+HTTP_KEEPALIVE_S = 55.0
+
 
 class Limit:
     """A semaphore per provider with a log line (and a counter) when a caller has to wait."""

@@ -32,8 +32,6 @@ from ivr.providers.base import BrainOutput, CallContext, CallerInput, TextDelta,
 log = logging.getLogger("ivr.brain.openai")
 
 PROVIDER = "openai"
-#: Idle connections to the API are kept this long (seconds) for the next turn.
-KEEPALIVE_S = 55.0
 #: After the first token, a stream that goes quiet this long is abandoned (the words so far stand).
 STALL_S = 8.0
 DEFAULT_PROMPT = (
@@ -214,7 +212,8 @@ class _Retryable(Exception):
 class OpenAIBrain:
     def __init__(self, api_key: str, base_url: str, model: str, config: LlmConfig, first_token_s: float = 3.0,
                  max_requests: int = 100) -> None:
-        from openai import DEFAULT_CONNECTION_LIMITS, AsyncOpenAI, DefaultAioHttpClient, Timeout
+        import httpx2  # the SDK's HTTP library
+        from openai import AsyncOpenAI, DefaultAioHttpClient
 
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"OPENAI_BASE_URL: {base_url!r} must start with https:// (or http:// for a local server)")
@@ -226,16 +225,10 @@ class OpenAIBrain:
         # Our own budget, not the SDK's: no hidden retries, and a caller never waits 600 s.
         # The SDK's aiohttp transport (the `openai[aiohttp]` extra): a request reaches the server
         # about 1 ms sooner than through the default transport, and costs less CPU per stream.
-        # Idle connections are kept 55 s, not the SDK's 5: a caller's turn often takes longer
-        # than 5 s, and a new connection would add a TLS handshake to every answer. (55 s stays
-        # under the 60 s idle limit of common load balancers; a server that closes sooner only
-        # costs a new connection.)
-        Limits = type(DEFAULT_CONNECTION_LIMITS)  # the SDK's HTTP library's class (openai exports only the value)
-        limits = Limits(max_connections=DEFAULT_CONNECTION_LIMITS.max_connections,
-                        max_keepalive_connections=DEFAULT_CONNECTION_LIMITS.max_keepalive_connections,
-                        keepalive_expiry=KEEPALIVE_S)
+        # Idle connections are kept for the next turn (cloud.HTTP_KEEPALIVE_S, not the SDK's 5 s).
+        limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=cloud.HTTP_KEEPALIVE_S)
         self.client = AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0,
-                                  timeout=Timeout(30.0, connect=min(3.0, self.first_token_s)),
+                                  timeout=httpx2.Timeout(30.0, connect=min(3.0, self.first_token_s)),
                                   http_client=DefaultAioHttpClient(limits=limits))
         self.limit = cloud.Limit(PROVIDER, max_requests, "requests", "IVR_OPENAI_MAX_REQUESTS")
         self.tools = builtin_tools(config.transfers) + list(config.tools)

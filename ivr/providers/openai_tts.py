@@ -50,7 +50,7 @@ class OpenAITts(HttpTts):
                  voice: str = "alloy", instructions: str = "", stream_format: str = "audio",
                  streaming_strategy: str = "", streaming_chunk_size: int = 0, max_requests: int = 100) -> None:
         import httpx2
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
         if stream_format not in STREAM_FORMATS:
             raise ConfigError(f"OPENAI_TTS_STREAM_FORMAT: {stream_format!r} is not audio or sse")
@@ -69,8 +69,11 @@ class OpenAITts(HttpTts):
             self.extra_body["streaming_strategy"] = streaming_strategy
         if streaming_chunk_size:
             self.extra_body["streaming_chunk_size"] = streaming_chunk_size
+        # Idle connections kept for the next turn (cloud.HTTP_KEEPALIVE_S, not the SDK's 5 s).
+        limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=cloud.HTTP_KEEPALIVE_S)
         self.client = AsyncOpenAI(api_key=api_key, base_url=self.base_url, max_retries=0,
-                                  timeout=httpx2.Timeout(30.0, connect=3.0))
+                                  timeout=httpx2.Timeout(30.0, connect=3.0),
+                                  http_client=DefaultAsyncHttpxClient(limits=limits))
         self.limit = cloud.Limit(PROVIDER, max_requests, "requests", "IVR_OPENAI_TTS_MAX_REQUESTS")
 
     async def load(self) -> None:
