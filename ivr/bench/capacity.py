@@ -20,12 +20,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
-from ivr.bench.procs import Procs, have_fakes, start_fakes, start_server
+from ivr.bench.procs import Procs, have_fakes, run_processes, start_fakes, start_server
 
 SAMPLES = Path(__file__).resolve().parents[1] / "harness" / "samples"
 
@@ -74,35 +73,26 @@ def run(args: argparse.Namespace) -> int:
         return 2
     calls = [str(Path(c).resolve()) for c in (args.call or [SAMPLES / "hours.yaml"])]
 
-    with tempfile.TemporaryDirectory(prefix="ivr-bench-capacity-") as tmp:
-        procs = Procs(Path(tmp))
-        try:
-            flow = Path(tmp) / "flow.yaml"
-            flow.write_text(FLOW)
-            # Varied replies: every answer is new text, spoken by ElevenLabs (a repeated one
-            # would come from the prompt cache and leave the TTS path idle).
-            fakes = start_fakes(procs, args.stt_ms, args.llm_ms, args.tts_ms, varied=not args.cached_replies)
-            server, port = start_server(procs, fakes, flow)
+    def measure(procs: Procs, tmp: Path) -> int:
+        flow = tmp / "flow.yaml"
+        flow.write_text(FLOW)
+        # Varied replies: every answer is new text, spoken by ElevenLabs (a repeated one would
+        # come from the prompt cache and leave the TTS path idle).
+        fakes = start_fakes(procs, args.stt_ms, args.llm_ms, args.tts_ms, varied=not args.cached_replies)
+        server, port = start_server(procs, fakes, flow)
 
-            watched = {name: psutil.Process(p.pid) for name, p in procs.procs.items()}
-            rows = []
-            print(f"ivr serve pid {server.pid}, fakes on 127.0.0.1 (STT final +{args.stt_ms:g} ms, first token "
-                  f"{args.llm_ms:g} ms, first audio {args.tts_ms:g} ms), {os.cpu_count()} cores; "
-                  f"{args.duration:g} s per N, ramp {args.ramp:g} s", flush=True)
-            for n in levels:
-                rows.append(_one_level(n, args, calls, port, server.pid, procs, watched, Path(tmp)))
-                _print_row(rows[-1], args.lag_limit_ms)
-            _print_table(rows, args.lag_limit_ms)
-        except KeyboardInterrupt:
-            print("interrupted: stopping the processes", file=sys.stderr)
-            return 130
-        except RuntimeError as exc:
-            print(f"ivr bench capacity: {exc}", file=sys.stderr)
-            procs.print_failures()
-            return 1
-        finally:
-            procs.stop_all()
-    return 0
+        watched = {name: psutil.Process(p.pid) for name, p in procs.procs.items()}
+        rows = []
+        print(f"ivr serve pid {server.pid}, fakes on 127.0.0.1 (STT final +{args.stt_ms:g} ms, first token "
+              f"{args.llm_ms:g} ms, first audio {args.tts_ms:g} ms), {os.cpu_count()} cores; "
+              f"{args.duration:g} s per N, ramp {args.ramp:g} s", flush=True)
+        for n in levels:
+            rows.append(_one_level(n, args, calls, port, server.pid, procs, watched, tmp))
+            _print_row(rows[-1], args.lag_limit_ms)
+        _print_table(rows, args.lag_limit_ms)
+        return 0
+
+    return run_processes("ivr bench capacity", measure)
 
 
 def _one_level(n, args, calls, port, server_pid, procs, watched, tmp: Path) -> dict:

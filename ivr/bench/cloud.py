@@ -21,11 +21,10 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
-from ivr.bench.procs import Procs, cpu_steal, have_fakes, start_fakes, start_server, steal_share
+from ivr.bench.procs import Procs, cpu_steal, have_fakes, run_processes, start_fakes, start_server, steal_share
 from ivr.bench.questions import percentile, question_call
 from ivr.heap import freeze_startup_objects
 
@@ -55,28 +54,23 @@ def run(args: argparse.Namespace) -> int:
     from ivr.harness.sources import load_call
 
     flow, script = question_call("ivr-bench-cloud-", args.answers)
-    with tempfile.TemporaryDirectory(prefix="ivr-bench-cloud-") as tmp:
-        procs = Procs(Path(tmp))
-        try:
-            fakes = start_fakes(procs, args.stt_ms, args.llm_ms, args.tts_ms, varied=True, timings_dir=Path(tmp))
-            flux = {"IVR_DEEPGRAM_MODEL": "flux-general-en", "IVR_DEEPGRAM_EAGER_EOT": "0.5"} if args.flux else {}
-            _server, port = start_server(procs, fakes, flow, flux)
-            plan = asyncio.run(load_call(script))
-            freeze_startup_objects()  # the caller's own pauses would count against the server
-            steal0 = cpu_steal()
-            record = asyncio.run(replay(plan, ReplayOptions(url=f"ws://127.0.0.1:{port}/media", max_call_s=600)))
-            steal = steal_share(steal0, cpu_steal())
-            procs.stop_all()  # the fakes write their timings as they exit
-            timings = fakes.read_timings()
-        except KeyboardInterrupt:
-            print("interrupted: stopping the processes", file=sys.stderr)
-            return 130
-        except RuntimeError as exc:
-            print(f"ivr bench cloud: {exc}", file=sys.stderr)
-            procs.print_failures()
-            return 1
-        finally:
-            procs.stop_all()
+
+    def measure(procs: Procs, tmp: Path) -> int:
+        fakes = start_fakes(procs, args.stt_ms, args.llm_ms, args.tts_ms, varied=True, timings_dir=tmp)
+        flux = {"IVR_DEEPGRAM_MODEL": "flux-general-en", "IVR_DEEPGRAM_EAGER_EOT": "0.5"} if args.flux else {}
+        _server, port = start_server(procs, fakes, flow, flux)
+        plan = asyncio.run(load_call(script))
+        freeze_startup_objects()  # the caller's own pauses would count against the server
+        steal0 = cpu_steal()
+        record = asyncio.run(replay(plan, ReplayOptions(url=f"ws://127.0.0.1:{port}/media", max_call_s=600)))
+        steal = steal_share(steal0, cpu_steal())
+        procs.stop_all()  # the fakes write their timings as they exit
+        return _report(args, record, fakes.read_timings(), steal)
+
+    return run_processes("ivr bench cloud", measure)
+
+
+def _report(args: argparse.Namespace, record, timings: dict[str, dict], steal: float | None) -> int:
     if record.failed:
         print(f"ivr bench cloud: the call failed: {[e.detail for e in record.errors]}", file=sys.stderr)
         return 1
@@ -105,10 +99,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _frames_received(record) -> list[float]:
+    """When the caller got each of the bot's media frames, on the monotonic clock."""
+    return [record.monotonic_start + m.recv_ms / 1000 for m in record.playback.media]
+
+
 def match_answers(record, timings: dict[str, dict]) -> list[dict]:
     """Line up each Deepgram final with the OpenAI request, the ElevenLabs context and the first
     reply frame that followed it; in ms."""
-    media = [record.monotonic_start + m.recv_ms / 1000 for m in record.playback.media]
+    media = _frames_received(record)
     requests = sorted(tuple(r) for r in timings["openai"]["requests"])
     contexts = sorted((c["first_text_at"], c["first_audio_at"]) for c in timings["elevenlabs"]["contexts"]
                       if c["first_text_at"] and c["first_audio_at"])
@@ -131,7 +130,7 @@ def match_answers(record, timings: dict[str, dict]) -> list[dict]:
 def flux_answers(record, timings: dict[str, dict]) -> list[tuple[float, bool]]:
     """(EndOfTurn sent -> first reply frame at the caller, ms; whether the reply's request went
     out before the EndOfTurn, i.e. on Flux's EagerEndOfTurn) for each answered turn."""
-    media = [record.monotonic_start + m.recv_ms / 1000 for m in record.playback.media]
+    media = _frames_received(record)
     requests = sorted(r[0] for r in timings["openai"]["requests"])
     out = []
     for end_of_turn, _text in timings["deepgram"]["finals_sent"]:

@@ -16,10 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 FAKES = REPO / "tests" / "fakes"
@@ -88,6 +90,25 @@ class Procs:
         for name, proc in self.procs.items():
             if proc.poll() is not None and (tail := self.log_tail(name)):
                 print(f"--- {name} stderr:\n{tail}", file=sys.stderr)
+
+
+def run_processes(command: str, body: Callable[[Procs, Path], int]) -> int:
+    """`body(procs, folder)` in a new temporary folder; every process it starts is stopped after,
+    whatever the exit. A RuntimeError (a process that would not start or answer) prints, with the
+    stderr of the processes that died, and exits 1; Ctrl-C exits 130."""
+    with tempfile.TemporaryDirectory(prefix=command.replace(" ", "-") + "-") as tmp:
+        procs = Procs(Path(tmp))
+        try:
+            return body(procs, Path(tmp))
+        except KeyboardInterrupt:
+            print("interrupted: stopping the processes", file=sys.stderr)
+            return 130
+        except RuntimeError as exc:
+            print(f"{command}: {exc}", file=sys.stderr)
+            procs.print_failures()
+            return 1
+        finally:
+            procs.stop_all()
 
 
 @dataclass

@@ -287,8 +287,6 @@ class OpenAISession:
     async def _stream(self, messages: list[dict]) -> AsyncIterator[BrainOutput]:
         import openai
 
-        from openai import AsyncStream
-
         brain = self.brain
         body: dict[str, Any] = {"model": brain.model, "messages": messages, "tools": brain.tools, "stream": True}
         if brain.config.temperature is not None:
@@ -308,7 +306,7 @@ class OpenAISession:
                     # chunks as dicts skip building a model object per streamed token. Auth,
                     # errors, timeouts and the SSE stream stay the SDK's.
                     stream = await brain.client.post("/chat/completions", body=body, cast_to=dict,
-                                                     stream=True, stream_cls=AsyncStream[dict])
+                                                     stream=True, stream_cls=openai.AsyncStream[dict])
                     chunks = stream.__aiter__()
                     first = await _first_meaningful(chunks)
             except TimeoutError:
