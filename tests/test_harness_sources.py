@@ -106,9 +106,11 @@ async def test_capture_round_trip(tmp_path):
 async def test_capture_replays_with_its_timing(tmp_path):
     path, _ = write_capture(tmp_path)
     async with FakeBot() as bot:
-        record = await TwilioEmulator(await load_call(path), ReplayOptions(url=bot.url, speed=10)).run()
-    assert record.dtmf[0][0] == "7" and record.dtmf[0][1] == pytest.approx(1210, abs=40)
-    assert record.end_ms == pytest.approx(3100, abs=40)
+        # At Twilio's own pace: at 10x a 20 ms stall of a busy test machine reads as 200 ms late.
+        record = await TwilioEmulator(await load_call(path), ReplayOptions(url=bot.url, speed=1)).run()
+    assert record.dtmf[0][0] == "7" and record.dtmf[0][1] == pytest.approx(1210, abs=50)
+    # The caller hangs up when the capture's stop came, not at the next frame after it.
+    assert record.end_ms == pytest.approx(3100, abs=50)
     assert bot.sessions[0].start.custom_parameters == {"lang": "en"}
 
 

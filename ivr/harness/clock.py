@@ -17,6 +17,7 @@ class CallClock:
             raise ValueError(f"speed must be positive, not {speed}")
         self.speed = float(speed)
         self._t0: float | None = None
+        self._sleeper: asyncio.Future[None] | None = None
 
     def start(self) -> None:
         """Call time 0 is now."""
@@ -42,7 +43,30 @@ class CallClock:
         return call_ms / 1000.0 / self.speed
 
     async def sleep_until(self, call_ms: float) -> None:
-        """Wait until the call clock reads `call_ms` (at once if it already has)."""
+        """Wait until the call clock reads `call_ms` (at once if it already has), or until `wake()`.
+
+        One sleeper at a time: the frame pacer, which must stop at once when the caller hangs up
+        rather than at the next frame. Built like asyncio.sleep (a future and a timer) so that it
+        costs no more per frame; a timeout around an Event would raise and catch once per frame.
+        """
         delay = call_ms - self.now_ms()
-        if delay > 0:
-            await asyncio.sleep(self.wall_seconds(delay))
+        if delay <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._sleeper = sleeper = loop.create_future()
+        timer = loop.call_later(self.wall_seconds(delay), _resolve, sleeper)
+        try:
+            await sleeper
+        finally:
+            timer.cancel()
+            self._sleeper = None
+
+    def wake(self) -> None:
+        """End the current `sleep_until` now."""
+        if self._sleeper is not None:
+            _resolve(self._sleeper)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -202,6 +202,7 @@ class TwilioEmulator:
                 self.record.end_ms = self.clock.now_ms()
             self._ended.set()
             self._tick.set()
+            self.clock.wake()
 
     async def _on_bot_message(self, message: str | bytes) -> None:
         if self._stop_sent:
@@ -268,6 +269,7 @@ class TwilioEmulator:
         except (CallEnded, ConnectionClosed):
             return
         self._hangup.set()
+        self.clock.wake()  # the caller hangs up now, not at the next frame
 
     async def _send_dtmf(self, step: Dtmf) -> None:
         for i, digit in enumerate(step.digits):
