@@ -35,7 +35,7 @@ async def test_timeline_renders_in_chromium(tmp_path):
             await page.wait_for_selector("body[data-ready='1']", timeout=10_000)
             canvas = await page.query_selector("#timeline canvas")
             box = await canvas.bounding_box()
-            rows = await page.locator("#turns tbody tr").count()
+            rows = await page.locator("#turns tbody tr").all_inner_texts()
             # Something was drawn: the canvas is not blank.
             inked = await page.evaluate(
                 """() => { const c = document.querySelector('#timeline canvas');
@@ -50,6 +50,7 @@ async def test_timeline_renders_in_chromium(tmp_path):
     # Self-contained: nothing fetched but the page itself (and its embedded data: URIs).
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert box["width"] > 500 and box["height"] > 200
-    assert rows == 2
+    # Two spoken turns and the keypad entry "1#".
+    assert len(rows) == 3 and "first question" in rows[0] and "keys 1#" in rows[2]
     assert inked > 10_000
     assert shot.stat().st_size > 10_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import wave
 from importlib.resources import files
@@ -68,8 +69,12 @@ async def test_turns_latencies_and_barge_in():
     assert not report["errors"] and report["call"]["ended_by"] == "caller"
     greeting = report["greeting"]["bot_first_audio_ms"]
     assert greeting is not None and greeting < 200
-    first, second = report["turns"]
+    first, second, keys = report["turns"]
     assert first["caller_text"] == "first question" and not first["barge_in"]
+    assert first["caller_keys"] is None
+    # "1#" is one keypad entry; this bot never answers keys.
+    assert keys["caller_keys"] == "1#" and keys["caller_text"] is None and not keys["barge_in"]
+    assert keys["bot_first_audio_ms"] is None
     # The caller waited for 300 ms of bot silence after the 1 s greeting.
     assert first["caller_speech_start_ms"] == pytest.approx(greeting + 1300, abs=100)
     assert first["caller_speech_end_ms"] - first["caller_speech_start_ms"] == pytest.approx(800, abs=25)
@@ -128,3 +133,38 @@ async def test_barging_in_during_a_pause_in_the_bots_speech_counts():
     assert turn["barge_in"]
     (barge,) = report["barge_ins"]
     assert barge["clear_ms"] is not None and barge["bot_talked_over_ms"] < 100
+
+
+async def test_keypad_entries_are_turns_with_their_answers():
+    """The bot's answer to keys is its own turn, not more of what it said before them."""
+    from ivr.telephony.twilio import Dtmf as DtmfEvent
+
+    async def behaviour(bot):
+        await bot.send_audio(tone_ulaw(1000, 500))  # the greeting
+        for count in (1, 3):  # answers the menu key, then the three-key entry
+            await bot.wait_for(lambda: sum(isinstance(r.event, DtmfEvent) for r in bot.received) >= count)
+            await asyncio.sleep(0.05)  # 200 ms of call time at speed 4
+            await bot.send_audio(tone_ulaw(600, 500))
+
+    plan = CallPlan(
+        name="keys", kind="script", source="test",
+        steps=[
+            Dtmf("4", after=After("bot_silent", 0.3)),
+            Dtmf("12", after=After("bot_silent", 0.8)),
+            Hangup(After("bot_silent", 0.5)),
+        ],
+    )
+    async with FakeBot(behaviour) as bot:
+        record = await TwilioEmulator(plan, ReplayOptions(url=bot.url, speed=4)).run()
+    report = build_report(record)
+    jsonschema.validate(report, SCHEMA)
+    menu, entry = report["turns"]
+    assert (menu["caller_keys"], entry["caller_keys"]) == ("4", "12")
+    assert entry["caller_speech_end_ms"] - entry["caller_speech_start_ms"] == pytest.approx(250, abs=100)
+    # Each answer is timed from the last key of its entry.
+    for turn in (menu, entry):
+        assert turn["bot_first_audio_ms"] > turn["caller_speech_end_ms"] and not turn["barge_in"]
+        assert 150 <= turn["response_latency_ms"] <= 600
+    assert report["caller"]["speech"] == [] and report["barge_ins"] == []
+    summary = format_summary(report)
+    assert summary.count("latency") == 2 and "caller  " not in summary  # keys print as dtmf lines

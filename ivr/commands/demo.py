@@ -122,6 +122,6 @@ async def _replay_all(calls: list[Path], url: str, factory, args: argparse.Names
             status = 1
     if latencies:
         latencies.sort()
-        print(f"ivr demo: {len(latencies)} answers, response latency (end of caller speech -> bot audio) "
+        print(f"ivr demo: {len(latencies)} answers, response latency (end of the caller's words or keys -> bot audio) "
               f"median {latencies[len(latencies) // 2]:.0f} ms, max {latencies[-1]:.0f} ms")
     return status

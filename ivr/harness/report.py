@@ -3,7 +3,9 @@
 The format is `report.schema.json` beside this module (documented in README.md here).
 Turn detection, latency and barge-in rules:
 - caller turns: script utterances (one turn each, leading/trailing silence trimmed) or, for
-  recordings and captures, energy-detected speech segments (see `ivr.harness.speech`);
+  recordings and captures, energy-detected speech segments (see `ivr.harness.speech`); and
+  keypad entries: DTMF keys pressed less than 2 s apart, with no bot speech starting between
+  them, are one turn (`caller_keys`, from the first key to the last), answered like speech;
 - a turn's bot response is the first voiced bot audio that *plays* after the caller's speech
   ends and before the caller's next turn; response latency = that play time - speech end;
 - a barge-in is a caller turn that starts while the bot is talking: voiced bot audio playing,
@@ -29,6 +31,8 @@ FORMAT = "ivr.replay.report/1"
 #: The playout queue running dry for less than this between two bot messages is an audible gap
 #: inside an utterance (an underrun); longer silences are the bot pausing on purpose.
 UNDERRUN_MAX_MS = 500.0
+#: Keys pressed closer together than this are one entry (an order number and its #).
+KEY_RUN_MS = 2000.0
 #: A caller who starts in a pause shorter than this inside the bot's speech is barging in.
 SPURT_BRIDGE_MS = 500.0
 #: Bot audio arriving with less than this queued ahead of it is being paced in real time.
@@ -73,8 +77,25 @@ def caller_turns(record: CallRecord) -> list[dict]:
         spans = utterance.speech_spans_ms()
         text = utterance.text if len(spans) == 1 else None
         for start, end in spans:
-            turns.append({"caller_text": text, "caller_speech_start_ms": start, "caller_speech_end_ms": end})
+            turns.append({"caller_text": text, "caller_keys": None, "caller_speech_start_ms": start, "caller_speech_end_ms": end})
     turns.sort(key=lambda t: t["caller_speech_start_ms"])
+    return turns
+
+
+def key_turns(dtmf: list[tuple[str, float]], voiced: list[tuple[float, float]],
+              speech: list[dict]) -> list[dict]:
+    """Keypad entries as turns: without them, the bot's answer to a key would be read as more of
+    whatever it said before (the greeting, or its answer to the last spoken turn)."""
+    breaks = sorted([a for a, _ in voiced] + [t["caller_speech_start_ms"] for t in speech])
+    turns: list[dict] = []
+    for digit, at in sorted(dtmf, key=lambda d: d[1]):
+        if turns:
+            last = turns[-1]["caller_speech_end_ms"]
+            if at - last < KEY_RUN_MS and not any(last < b <= at for b in breaks):
+                turns[-1]["caller_keys"] += digit
+                turns[-1]["caller_speech_end_ms"] = at
+                continue
+        turns.append({"caller_text": None, "caller_keys": digit, "caller_speech_start_ms": at, "caller_speech_end_ms": at})
     return turns
 
 
@@ -82,7 +103,8 @@ def build_report(record: CallRecord, bot_text: BotText | None = None) -> dict:
     playback = record.playback
     end = record.end_ms
     voiced = [(to_ms(a), to_ms(b)) for a, b in playback.voiced if to_ms(a) < end]
-    turns = caller_turns(record)
+    spoken = caller_turns(record)
+    turns = sorted(spoken + key_turns(record.dtmf, voiced, spoken), key=lambda t: t["caller_speech_start_ms"])
     spurts = talk_spurts(voiced)
 
     def first_voice(after_ms: float, before_ms: float) -> float | None:
@@ -101,13 +123,15 @@ def build_report(record: CallRecord, bot_text: BotText | None = None) -> dict:
         start, stop = turn["caller_speech_start_ms"], turn["caller_speech_end_ms"]
         next_start = turns[i + 1]["caller_speech_start_ms"] if i + 1 < len(turns) else end
         bot_first = first_voice(stop, next_start)
-        barge = any(a <= start < b for a, b in spurts) or (
+        # Keys are heard by Twilio, not over the bot's voice: pressing one is not a barge-in.
+        barge = turn["caller_keys"] is None and (any(a <= start < b for a, b in spurts) or (
             playing_at(record, start) and any(0 <= start - b < SPURT_BRIDGE_MS for _, b in voiced)
-        )
+        ))
         report_turns.append(
             {
                 "index": i,
                 "caller_text": turn["caller_text"],
+                "caller_keys": turn["caller_keys"],
                 "caller_speech_start_ms": ms(start),
                 "caller_speech_end_ms": ms(stop),
                 "bot_first_audio_ms": ms(bot_first),
@@ -134,7 +158,7 @@ def build_report(record: CallRecord, bot_text: BotText | None = None) -> dict:
         "caller": {
             "frames_sent": len(record.caller) // FRAME_BYTES,
             "frame_lag_ms": percentiles(record.frame_lag_ms),
-            "speech": [[ms(t["caller_speech_start_ms"]), ms(t["caller_speech_end_ms"])] for t in turns],
+            "speech": [[ms(t["caller_speech_start_ms"]), ms(t["caller_speech_end_ms"])] for t in spoken],
         },
         "bot": _bot(record, voiced),
     }

@@ -23,10 +23,11 @@ def format_summary(report: dict) -> str:
     if greeting["bot_first_audio_ms"] is not None:
         events.append((greeting["bot_first_audio_ms"], 1, f"bot     {_quoted(greeting['bot_text'], '(greeting)')}"))
     for turn in report["turns"]:
-        events.append(
-            (turn["caller_speech_start_ms"], 0,
-             f"caller  {_quoted(turn['caller_text'], '(speech)')}  until {turn['caller_speech_end_ms'] / 1000:.2f}s")
-        )
+        if not turn.get("caller_keys"):  # keys have their own `dtmf` lines
+            events.append(
+                (turn["caller_speech_start_ms"], 0,
+                 f"caller  {_quoted(turn['caller_text'], '(speech)')}  until {turn['caller_speech_end_ms'] / 1000:.2f}s")
+            )
         if turn["bot_first_audio_ms"] is not None:
             events.append(
                 (turn["bot_first_audio_ms"], 1,

@@ -152,7 +152,8 @@ def _add_caller_texts(report: dict, events: list[dict]) -> None:
     for ev in events:
         if ev.get("type") != "caller":
             continue
-        ended = [t for t in turns if t["caller_speech_end_ms"] is not None and t["caller_speech_end_ms"] <= ev["t_ms"]]
+        ended = [t for t in turns if not t.get("caller_keys") and t["caller_speech_end_ms"] is not None
+                 and t["caller_speech_end_ms"] <= ev["t_ms"]]
         if ended and not ended[-1]["caller_text"]:
             ended[-1]["caller_text"] = ev["text"]
 
