@@ -110,7 +110,7 @@ def test_barge_in_closes_the_elevenlabs_context_and_keeps_only_heard_words(cloud
             after: bot_silent 0.8
           - audio: SAMPLES/no-thank-you.wav
             text: "No thank you."
-            after: bot_speaking 1.5
+            after: bot_speaking 1.0
           - hangup:
             after: bot_silent 5.0
         """)

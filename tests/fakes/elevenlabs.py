@@ -178,6 +178,9 @@ class FakeElevenLabs:
                 await asyncio.sleep(self.first_audio_delay_s)
             audio, chars, starts, durs = _render(text, self.chars_per_second)
             step = CHUNK_MS * 8
+            # Paced against the start, not chunk by chunk: sleeps that overrun on a busy machine
+            # must not add up, or a client playing in real time runs dry mid-sentence.
+            started = time.monotonic()
             for at in range(0, len(audio), step):
                 if ctx.closed:
                     return
@@ -200,7 +203,8 @@ class FakeElevenLabs:
                         return
                 ctx.audio_bytes += len(audio[at:at + step])
                 if self.pace:
-                    await asyncio.sleep(CHUNK_MS / 1000 / self.pace)
+                    due = started + (at + step) / 8 / 1000 / self.pace
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
         finally:
             ctx.generating -= 1
 
