@@ -229,3 +229,36 @@ async def test_stt_session_goes_on_after_finalize(stt):
 
 async def collect_events(session) -> list:
     return [e async for e in session]
+
+
+async def test_tts_word_timings_follow_the_audio(tts):
+    text = "Thanks for calling Sunrise Bakery. We open at seven, and close at three."
+    stream = tts.stream()
+    await stream.push(text)
+    await stream.end()
+    chunks = await asyncio.wait_for(collect(stream), WAIT)
+    assert [w.word for c in chunks for w in c.words] == text.split()
+    pauses, inside = [], []
+    for chunk in chunks:
+        pcm = np.frombuffer(chunk.audio, "<i2").astype(np.float64)
+        duration_ms = len(pcm) * 1000 / chunk.sample_rate
+
+        def rms(a_ms: float, b_ms: float) -> float:
+            part = pcm[int(a_ms * chunk.sample_rate / 1000):int(b_ms * chunk.sample_rate / 1000)]
+            return float(np.sqrt(np.mean(part**2))) if part.size else 0.0
+
+        words = chunk.words
+        assert all(0 <= w.start_ms < w.end_ms <= duration_ms for w in words)
+        assert all(a.end_ms <= b.start_ms for a, b in zip(words, words[1:]))
+        inside += [rms(w.start_ms, w.end_ms) for w in words]
+        pauses += [rms(a.end_ms + 20, b.start_ms - 20) for a, b in zip(words, words[1:]) if a.word.endswith(",")]
+    # The words are where the sound is; the comma's pause is between two of them, silent.
+    assert len(pauses) == 1 and pauses[0] < 0.05 * min(inside)
+
+
+async def test_tts_gives_no_word_timings_when_spoken_words_differ_from_the_text(tts):
+    stream = tts.stream()
+    await stream.push("Order 1234 is ready.")  # espeak says "one thousand two hundred ..."
+    await stream.end()
+    chunks = await asyncio.wait_for(collect(stream), WAIT)
+    assert chunks and chunks[0].audio and all(c.words == () for c in chunks)

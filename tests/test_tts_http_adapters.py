@@ -163,7 +163,8 @@ async def test_cancel_closes_the_http_streams_at_once_and_nothing_follows(oa):
     tts = OpenAITts("sk-test", url)
     stream = tts.stream()
     await stream.push("This is a long answer that the caller will not let me finish. ")
-    await stream.push("And more.")
+    # Long enough (4 s at the fake's real-time pace) to be still streaming on a busy machine.
+    await stream.push("And there is more to say after this, and quite a lot more after that.")
     await stream.end()
     it = stream.__aiter__()
     assert (await it.__anext__()).audio

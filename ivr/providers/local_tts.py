@@ -6,6 +6,12 @@ the first sentence plays while the next is being made, and `cancel()` never wait
 the sentence in progress. Output is 16-bit PCM at the voice's rate (22.05 kHz for joe-us);
 `ivr.audio.PhoneEncoder` takes it to 8 kHz mu-law.
 
+Word timings: the voice model is patched in memory (piper's own `add_alignment_output`, needs
+`onnx`) to return how many samples it spent on each phoneme; espeak marks word boundaries with a
+space phoneme, so each spoken word gets its start and end. They reach the heard-text ledger only
+when the spoken words line up one to one with the text's words (not when espeak reads "1234" as
+four words): then a barge-in keeps exactly the words played, else the ledger estimates.
+
 Licences: piper is GPL-3.0-or-later; the voice was fine-tuned from the Lessac voice, whose dataset
 licence may restrict commercial use. Both come only with the `local` install extra.
 """
@@ -20,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ivr.providers.base import AudioChunk
+from ivr.providers.base import AudioChunk, WordTiming
 from ivr.providers.workers import WorkerPool, default_workers, shared_model
 
 log = logging.getLogger("ivr.tts")
@@ -28,6 +34,52 @@ log = logging.getLogger("ivr.tts")
 #: Peak level of each sentence (piper normalises to full scale; a little headroom keeps the
 #: resampler's overshoot from clipping).
 PEAK = 0.9
+#: Phonemes that are pauses, not sounds: a word ends before its comma's pause.
+PAUSES = frozenset(",.;:!?¡¿—…\"'()")
+#: piper's special phonemes: start and end of a sentence, the pad after every phoneme, word gaps.
+BOS, EOS, PAD, SPACE = "^", "$", "_", " "
+
+
+def spoken_words(phonemes: list[str]) -> int:
+    """How many words a sentence's phonemes hold (space-separated groups with a sound in them)."""
+    count, sounding = 0, False
+    for p in phonemes:
+        if p == SPACE:
+            count += sounding
+            sounding = False
+        elif p not in PAUSES:
+            sounding = True
+    return count + sounding
+
+
+def word_spans(phonemes: list[str], id_samples, id_map: dict, rate: int) -> list[tuple[int, int]]:
+    """(start_ms, end_ms) of each spoken word of one sentence, from the samples the model spent
+    on each phoneme id (`phonemes_to_ids` order: BOS, PAD, then each phoneme's ids and a PAD;
+    phonemes missing from the map were dropped there, so they are skipped here too)."""
+    pad = len(id_map.get(PAD, ()))
+    pos = len(id_map.get(BOS, ())) + pad
+    t = int(sum(id_samples[:pos]))
+    spans: list[tuple[int, int]] = []
+    start = end = -1
+    for p in phonemes:
+        ids = id_map.get(p)
+        if ids is None:
+            continue
+        n = len(ids) + pad
+        duration = int(sum(id_samples[pos:pos + n]))
+        pos += n
+        if p == SPACE:
+            if start >= 0:
+                spans.append((start, end))
+            start = -1
+        elif p not in PAUSES:
+            if start < 0:
+                start = t
+            end = t + duration
+        t += duration
+    if start >= 0:
+        spans.append((start, end))
+    return [(s * 1000 // rate, e * 1000 // rate) for s, e in spans]
 
 
 def default_voice_paths() -> tuple[str, str]:
@@ -78,8 +130,25 @@ class PiperTts:
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        session = ort.InferenceSession(self.model_path, sess_options=opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(self._model_with_durations(), sess_options=opts, providers=["CPUExecutionProvider"])
         return PiperVoice(config=PiperConfig.from_dict(self._config_dict), session=session)
+
+    def _model_with_durations(self) -> str | bytes:
+        """The model, patched in memory to also output its phoneme durations; the file as it is
+        when that cannot be done (no `onnx`, or a model already patched or of another shape)."""
+        try:
+            import onnx
+            from piper.patch_voice_with_alignment import add_alignment_output
+        except ImportError:
+            log.info("onnx is not installed: piper gives no word timings (pip install 'piper-tts[alignment]')")
+            return self.model_path
+        model = onnx.load(self.model_path)
+        try:
+            add_alignment_output(model)
+        except ValueError as exc:
+            log.info("piper voice not patched for word timings: %s", exc)
+            return self.model_path
+        return model.SerializeToString()
 
     async def load(self) -> None:
         await self._voice.aget()
@@ -93,22 +162,27 @@ class PiperTts:
         """Phonemes of each sentence of `text` (espeak-ng, which also splits the sentences)."""
         return [p for p in self._voice.get().phonemize(text) if p]
 
-    def render(self, phonemes: list[str]) -> bytes:
-        """One sentence's phonemes -> 16-bit PCM at `sample_rate`."""
+    def render(self, phonemes: list[str]) -> tuple[bytes, list[tuple[int, int]] | None]:
+        """One sentence's phonemes -> 16-bit PCM at `sample_rate`, and its words' (start_ms,
+        end_ms) when the model gives durations."""
         voice = self._voice.get()
         from piper.config import SynthesisConfig
 
         config = SynthesisConfig(length_scale=self.length_scale)
-        audio = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes), config)
+        ids = voice.phonemes_to_ids(phonemes)
+        audio, id_samples = voice.phoneme_ids_to_audio(ids, config, include_alignments=True)
+        spans = None
+        if id_samples is not None and len(id_samples) == len(ids):
+            spans = word_spans(phonemes, id_samples, voice.config.phoneme_id_map, self.sample_rate)
         peak = float(np.max(np.abs(audio))) if audio.size else 0.0
         if peak < 1e-8:
-            return b""
+            return b"", None
         scaled = np.clip(audio * (PEAK * 32767.0 / peak), -32768, 32767)
-        return scaled.astype("<i2").tobytes()
+        return scaled.astype("<i2").tobytes(), spans
 
     def synthesize(self, text: str) -> bytes:
         """Blocking, whole text -> PCM (for files and the `ivr tts` command)."""
-        return b"".join(self.render(p) for p in self.sentences(text))
+        return b"".join(self.render(p)[0] for p in self.sentences(text))
 
 
 #: A first sentence longer than this is rendered clause by clause, so the caller hears the bot
@@ -127,6 +201,20 @@ def first_clause(text: str) -> tuple[str, str]:
     if len(parts) == 2 and len(parts[0].split()) >= 3 and len(parts[0]) < len(sentence):
         return parts[0], parts[1]
     return text, ""
+
+
+def words_by_sentence(text: str, sentences: list[list[str]]) -> list[list[str]] | None:
+    """The text's words, shared out over the sentences espeak made of it, when its words and the
+    spoken words match one to one; None when they do not (numbers, symbols, abbreviations)."""
+    words = text.split()
+    counts = [spoken_words(p) for p in sentences]
+    if sum(counts) != len(words):
+        return None
+    out, at = [], 0
+    for n in counts:
+        out.append(words[at:at + n])
+        at += n
+    return out
 
 
 _END = object()
@@ -226,9 +314,13 @@ class PiperStream:
                 if not sentences:
                     self._out.put_nowait(AudioChunk(index, b"", rate, "pcm16", True))
                     continue
+                words = words_by_sentence(text, sentences)
                 for i, phonemes in enumerate(sentences):
-                    audio = await engine.pool.run(engine.render, phonemes)
-                    self._out.put_nowait(AudioChunk(index, audio, rate, "pcm16", i == len(sentences) - 1))
+                    audio, spans = await engine.pool.run(engine.render, phonemes)
+                    timings = ()
+                    if words is not None and spans is not None and len(spans) == len(words[i]):
+                        timings = tuple(WordTiming(w, a, b) for w, (a, b) in zip(words[i], spans))
+                    self._out.put_nowait(AudioChunk(index, audio, rate, "pcm16", i == len(sentences) - 1, timings))
         except asyncio.CancelledError:
             raise
         except Exception as error:
