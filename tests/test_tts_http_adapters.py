@@ -277,3 +277,40 @@ def test_settings_choose_and_check_the_adapters():
     assert p.tts.primary.base_url == "http://127.0.0.1:8880/v1" and p.tts.primary.stream_format == "sse"
     # OPENAI_API_KEY alone still means the OpenAI brain, not the OpenAI voice.
     assert type(build(Settings.from_env({"OPENAI_API_KEY": "sk"})).tts).__name__ == "PiperTts"
+
+
+# --- keys and voices checked at start-up ------------------------------------------------------
+
+
+async def test_openai_voice_checks_the_key_at_start_up(oa):
+    fake, url = oa
+    await OpenAITts("sk-test", url).load()  # the right key: no error
+    with pytest.raises(ConfigError, match="OpenAI rejected the key in OPENAI_API_KEY.*HTTP 401"):
+        await OpenAITts("sk-wrong", url).load()
+
+
+async def test_a_compatible_server_without_a_model_list_only_warns(oa, caplog):
+    fake, url = oa
+    fake.lists_models = False
+    try:
+        with caplog.at_level(logging.WARNING, logger="ivr.tts.openai"):
+            await OpenAITts("sk-wrong", url).load()  # cannot tell the key: the first turn will
+    finally:
+        fake.lists_models = True
+    assert "could not list models" in caplog.text and "sk-wrong" not in caplog.text
+
+
+async def test_azure_checks_the_key_and_the_voice_at_start_up(az):
+    fake, url = az
+    await AzureTts("az-test-key", url).load()
+    with pytest.raises(ConfigError, match="Azure rejected the key in AZURE_SPEECH_KEY.*HTTP 401"):
+        await AzureTts("az-wrong", url).load()
+    with pytest.raises(ConfigError, match="AZURE_SPEECH_VOICE: 'en-US-NoSuchNeural' is not a voice of this region"):
+        await AzureTts("az-test-key", url, voice="en-US-NoSuchNeural").load()
+    assert fake.requests == []  # nothing was synthesised to find out
+
+
+async def test_azure_custom_endpoints_are_not_checked_against_the_regional_list(az):
+    fake, url = az
+    # A custom voice deployment's URL: its voice is not in the region's list, and that is fine.
+    await AzureTts("az-wrong", url + "?deploymentId=0000", voice="MyCustomNeural").load()

@@ -127,7 +127,7 @@ def test_hours_call_end_to_end(stack, tmp_path):
     assert turns[1].text == "Hi. What time are you open?" and turns[3].text == "No thanks, that's all."
     assert "tuesday to sunday" in turns[2].text.lower() and "goodbye" in turns[4].text.lower()
     assert report["call"]["ended_by"] == "bot"
-    assert all(m["outcome"] == "played" for m in report["marks"])
+    assert all(m["outcome"] == "played" for m in report["marks"]), (report["marks"], report["clears"], report["turns"])
     # Every piece the caller heard was one request to the voice under test (a repeated piece came
     # from the prompt cache), none to the fallback.
     pieces = {p.text.strip() for role, item in call.history if role == "bot" for p in item.ledger.pieces}

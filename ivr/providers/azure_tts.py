@@ -10,6 +10,7 @@ input over REST, so `ivr.providers.http_tts` makes one request per piece, pipeli
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import AsyncIterator, Callable
 from xml.sax.saxutils import escape, quoteattr
@@ -23,6 +24,9 @@ from ivr.providers.elevenlabs import FallbackTts
 from ivr.providers.http_tts import Fatal, HttpTts, Retryable
 
 log = logging.getLogger("ivr.tts.azure")
+
+SYNTHESIS_PATH = "/cognitiveservices/v1"
+VOICES_PATH = "/cognitiveservices/voices/list"
 
 PROVIDER = "azure_tts"
 OUTPUT_FORMAT = "raw-8khz-8bit-mono-mulaw"
@@ -58,6 +62,29 @@ class AzureTts(HttpTts):
                                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=100,
                                                             keepalive_expiry=cloud.HTTP_KEEPALIVE_S))
         self.limit = cloud.Limit(PROVIDER, max_requests, "requests", "IVR_AZURE_MAX_REQUESTS")
+
+    async def load(self) -> None:
+        """Ask the region for its voices once: a bad key, or a voice the region does not have,
+        fails at start-up naming the variable. Skipped for endpoints other than the regional
+        `/cognitiveservices/v1` (custom voice deployments list no voices there)."""
+        if not self.url.endswith(SYNTHESIS_PATH):
+            return
+        voices_url = self.url[: -len(SYNTHESIS_PATH)] + VOICES_PATH
+        try:
+            async with asyncio.timeout(10):
+                response = await self.client.get(voices_url, headers={"Ocp-Apim-Subscription-Key": self.headers["Ocp-Apim-Subscription-Key"]})
+            if response.status_code in (401, 403):
+                raise ConfigError(str(cloud.KeyRejected("Azure", "AZURE_SPEECH_KEY", f"HTTP {response.status_code}; the key must be for this region")))
+            response.raise_for_status()
+            names = {name for v in response.json() for name in (v.get("ShortName"), v.get("Name"))}
+        except ConfigError:
+            raise
+        except Exception as exc:
+            log.warning("could not list Azure voices at %s at start-up (%s); turns will try anyway", voices_url, exc)
+            return
+        if self.voice not in names:
+            raise ConfigError(f"AZURE_SPEECH_VOICE: {self.voice!r} is not a voice of this region "
+                              f"(its voices: GET {voices_url})")
 
     async def synthesize(self, text: str) -> AsyncIterator[tuple[bytes, int, str]]:
         body = ssml(text, self.voice).encode()
@@ -96,7 +123,7 @@ def from_settings(settings: Settings, backup: Callable[[], TextToSpeech]) -> Fal
             raise ConfigError("IVR_TTS=azure needs AZURE_SPEECH_REGION (e.g. eastus) or IVR_AZURE_TTS_URL")
         if not region.replace("-", "").isalnum():
             raise ConfigError(f"AZURE_SPEECH_REGION: {region!r} is not a region name like eastus")
-        url = f"https://{region}.tts.speech.microsoft.com/cognitiveservices/v1"
+        url = f"https://{region}.tts.speech.microsoft.com{SYNTHESIS_PATH}"
     if settings.tts_cooloff_s < 0:
         raise ConfigError("IVR_TTS_COOLOFF_S: cannot be negative")
     primary = AzureTts(key, url, settings.azure_speech_voice, settings.azure_max_requests)

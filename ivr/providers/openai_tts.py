@@ -16,6 +16,7 @@ decides, with a caller waiting.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -77,10 +78,21 @@ class OpenAITts(HttpTts):
         self.limit = cloud.Limit(PROVIDER, max_requests, "requests", "IVR_OPENAI_TTS_MAX_REQUESTS")
 
     async def load(self) -> None:
+        """List the models once: a bad key fails at start-up, naming the variable. A compatible
+        server without `/models`, or one not reachable yet, only gets a warning."""
+        import openai
+
         # The 24 -> 8 kHz filter is designed on first use (about 1 ms): not during the first answer.
         from ivr.audio import PhoneEncoder
 
         PhoneEncoder(RATE)
+        try:
+            async with asyncio.timeout(10):
+                await self.client.models.list()
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise ConfigError(str(cloud.KeyRejected("OpenAI", "OPENAI_API_KEY", f"HTTP {exc.status_code}"))) from None
+        except Exception as exc:
+            log.warning("could not list models at %s at start-up (%s); turns will try anyway", self.client.base_url, exc)
 
     async def synthesize(self, text: str) -> AsyncIterator[tuple[bytes, int, str]]:
         import openai

@@ -19,7 +19,7 @@ from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ivr.audio import pcm16_to_ulaw
@@ -44,13 +44,24 @@ class FakeAzureTts:
         self.statuses: list[int] = []
         self.cut_after_audio = 0
         self.requests: list[Speech] = []
-        self.app = Starlette(routes=[Route("/cognitiveservices/v1", self.synthesize, methods=["POST"])])
+        self.app = Starlette(routes=[Route("/cognitiveservices/v1", self.synthesize, methods=["POST"]),
+                                     Route("/cognitiveservices/voices/list", self.voice_list, methods=["GET"])])
 
     def disconnected(self) -> list[Speech]:
         return [r for r in self.requests if r.disconnected]
 
     def texts(self) -> list[str]:
         return [r.body["text"] for r in self.requests]
+
+    async def voice_list(self, request: Request):
+        """`GET /cognitiveservices/voices/list`: the region's voices (the fields ivr reads, and a few
+        more as the service sends them)."""
+        if request.headers.get("ocp-apim-subscription-key") != self.key:
+            return Response(status_code=401)
+        return JSONResponse([{"Name": f"Microsoft Server Speech Text to Speech Voice ({v.split('-')[0]}-{v.split('-')[1]}, {v.split('-')[2]})",
+                              "DisplayName": v.split("-")[2], "ShortName": v, "Gender": "Female",
+                              "Locale": "-".join(v.split("-")[:2]), "SampleRateHertz": "24000",
+                              "VoiceType": "Neural", "Status": "GA"} for v in self.voices])
 
     async def synthesize(self, request: Request):
         if request.headers.get("ocp-apim-subscription-key") != self.key:

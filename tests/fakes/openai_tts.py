@@ -119,13 +119,24 @@ class FakeOpenAITts:
         self.cut_after_audio = 0
         self.malformed_sse = 0
         self.requests: list[Speech] = []
-        self.app = Starlette(routes=[Route("/v1/audio/speech", self.speech, methods=["POST"])])
+        #: False: a compatible server without `GET /v1/models` (404), as some local ones are.
+        self.lists_models = True
+        self.app = Starlette(routes=[Route("/v1/audio/speech", self.speech, methods=["POST"]),
+                                     Route("/v1/models", self.models, methods=["GET"])])
 
     def disconnected(self) -> list[Speech]:
         return [r for r in self.requests if r.disconnected]
 
     def texts(self) -> list[str]:
         return [r.body.get("input", "") for r in self.requests]
+
+    async def models(self, request: Request):
+        if not self.lists_models:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return JSONResponse(error_body(401), status_code=401)
+        return JSONResponse({"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "system"}
+                                                        for m in ("gpt-4o-mini-tts", "tts-1")]})
 
     async def speech(self, request: Request):
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
