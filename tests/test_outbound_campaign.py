@@ -5,7 +5,6 @@ nothing here waits on a clock: the fake signals each call's end, the runner poll
 """
 
 import asyncio
-import os
 
 import pytest
 

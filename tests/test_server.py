@@ -13,7 +13,7 @@ import twilio_messages as tm
 from ivr.config import Settings
 from ivr.server import create_app
 from ivr.session import ListeningHandler
-from ivr.telephony.twilio import Media, Start, Stop
+from ivr.telephony.twilio import Stop
 
 TOKEN = "12345678901234567890123456789012"
 PUBLIC = "https://bot.example.com"

@@ -36,8 +36,8 @@ log = logging.getLogger("ivr.tts")
 PEAK = 0.9
 #: Phonemes that are pauses, not sounds: a word ends before its comma's pause.
 PAUSES = frozenset(",.;:!?¡¿—…\"'()")
-#: piper's special phonemes: start and end of a sentence, the pad after every phoneme, word gaps.
-BOS, EOS, PAD, SPACE = "^", "$", "_", " "
+#: piper's special phonemes: start of a sentence, the pad after every phoneme, the gap between words.
+BOS, PAD, SPACE = "^", "_", " "
 
 
 def spoken_words(phonemes: list[str]) -> int:

@@ -6,7 +6,6 @@ Each is stored as it would reach us from a phone line: 8 kHz mu-law, headerless 
 
 from pathlib import Path
 
-import numpy as np
 
 from ivr.audio import pcm16_to_ulaw, resample
 
