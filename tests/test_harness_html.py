@@ -10,7 +10,7 @@ from fakebot import FakeBot
 from ivr.harness.emulator import ReplayOptions, TwilioEmulator
 from ivr.harness.report import build_report
 from ivr.harness.run import write_outputs
-from test_harness_report import conversational_bot, script
+from test_harness_report import SPEED, conversational_bot, script
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.async_api", reason="pip install playwright")
@@ -21,7 +21,7 @@ LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgro
 
 async def test_timeline_renders_in_chromium(tmp_path):
     async with FakeBot(conversational_bot()) as bot:
-        record = await TwilioEmulator(script(), ReplayOptions(url=bot.url, speed=4)).run()
+        record = await TwilioEmulator(script(), ReplayOptions(url=bot.url, speed=SPEED)).run()
     out = write_outputs(record, build_report(record), tmp_path)
 
     async with playwright.async_playwright() as p:

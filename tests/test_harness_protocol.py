@@ -17,7 +17,7 @@ def plan_of(*steps, name="test") -> CallPlan:
 
 #: Fast enough for CI, slow enough that a busy machine's scheduling delays (tens of ms of wall
 #: time) stay within the tolerances below, which are in call time.
-SPEED = 5.0
+SPEED = 2.5
 LATE_MS = 250.0
 
 

@@ -43,7 +43,8 @@ class CallClock:
         return call_ms / 1000.0 / self.speed
 
     async def sleep_until(self, call_ms: float) -> None:
-        """Wait until the call clock reads `call_ms` (at once if it already has), or until `wake()`.
+        """Wait until the call clock reads `call_ms` (one turn of the loop if it already has), or
+        until `wake()`.
 
         One sleeper at a time: the frame pacer, which must stop at once when the caller hangs up
         rather than at the next frame. Built like asyncio.sleep (a future and a timer) so that it
@@ -51,6 +52,9 @@ class CallClock:
         """
         delay = call_ms - self.now_ms()
         if delay <= 0:
+            # Late: still let the other tasks run once (the plan, the mark echoes), so a burst of
+            # catch-up frames does not run past what they would have done between two frames.
+            await asyncio.sleep(0)
             return
         loop = asyncio.get_running_loop()
         self._sleeper = sleeper = loop.create_future()

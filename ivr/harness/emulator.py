@@ -85,6 +85,8 @@ class TwilioEmulator:
         self._tick = asyncio.Event()
         self._marks_changed = asyncio.Event()
         self._hangup = asyncio.Event()
+        #: Call time of the caller's hang-up, once known: no frame due at or after it is sent.
+        self._hangup_at: float | None = None
         self._ended = asyncio.Event()
         self._stop_sent = False
         #: Bot conditions count what the bot said after this: the caller's last speech or DTMF.
@@ -152,10 +154,10 @@ class TwilioEmulator:
         max_frames = int(self.options.max_call_s * 1000 / FRAME_MS)
         k = 0
         try:
-            while not self._hangup.is_set() and not self._ended.is_set():
+            while not self._ended.is_set() and not self._hung_up_by(k * FRAME_MS):
                 due = k * FRAME_MS
                 await self.clock.sleep_until(due)
-                if self._hangup.is_set() or self._ended.is_set():
+                if self._ended.is_set() or self._hung_up_by(due):
                     break
                 frame = self.voice.next_frame(k * FRAME_BYTES)
                 await ws.send(self.sender.media(frame, due))
@@ -167,12 +169,17 @@ class TwilioEmulator:
                     self.record.error(self.clock.now_ms(), "max_duration", f"hung up after {self.options.max_call_s:g} s")
                     break
             if not self._ended.is_set():
-                self.record.end_ms = self.clock.now_ms()
+                # On the call clock: the plan's hang-up time when it set one (the stream holds
+                # exactly the frames before it), however late this loop got there.
+                self.record.end_ms = self._hangup_at if self._hangup_at is not None else self.clock.now_ms()
                 self._stop_sent = True
                 await ws.send(self.sender.stop())
                 await ws.close()
         except ConnectionClosed:
             pass
+
+    def _hung_up_by(self, due: float) -> bool:
+        return self._hangup.is_set() or (self._hangup_at is not None and due >= self._hangup_at)
 
     def _notify_tick(self) -> None:
         tick, self._tick = self._tick, asyncio.Event()
@@ -251,8 +258,13 @@ class TwilioEmulator:
         previous_end = 0.0
         try:
             for step in self.plan.steps:
-                await self._wait_for(step.after, previous_end)
+                if isinstance(step, Hangup) and step.after.kind in ("pause", "at"):
+                    # Known ahead: the frame pacer stops at it even if this task runs late.
+                    self._hangup_at = self._fire_time(step.after, previous_end, 0.0)
+                fired = await self._wait_for(step.after, previous_end)
                 if isinstance(step, Hangup):
+                    if self._hangup_at is None:
+                        self._hangup_at = fired
                     break
                 if isinstance(step, Say):
                     utterance = self.voice.say(Utterance(step.ulaw, step.text, step.segmentation, step.label))
@@ -262,19 +274,21 @@ class TwilioEmulator:
                         if spans:
                             self._reference_ms = spans[-1][1]
                 elif isinstance(step, Dtmf):
-                    await self._send_dtmf(step)
+                    await self._send_dtmf(step, fired)
                 else:
                     assert isinstance(step, Wait)
                 previous_end = self.clock.now_ms()
         except (CallEnded, ConnectionClosed):
             return
+        if self._hangup_at is None:
+            self._hangup_at = self.clock.now_ms()  # the plan ran out of steps
         self._hangup.set()
         self.clock.wake()  # the caller hangs up now, not at the next frame
 
-    async def _send_dtmf(self, step: Dtmf) -> None:
+    async def _send_dtmf(self, step: Dtmf, start_ms: float) -> None:
         for i, digit in enumerate(step.digits):
-            if i:
-                await self._wait_for(After("pause", step.gap_s), self.clock.now_ms())
+            if i:  # each key at its own time from the first, so one late key does not delay the rest
+                await self._sleep_until(start_ms + i * step.gap_s * 1000)
             await self._ws.send(self.sender.dtmf(digit))
             now = self.clock.now_ms()
             self.record.dtmf.append((digit, now))
@@ -284,22 +298,24 @@ class TwilioEmulator:
         while not event.is_set():
             await self._next_tick()
 
-    async def _wait_for(self, after: After, previous_end: float) -> None:
+    async def _wait_for(self, after: After, previous_end: float) -> float:
+        """Wait for the step's condition; returns the call time at which it came true."""
         if after.kind == "now":
-            return
+            return self.clock.now_ms()
         if after.kind in ("pause", "at"):
-            await self._sleep_until(self._fire_time(after, previous_end, 0.0))
-            return
+            fire = self._fire_time(after, previous_end, 0.0)
+            await self._sleep_until(fire)
+            return fire
         bot_condition = after.kind in ("bot_silent", "bot_speaking")
         deadline = self.clock.now_ms() + after.timeout * 1000 if bot_condition else float("inf")
         while True:
             now = self.clock.now_ms()
             fire = self._fire_time(after, previous_end, now)
             if fire is not None and now >= fire:
-                return
+                return fire
             if now >= deadline:
                 self.record.error(now, "timeout", f"'{after.kind} {after.seconds:g}': bot did not oblige within {after.timeout:g} s")
-                return
+                return now
             await self._next_tick()
 
     async def _sleep_until(self, call_ms: float) -> None:
