@@ -24,14 +24,16 @@ SPEED = 2.0
 
 
 def conversational_bot(leak_after_clear: bool = False):
-    """Greets, answers each caller turn after 200 ms of silence, stops at once on a barge-in."""
+    """Greets, answers each caller turn after 200 ms of silence, stops at once on a barge-in.
+    Each utterance goes as one media message: in 20 ms pieces, a stall of the test machine in the
+    middle of sending would leave a gap the caller hears as the bot pausing."""
 
     async def behaviour(bot):
-        await bot.send_audio(tone_ulaw(1000, 500))
+        await bot.send_audio(tone_ulaw(1000, 500), piece=8000)
         await bot.mark("greeting")
         speech = await bot.wait_caller_speech()
         end = await bot.wait_caller_silence(speech)
-        await bot.send_audio(tone_ulaw(3000, 500))
+        await bot.send_audio(tone_ulaw(3000, 500), piece=24000)
         await bot.mark("answer-1")
         barge = await bot.wait_caller_speech(end.chunk)
         await bot.clear()
