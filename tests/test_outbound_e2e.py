@@ -88,7 +88,9 @@ def test_machine_gets_the_voicemail_after_the_beep_then_the_bot_hangs_up(stack):
         plan=CallPlan("machine", "script", "answering machine", [
             Say(greeting, text="voicemail greeting", label="greeting"),
             Say(tone, text=None, label="beep"),
-            Hangup(After("bot_silent", 1.0, 60.0)),  # a machine records until the line goes quiet
+            # A machine records until the line goes quiet (3 s: the bot's pause between two
+            # sentences on a busy test machine must not count as the end of its message).
+            Hangup(After("bot_silent", 3.0, 60.0)),
         ]),
         answered_by="machine_end_beep",
         amd_at_ms=beep_end_ms + 300,  # DetectMessageEnd: the verdict comes just after the beep
