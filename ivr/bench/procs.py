@@ -186,30 +186,36 @@ def _first_line(proc: subprocess.Popen, name: str, timeout: float = 20) -> str:
     return line
 
 
-def _wait_http(url: str, proc: subprocess.Popen, name: str, timeout: float = 60) -> None:
+def _wait_until(ready: Callable[[], bool], proc: subprocess.Popen, name: str, what: str, timeout: float) -> None:
+    """Poll `ready()` until it holds; a process that exits meanwhile fails at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode}")
+        if ready():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} {what} within {timeout:g} s")
+
+
+def _wait_http(url: str, proc: subprocess.Popen, name: str, timeout: float = 60) -> None:
+    def ok() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
+                return r.status == 200
         except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{name} not ready at {url} within {timeout:g} s")
+            return False
+
+    _wait_until(ok, proc, name, f"not ready at {url}", timeout)
 
 
 def _wait_listening(port: int, proc: subprocess.Popen, name: str, timeout: float = 30) -> None:
-    # Any TCP answer means uvicorn listens (its routes want the key).
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}")
+    def listening() -> bool:
+        # Any TCP answer means uvicorn listens (its routes want the key).
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
+                return True
         except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{name} not listening within {timeout:g} s")
+            return False
+
+    _wait_until(listening, proc, name, "not listening", timeout)
