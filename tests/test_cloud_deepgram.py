@@ -1,4 +1,4 @@
-"""Deepgram live STT: the real SDK client against the fake on 127.0.0.1."""
+"""Deepgram live STT: the client (websockets, messages read as JSON) against the fake on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -181,3 +181,60 @@ async def test_flux_ends_turns_itself_and_signals_eager_ends_and_resumptions(fak
     assert kinds.index(EagerEndOfTurn) < kinds.index(TurnResumed) < kinds.index(EndOfTurn)
     assert events[-1].text == "Where are you located"
     assert fake.streams[0].path == "/v2/listen" and fake.streams[0].query["model"] == "flux-general-en"
+
+
+def _sdk_model(message: dict):
+    """The deepgram-sdk type for a message, by its `type` (the SDK is the reference for fields)."""
+    from deepgram.listen.v1 import types as v1
+    from deepgram.listen.v2 import types as v2
+
+    models = {"Results": v1.ListenV1Results, "UtteranceEnd": v1.ListenV1UtteranceEnd,
+              "SpeechStarted": v1.ListenV1SpeechStarted, "Metadata": v1.ListenV1Metadata,
+              "TurnInfo": v2.ListenV2TurnInfo, "Connected": v2.ListenV2Connected}
+    return models[message["type"]]
+
+
+async def test_every_message_the_fake_sends_is_valid_for_the_sdk_types(fake):
+    """Our reader takes fields by name from plain JSON; the fake must send what the SDK's types
+    (strictly validated, not just constructed) say Deepgram sends, or those names prove nothing."""
+    fake.say("What time are you open?")
+    session = await engine(fake).open()
+    reader = asyncio.create_task(collect(session))
+    await feed(session, silence(400) + tone(1500) + silence(1500))
+    events = await reader
+    await session.aclose()
+    fake.say("Where are you located")
+    flux = await engine(fake, model="flux-general-en", eager_eot=0.5).open()
+    reader = asyncio.create_task(collect(flux))
+    await feed(flux, silence(200) + tone(600) + silence(700))
+    await reader
+    await flux.aclose()
+    await until(lambda: len(fake.streams) == 2 and fake.streams[0].sent and fake.streams[0].sent[-1]["type"] == "Metadata")
+    sent = fake.streams[0].sent + fake.streams[1].sent
+    kinds = {m["type"] for m in sent}
+    assert {"Results", "SpeechStarted", "Metadata", "TurnInfo"} <= kinds
+    for message in sent:
+        model = _sdk_model(message).model_validate(message)
+        assert model.type == message["type"]
+    final = next(m for m in fake.streams[0].sent if m["type"] == "Results" and m["is_final"] and m["channel"]["alternatives"][0]["transcript"])
+    words = _sdk_model(final).model_validate(final).channel.alternatives[0].words
+    ours = next(e for e in events if isinstance(e, Final)).words
+    assert [w.text for w in ours] == [w.punctuated_word for w in words]
+    assert [w.start_ms for w in ours] == [round(w.start * 1000) for w in words]
+
+
+async def test_a_message_not_as_documented_is_skipped_and_the_stream_goes_on(fake, caplog):
+    from ivr.providers.base import CallContext
+    from ivr.providers.deepgram import DeepgramSession
+
+    session = DeepgramSession(engine(fake), CallContext(call_sid="CA1"))
+    session._handle({"type": "Results", "is_final": True, "start": 0.0, "duration": 1.0,
+                     "channel": {"alternatives": [{"transcript": "hi", "words": [{"confidence": 0.9}]}]}})
+    session._handle({"type": "UtteranceEnd", "channel": [0]})
+    assert "not as documented" in caplog.text and session._events.empty()
+    session._handle({"type": "Results", "is_final": True, "speech_final": True, "start": 0.0, "duration": 1.0,
+                     "channel": {"alternatives": [{"transcript": "hi", "words": [
+                         {"word": "hi", "punctuated_word": "Hi.", "start": 0.2, "end": 0.5, "confidence": 0.9}]}]}})
+    final, end = session._events.get_nowait(), session._events.get_nowait()
+    assert isinstance(final, Final) and final.text == "hi" and [(w.text, w.start_ms, w.end_ms) for w in final.words] == [("Hi.", 200, 500)]
+    assert end == EndOfTurn("hi", 500)

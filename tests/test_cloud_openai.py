@@ -1,6 +1,8 @@
-"""The OpenAI brain: the real `openai` client against the fake API on 127.0.0.1."""
+"""The OpenAI brain: its HTTP client (aiohttp) against the fake API on 127.0.0.1."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -122,3 +124,48 @@ def test_registry_defaults_follow_the_keys(fake):
     assert registry.choice(Settings.from_env({"OPENAI_API_KEY": KEY, "IVR_BRAIN": "flow"}), "IVR_BRAIN") == "flow"
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         registry.build(Settings.from_env({"IVR_BRAIN": "openai", "IVR_STT": "local", "IVR_TTS": "local"}))
+
+
+async def test_an_error_event_before_the_first_word_is_retried(fake):
+    fake.faults.append("error_first")
+    fake.responder = lambda body: Reply("Here I am.")
+    out = await answer(brain(fake))
+    assert "".join(o.text for o in out) == "Here I am."
+    assert len(fake.requests) == 2
+
+
+async def test_an_error_event_after_words_keeps_what_was_said(fake):
+    fake.faults.append("error_after_text")
+    fake.responder = lambda body: Reply("We open at seven tomorrow.")
+    out = await answer(brain(fake))
+    assert "".join(o.text for o in out) == "We open "
+    assert len(fake.requests) == 1  # words were spoken: a retry would repeat them
+
+
+async def test_answers_reuse_one_connection_and_a_reply_left_early_closes_it(fake):
+    b = brain(fake)
+    fake.responder = lambda body: Reply("We open at seven tomorrow.")
+    await answer(b)
+    await answer(b)
+    assert fake.client_ports[0] == fake.client_ports[1]  # [DONE], then the body's end: back to the pool
+    fake.faults.append("stall_after_text")
+    session = await b.open(CallContext(call_sid="CA1"))
+    replies = session.respond([], CallerInput(text="hi"))
+    assert await replies.__anext__() == TextDelta("We ")
+    await replies.aclose()  # the caller talked over the bot
+    for _ in range(100):
+        if fake.streams_left:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.streams_left == 1  # the server saw the connection go: it can stop generating
+    await answer(b)
+    assert fake.client_ports[3] != fake.client_ports[0]
+
+
+async def test_organization_and_project_headers_come_from_the_environment(fake, monkeypatch):
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-bakery")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj_phone")
+    await answer(brain(fake))
+    headers = fake.headers[-1]
+    assert headers["openai-organization"] == "org-bakery" and headers["openai-project"] == "proj_phone"
+    assert headers["authorization"] == "Bearer sk-test" and headers["content-type"] == "application/json"

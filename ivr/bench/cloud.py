@@ -53,9 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from ivr.harness.run import replay
     from ivr.harness.sources import load_call
 
-    flow, script = question_call("ivr-bench-cloud-", args.answers)
-
     def measure(procs: Procs, tmp: Path) -> int:
+        flow, script = question_call(tmp, args.answers)
         fakes = start_fakes(procs, args.stt_ms, args.llm_ms, args.tts_ms, varied=True, timings_dir=tmp)
         flux = {"IVR_DEEPGRAM_MODEL": "flux-general-en", "IVR_DEEPGRAM_EAGER_EOT": "0.5"} if args.flux else {}
         _server, port = start_server(procs, fakes, flow, flux)

@@ -3,7 +3,6 @@ benchmarks (`ivr bench cloud`, `ivr bench tts-http`)."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 SAMPLES = Path(__file__).resolve().parents[1] / "harness" / "samples"
@@ -14,10 +13,9 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def question_call(prefix: str, answers: int) -> tuple[Path, Path]:
-    """(flow file, call script) in a new temporary folder: a one-line flow, and a caller who asks
-    about the hours `answers` times, each once the bot has been silent 0.6 s."""
-    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+def question_call(tmp: Path, answers: int) -> tuple[Path, Path]:
+    """(flow file, call script) written in `tmp`: a one-line flow, and a caller who asks about the
+    hours `answers` times, each once the bot has been silent 0.6 s."""
     flow = tmp / "flow.yaml"
     flow.write_text('greeting: "Hello."\nnodes: {main: {say: x}}\n')
     step = f"  - audio: {SAMPLES / 'hours-question.wav'}\n    text: q\n    after: bot_silent 0.6\n"

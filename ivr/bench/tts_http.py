@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 from ivr.bench.questions import percentile, question_call
@@ -53,54 +54,55 @@ def run(args: argparse.Namespace) -> int:
     from ivr.providers.registry import build
     from ivr.server import create_app
 
-    flow, plan = question_call("ivr-bench-tts-http-", args.answers)
-    delay = args.tts_ms / 1000
-    results: dict[str, list[float]] = {}
-    for variant in args.only or VARIANTS:
-        counter = iter(range(1, 1_000_000))
-        # A different reply each time: a repeated one would come from the prompt cache, not the voice.
-        brain = FakeOpenAI("sk-bench", responder=lambda body: Reply(f"Answer {next(counter)}, we open at seven."))
-        voice = FakeAzureTts("az-bench", first_byte_delay_s=delay) if variant == "azure" else \
-            FakeOpenAITts("sk-bench", first_byte_delay_s=delay)
-        with FakeDeepgram("dg-bench", default_text="what time are you open") as dg, \
-                serve(brain.app) as brain_url, serve(voice.app) as voice_url:
-            env = {"DEEPGRAM_API_KEY": "dg-bench", "IVR_DEEPGRAM_URL": dg.url, "IVR_DEEPGRAM_ENDPOINTING_MS": "700",
-                   "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": brain_url + "/v1", "IVR_FLOW": str(flow)}
-            if variant == "azure":
-                env.update({"IVR_TTS": "azure", "AZURE_SPEECH_KEY": "az-bench", "IVR_AZURE_TTS_URL": voice_url + "/cognitiveservices/v1"})
-            else:
-                env.update({"IVR_TTS": "openai", "OPENAI_TTS_BASE_URL": voice_url + "/v1",
-                            "OPENAI_TTS_STREAM_FORMAT": "sse" if variant == "openai-sse" else "audio"})
-            settings = Settings.from_env(env)
-            factory = CallFactory(build(settings))
-            calls: list = []
-            app = create_app(settings, handler_factory=_Recording(factory, calls))
-            with serve(app) as base:
-                url = base.replace("http", "ws") + "/media"
-                asyncio.run(replay_file(plan, ReplayOptions(url=url, speed=args.speed, max_call_s=600), plan.parent / variant))
-        first_byte = {r.body.get("input", r.body.get("text", "")).strip(): r.first_byte_at for r in voice.requests}
-        added = []
-        for call in calls:
-            for role, turn in call.history:
-                # The greeting is played from the prompt cache filled at start-up: not a measurement.
-                if role != "bot" or turn.number == 1 or turn.first_audio_at is None or not turn.ledger.pieces:
-                    continue
-                sent = first_byte.get(turn.ledger.pieces[0].text.strip())
-                if sent is not None and sent <= turn.first_audio_at:
-                    added.append((turn.first_audio_at - sent) * 1000)
-        results[variant] = added
-    print(f"request-per-piece voices, fakes on 127.0.0.1 with the first byte {args.tts_ms:.0f} ms after the request; "
-          "added latency = first media frame sent - first audio byte written by the fake")
-    ok = True
-    for variant, added in results.items():
-        if not added:
-            print(f"{variant:11s} no answers matched", file=sys.stderr)
-            ok = False
-            continue
-        print(f"{variant:11s} answers {len(added):3d}: median {statistics.median(added):.2f} ms, "
-              f"p90 {percentile(added, 90):.2f} ms, p99 {percentile(added, 99):.2f} ms, max {max(added):.2f} ms")
-        print(f"{'':11s} each answer, in order (ms): {' '.join(f'{v:.1f}' for v in added)}")
-    return 0 if ok else 1
+    with tempfile.TemporaryDirectory(prefix="ivr-bench-tts-http-") as tmp:
+        flow, plan = question_call(Path(tmp), args.answers)
+        delay = args.tts_ms / 1000
+        results: dict[str, list[float]] = {}
+        for variant in args.only or VARIANTS:
+            counter = iter(range(1, 1_000_000))
+            # A different reply each time: a repeated one would come from the prompt cache, not the voice.
+            brain = FakeOpenAI("sk-bench", responder=lambda body: Reply(f"Answer {next(counter)}, we open at seven."))
+            voice = FakeAzureTts("az-bench", first_byte_delay_s=delay) if variant == "azure" else \
+                FakeOpenAITts("sk-bench", first_byte_delay_s=delay)
+            with FakeDeepgram("dg-bench", default_text="what time are you open") as dg, \
+                    serve(brain.app) as brain_url, serve(voice.app) as voice_url:
+                env = {"DEEPGRAM_API_KEY": "dg-bench", "IVR_DEEPGRAM_URL": dg.url, "IVR_DEEPGRAM_ENDPOINTING_MS": "700",
+                       "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": brain_url + "/v1", "IVR_FLOW": str(flow)}
+                if variant == "azure":
+                    env.update({"IVR_TTS": "azure", "AZURE_SPEECH_KEY": "az-bench", "IVR_AZURE_TTS_URL": voice_url + "/cognitiveservices/v1"})
+                else:
+                    env.update({"IVR_TTS": "openai", "OPENAI_TTS_BASE_URL": voice_url + "/v1",
+                                "OPENAI_TTS_STREAM_FORMAT": "sse" if variant == "openai-sse" else "audio"})
+                settings = Settings.from_env(env)
+                factory = CallFactory(build(settings))
+                calls: list = []
+                app = create_app(settings, handler_factory=_Recording(factory, calls))
+                with serve(app) as base:
+                    url = base.replace("http", "ws") + "/media"
+                    asyncio.run(replay_file(plan, ReplayOptions(url=url, speed=args.speed, max_call_s=600), plan.parent / variant))
+            first_byte = {r.body.get("input", r.body.get("text", "")).strip(): r.first_byte_at for r in voice.requests}
+            added = []
+            for call in calls:
+                for role, turn in call.history:
+                    # The greeting is played from the prompt cache filled at start-up: not a measurement.
+                    if role != "bot" or turn.number == 1 or turn.first_audio_at is None or not turn.ledger.pieces:
+                        continue
+                    sent = first_byte.get(turn.ledger.pieces[0].text.strip())
+                    if sent is not None and sent <= turn.first_audio_at:
+                        added.append((turn.first_audio_at - sent) * 1000)
+            results[variant] = added
+        print(f"request-per-piece voices, fakes on 127.0.0.1 with the first byte {args.tts_ms:.0f} ms after the request; "
+              "added latency = first media frame sent - first audio byte written by the fake")
+        ok = True
+        for variant, added in results.items():
+            if not added:
+                print(f"{variant:11s} no answers matched", file=sys.stderr)
+                ok = False
+                continue
+            print(f"{variant:11s} answers {len(added):3d}: median {statistics.median(added):.2f} ms, "
+                  f"p90 {percentile(added, 90):.2f} ms, p99 {percentile(added, 99):.2f} ms, max {max(added):.2f} ms")
+            print(f"{'':11s} each answer, in order (ms): {' '.join(f'{v:.1f}' for v in added)}")
+        return 0 if ok else 1
 
 
 class _Recording:

@@ -1,12 +1,11 @@
-"""The OpenAI brain: streaming chat completions with tools (`openai` SDK, async).
+"""The OpenAI brain: streaming chat completions with tools (over ivr.providers.openai_http).
 
 The system prompt, model options, the application's own tools and the transfer targets come from
 the call-flow file (`llm`, `system_prompt`, `tools`, `transfers`; see ivr.flows), so one file
 describes a bot whichever brain answers. `OPENAI_BASE_URL` points the client at any
 OpenAI-compatible server (a local model, a proxy).
 
-A caller is waiting, so the SDK's own retries (2, with back-off up to 8 s) and 600 s timeout are
-off: the first token must come within `first_token_s` (default 3 s); a timeout, a 429 or a 5xx
+A caller is waiting, so there are no hidden retries or long timeouts: the first token must come within `first_token_s` (default 3 s); a timeout, a 429 or a 5xx
 gets one retry, and then the caller hears a short fallback line instead of dead air. Text deltas
 are yielded as they stream (the engine cuts them into clauses for the TTS); tool-call deltas are
 assembled by `ToolCallAssembler` and yielded once the stream ends.
@@ -18,6 +17,7 @@ makes up a number), `hangup`, `send_dtmf`, and the flow's `tools`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -28,6 +28,7 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 from ivr.config import ConfigError, Settings
 from ivr.providers import cloud
 from ivr.providers.base import BrainOutput, CallContext, CallerInput, TextDelta, ToolCall, Turn
+from ivr.providers.openai_http import ApiConnectionError, ApiError, OpenAIHttp
 
 log = logging.getLogger("ivr.brain.openai")
 
@@ -212,9 +213,6 @@ class _Retryable(Exception):
 class OpenAIBrain:
     def __init__(self, api_key: str, base_url: str, model: str, config: LlmConfig, first_token_s: float = 3.0,
                  max_requests: int = 100) -> None:
-        import httpx2  # the SDK's HTTP library
-        from openai import AsyncOpenAI, DefaultAioHttpClient
-
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"OPENAI_BASE_URL: {base_url!r} must start with https:// (or http:// for a local server)")
         self.config = config
@@ -222,28 +220,20 @@ class OpenAIBrain:
         self.first_token_s = config.first_token_s or first_token_s
         if self.first_token_s <= 0:
             raise ConfigError("IVR_OPENAI_FIRST_TOKEN_S: must be more than 0")
-        # Our own budget, not the SDK's: no hidden retries, and a caller never waits 600 s.
-        # The SDK's aiohttp transport (the `openai[aiohttp]` extra): a request reaches the server
-        # about 1 ms sooner than through the default transport, and costs less CPU per stream.
-        # Idle connections are kept for the next turn (cloud.HTTP_KEEPALIVE_S, not the SDK's 5 s).
-        limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=cloud.HTTP_KEEPALIVE_S)
-        self.client = AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0,
-                                  timeout=httpx2.Timeout(30.0, connect=min(3.0, self.first_token_s)),
-                                  http_client=DefaultAioHttpClient(limits=limits))
+        self.client = OpenAIHttp(api_key, base_url, connect_s=min(3.0, self.first_token_s))
         self.limit = cloud.Limit(PROVIDER, max_requests, "requests", "IVR_OPENAI_MAX_REQUESTS")
         self.tools = builtin_tools(config.transfers) + list(config.tools)
 
     async def load(self) -> None:
         """List the models once: a bad key fails at start-up, naming the variable."""
-        import openai
-
         try:
             async with asyncio.timeout(10):
-                await self.client.models.list()
-        except openai.AuthenticationError:
-            raise ConfigError("OpenAI rejected the key in OPENAI_API_KEY (HTTP 401): check OPENAI_API_KEY") from None
-        except openai.PermissionDeniedError:
-            raise ConfigError("OpenAI refused the key in OPENAI_API_KEY (HTTP 403): check OPENAI_API_KEY") from None
+                await self.client.models()
+        except ApiError as exc:
+            if exc.status in (401, 403):
+                raise ConfigError(f"OpenAI {'rejected' if exc.status == 401 else 'refused'} the key in "
+                                  f"OPENAI_API_KEY (HTTP {exc.status}): check OPENAI_API_KEY") from None
+            log.warning("could not list models at %s at start-up (%s); calls will try anyway", self.client.base_url, exc)
         except Exception as exc:
             log.warning("could not list models at %s at start-up (%s); calls will try anyway", self.client.base_url, exc)
 
@@ -285,8 +275,6 @@ class OpenAISession:
         yield TextDelta(self.brain.config.fallback)
 
     async def _stream(self, messages: list[dict]) -> AsyncIterator[BrainOutput]:
-        import openai
-
         brain = self.brain
         body: dict[str, Any] = {"model": brain.model, "messages": messages, "tools": brain.tools, "stream": True}
         if brain.config.temperature is not None:
@@ -296,61 +284,47 @@ class OpenAISession:
         tools = ToolCallAssembler()
         await brain.limit.acquire()
         t0 = time.monotonic()
-        stream = None
         try:
-            try:
-                async with asyncio.timeout(brain.first_token_s):
-                    # The SDK's generic post, not chat.completions.create(): create() walks the
-                    # whole body against its TypedDicts on the event loop (1 ms for a short call,
-                    # 8 ms with 20 turns of history) to reach the plain JSON we already hold; and
-                    # chunks cast to `object` are the decoded JSON as it came (the SDK returns
-                    # it untouched; with `dict` it rebuilds every chunk key by key, ~70 us a
-                    # token). Auth, errors, timeouts and the SSE stream stay the SDK's.
-                    stream = await brain.client.post("/chat/completions", body=body, cast_to=object,
-                                                     stream=True, stream_cls=openai.AsyncStream[object])
-                    chunks = stream.__aiter__()
-                    first = await _first_meaningful(chunks)
-            except TimeoutError:
-                raise _Retryable(f"sent no token within {brain.first_token_s:.1f} s") from None
-            except openai.AuthenticationError:
-                cloud.error(PROVIDER, "auth")
-                log.error("[%s] OpenAI rejected the key in OPENAI_API_KEY (HTTP 401): check OPENAI_API_KEY", self.call.call_sid)
-                raise _Retryable("rejected the key") from None
-            except openai.RateLimitError:
-                raise _Retryable("rate limit (HTTP 429)") from None
-            except openai.APIStatusError as exc:
-                raise _Retryable(f"HTTP {exc.status_code}") from None
-            except (openai.APIConnectionError, openai.APIError) as exc:
-                raise _Retryable(f"{type(exc).__name__}: {exc}") from None
-            if first is None:
-                return
-            cloud.observe_first(PROVIDER, t0)
-            chunk = first
-            while chunk is not None:
-                for choice in chunk.get("choices") or ():
-                    delta = choice.get("delta")
-                    if not delta:
-                        continue
-                    if delta.get("content"):
-                        yield TextDelta(delta["content"])
-                    if delta.get("tool_calls"):
-                        tools.add(delta["tool_calls"])
+            async with contextlib.AsyncExitStack() as stack:
                 try:
-                    async with asyncio.timeout(STALL_S):
-                        chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    chunk = None
-                except (TimeoutError, openai.APIError) as exc:
-                    raise _Retryable(f"stream stopped: {type(exc).__name__}") from None
+                    async with asyncio.timeout(brain.first_token_s):
+                        chunks = await stack.enter_async_context(brain.client.chat_stream(body))
+                        first = await _first_meaningful(chunks)
+                except TimeoutError:
+                    raise _Retryable(f"sent no token within {brain.first_token_s:.1f} s") from None
+                except ApiError as exc:
+                    if exc.status == 401:
+                        cloud.error(PROVIDER, "auth")
+                        log.error("[%s] OpenAI rejected the key in OPENAI_API_KEY (HTTP 401): check OPENAI_API_KEY",
+                                  self.call.call_sid)
+                        raise _Retryable("rejected the key") from None
+                    raise _Retryable("rate limit (HTTP 429)" if exc.status == 429 else str(exc)) from None
+                except ApiConnectionError as exc:
+                    raise _Retryable(str(exc)) from None
+                if first is None:
+                    return
+                cloud.observe_first(PROVIDER, t0)
+                chunk = first
+                while chunk is not None:
+                    for choice in chunk.get("choices") or ():
+                        delta = choice.get("delta")
+                        if not delta:
+                            continue
+                        if delta.get("content"):
+                            yield TextDelta(delta["content"])
+                        if delta.get("tool_calls"):
+                            tools.add(delta["tool_calls"])
+                    try:
+                        async with asyncio.timeout(STALL_S):
+                            chunk = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        chunk = None
+                    except (TimeoutError, ApiError, ApiConnectionError) as exc:
+                        raise _Retryable(f"stream stopped: {type(exc).__name__}") from None
             for call in tools.calls(brain.config.transfers):
                 yield call
         finally:
             brain.limit.release()
-            if stream is not None:
-                try:
-                    await stream.close()
-                except Exception:
-                    pass
 
 
 async def _first_meaningful(chunks: AsyncIterator[dict]) -> dict | None:

@@ -8,7 +8,8 @@ service, on the audio clock of each socket: `SpeechStarted` at the onset (`vad_e
 `endpointing` ms of silence follow the speech, `UtteranceEnd` after `utterance_end_ms`, empty
 finals every few seconds of silence, `from_finalize` results for `Finalize`, `Metadata` after
 `CloseStream`, and a close for ~10 s without audio or KeepAlive (NET-0001). Message fields follow
-the SDK's `ListenV1Results`/`ListenV2TurnInfo` models (deepgram-sdk 7.17).
+the SDK's `ListenV1Results`/`ListenV2TurnInfo` models (deepgram-sdk 7.17); a test validates every
+message the fake sends against them.
 
 Faults: `cut_after_ms` drops the socket (no close frame) that much speech into the next utterance;
 `reject_key` makes the upgrade fail with 401; `final_delay_s` delays each final (benchmarks).

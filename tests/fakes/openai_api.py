@@ -9,7 +9,10 @@ param, code}}` (401 for a bad key, 429 with `retry-after`), or a mid-stream `dat
 
 What to answer is the test's: `responder(request_body) -> Reply`. Faults for the next requests
 are queued in `faults`: "429", "500", "stall" (headers, then silence), "stall_first" (the role
-chunk, then silence). `first_token_delay_s` delays every first token (benchmarks).
+chunk, then silence), "error_first" (the role chunk, then an error event), "error_after_text" (the
+first two words, then an error event), "stall_after_text" (two words, then silence). `first_token_delay_s` delays every first token (benchmarks).
+Each request's client port is kept (`client_ports`: a reused connection keeps its port) and a
+stream the client left before its end is counted (`streams_left`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class FakeOpenAI:
         self.first_token_delay_s = first_token_delay_s
         self.faults: deque[str] = deque()
         self.requests: list[dict] = []
+        self.headers: list[dict[str, str]] = []
+        self.client_ports: list[int] = []
+        self.streams_left = 0
         #: (request received, first token sent), monotonic seconds: for latency benchmarks.
         self.timings: list[tuple[float, float]] = []
         self.app = Starlette(routes=[
@@ -89,6 +95,8 @@ class FakeOpenAI:
             return self._error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         body = await request.json()
         self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        self.client_ports.append(request.client.port if request.client else 0)
         if not body.get("stream"):
             return self._error(400, "this fake only streams", "invalid_request_error", None)
         fault = self.faults.popleft() if self.faults else ""
@@ -107,11 +115,25 @@ class FakeOpenAI:
             return "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                                                "finish_reason": finish}]}) + "\n\n"
 
+        error = 'data: {"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": null, "code": null}}\n\n'
+        finished = False
+        try:
+            async for event in self._chunks(chunk, error, reply, fault, received):
+                yield event
+            finished = True
+        finally:
+            if not finished:
+                self.streams_left += 1
+
+    async def _chunks(self, chunk, error: str, reply: Reply, fault: str, received: float):
         if fault == "stall":
             await asyncio.sleep(3600)
         yield chunk({"role": "assistant", "content": "", "refusal": None})
         if fault == "stall_first":
             await asyncio.sleep(3600)
+        if fault == "error_first":
+            yield error
+            return
         if self.first_token_delay_s:
             await asyncio.sleep(self.first_token_delay_s)
         first = True
@@ -121,6 +143,11 @@ class FakeOpenAI:
                 self.timings.append((received, time.monotonic()))
                 first = False
             yield chunk({"content": word + (" " if i < len(words) - 1 else "")})
+            if fault == "error_after_text" and i == 1:
+                yield error
+                return
+            if fault == "stall_after_text" and i == 1:
+                await asyncio.sleep(3600)
         for index, (name, args) in enumerate(reply.tools):
             if first:
                 self.timings.append((received, time.monotonic()))
