@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cached-replies", action="store_true",
                    help="the LLM gives the same answer every time, so the TTS is skipped from the cache")
     p.add_argument("--lag-limit-ms", type=float, default=20, help="inbound frame lag p99 that still counts (default 20)")
+    p.add_argument("--server-env", action="append", default=[], metavar="IVR_NAME=VALUE",
+                   help="a setting for the server under load (repeatable), e.g. IVR_DEEPGRAM_CHUNK_MS=100")
 
 
 def _cpu_s(proc) -> float:
@@ -72,6 +74,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"--calls: comma-separated numbers, not {args.calls!r}", file=sys.stderr)
         return 2
     calls = [str(Path(c).resolve()) for c in (args.call or [SAMPLES / "hours.yaml"])]
+    server_env = {}
+    for item in args.server_env:
+        name, eq, value = item.partition("=")
+        if not eq or not name.startswith("IVR_"):
+            print(f"--server-env: IVR_NAME=VALUE, not {item!r}", file=sys.stderr)
+            return 2
+        server_env[name] = value
 
     def measure(procs: Procs, tmp: Path) -> int:
         flow = tmp / "flow.yaml"
@@ -79,13 +88,14 @@ def run(args: argparse.Namespace) -> int:
         # Varied replies: every answer is new text, spoken by ElevenLabs (a repeated one would
         # come from the prompt cache and leave the TTS path idle).
         fakes = start_fakes(procs, args.stt_ms, args.llm_ms, args.tts_ms, varied=not args.cached_replies)
-        server, port = start_server(procs, fakes, flow)
+        server, port = start_server(procs, fakes, flow, server_env)
 
         watched = {name: psutil.Process(p.pid) for name, p in procs.procs.items()}
         rows = []
         print(f"ivr serve pid {server.pid}, fakes on 127.0.0.1 (STT final +{args.stt_ms:g} ms, first token "
               f"{args.llm_ms:g} ms, first audio {args.tts_ms:g} ms), {os.cpu_count()} cores; "
-              f"{args.duration:g} s per N, ramp {args.ramp:g} s", flush=True)
+              f"{args.duration:g} s per N, ramp {args.ramp:g} s"
+              + "".join(f"; {k}={v}" for k, v in server_env.items()), flush=True)
         for n in levels:
             rows.append(_one_level(n, args, calls, port, server.pid, procs, watched, tmp))
             _print_row(rows[-1], args.lag_limit_ms)
