@@ -169,3 +169,14 @@ async def test_organization_and_project_headers_come_from_the_environment(fake, 
     headers = fake.headers[-1]
     assert headers["openai-organization"] == "org-bakery" and headers["openai-project"] == "proj_phone"
     assert headers["authorization"] == "Bearer sk-test" and headers["content-type"] == "application/json"
+
+
+def test_the_proxy_comes_from_the_environment_once(monkeypatch):
+    from ivr.providers.openai_http import OpenAIHttp
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert OpenAIHttp("sk", "https://api.openai.com/v1").proxy == "http://proxy.example:3128"
+    assert OpenAIHttp("sk", "http://127.0.0.1:8000/v1").proxy is None  # NO_PROXY
+    monkeypatch.delenv("HTTPS_PROXY")
+    assert OpenAIHttp("sk", "https://api.openai.com/v1").proxy is None

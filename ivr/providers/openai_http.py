@@ -8,7 +8,8 @@ give us is kept: the same headers (`Authorization: Bearer`, `OpenAI-Organization
 `OpenAI-Project` from OPENAI_ORG_ID / OPENAI_PROJECT_ID as the SDK reads them), the same error
 reading (`{"error": {"message", "type", "code"}}` for a non-2xx status, or inside the stream), and
 the same stream handling (`data: [DONE]` ends it; the rest of the body is read so the connection
-goes back to the pool). Proxies come from the environment (HTTPS_PROXY), as with the SDK.
+goes back to the pool). Proxies come from the environment (HTTPS_PROXY, NO_PROXY), as with the
+SDK, read once: aiohttp's `trust_env` reads them again on every request (~1 ms each).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import urllib.request
 from typing import Any, AsyncIterator
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -61,6 +64,7 @@ class OpenAIHttp:
             self.headers["OpenAI-Organization"] = env["OPENAI_ORG_ID"]
         if env.get("OPENAI_PROJECT_ID"):
             self.headers["OpenAI-Project"] = env["OPENAI_PROJECT_ID"]
+        self.proxy = _env_proxy(self.base_url)
         self._session: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -72,7 +76,7 @@ class OpenAIHttp:
         if self._session is None or self._loop is not loop or self._session.closed:
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=cloud.HTTP_KEEPALIVE_S)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self.headers, trust_env=True,
+                connector=connector, headers=self.headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_s))
             self._loop = loop
         return self._session
@@ -85,7 +89,7 @@ class OpenAIHttp:
         import aiohttp
 
         try:
-            async with self._client().get(f"{self.base_url}/models") as resp:
+            async with self._client().get(f"{self.base_url}/models", proxy=self.proxy) as resp:
                 body = await resp.read()
         except aiohttp.ClientError as exc:
             raise ApiConnectionError(f"{type(exc).__name__}: {exc}") from None
@@ -104,7 +108,7 @@ class OpenAIHttp:
         import aiohttp
 
         try:
-            resp = await self._client().post(f"{self.base_url}/chat/completions", data=orjson.dumps(body))
+            resp = await self._client().post(f"{self.base_url}/chat/completions", data=orjson.dumps(body), proxy=self.proxy)
         except aiohttp.ClientError as exc:
             raise ApiConnectionError(f"{type(exc).__name__}: {exc}") from None
         finished = False
@@ -137,6 +141,15 @@ class OpenAIHttp:
                 resp.release()
             else:
                 resp.close()
+
+
+def _env_proxy(base_url: str) -> str | None:
+    """The proxy the environment sets for this URL (HTTPS_PROXY/HTTP_PROXY), unless NO_PROXY covers it."""
+    parts = urlsplit(base_url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return proxy
 
 
 class _Done(Exception):
