@@ -28,6 +28,9 @@ from ivr.bench.procs import Procs, cpu_steal, have_fakes, run_processes, start_f
 from ivr.bench.questions import percentile, question_call
 from ivr.heap import freeze_startup_objects
 
+FRAME_MS = 20
+#: A caller frame sent later than this marks the answer as measured by a stalled caller.
+CALLER_LATE_MS = 5.0
 #: The pieces of ivr's share, each between two timestamps of different processes.
 STAGES = (
     "Deepgram final sent -> OpenAI request received",
@@ -95,12 +98,24 @@ def _report(args: argparse.Namespace, record, timings: dict[str, dict], steal: f
         print(f"  {name:<48} {statistics.median(values):6.1f} / {percentile(values, 99):6.1f}")
     slowest = max(rows, key=lambda r: r["share"])
     print("  the slowest answer: " + ", ".join(f"{slowest[n]:.1f}" for n in STAGES) + " ms")
+    late = [r["share"] for r in rows if r["caller_late"] > CALLER_LATE_MS]
+    shares_late = f" (their shares: {' '.join(f'{v:.1f}' for v in late)} ms)" if late else ""
+    print(f"answers during which this process (the caller, which timestamps the reply frame) was itself more "
+          f"than {CALLER_LATE_MS:g} ms late with a frame: {len(late)}{shares_late}")
     return 0
 
 
 def _frames_received(record) -> list[float]:
     """When the caller got each of the bot's media frames, on the monotonic clock."""
     return [record.monotonic_start + m.recv_ms / 1000 for m in record.playback.media]
+
+
+def _caller_late(record, since: float, until: float) -> float:
+    """How late (ms) this process sent its worst caller frame due between two monotonic times:
+    when it is late, its own timestamps of received frames may be late too."""
+    first = max(0, int((since - record.monotonic_start) * 1000 // FRAME_MS))
+    last = int((until - record.monotonic_start) * 1000 // FRAME_MS) + 1
+    return max(record.frame_lag_ms[first:last + 1], default=0.0)
 
 
 def match_answers(record, timings: dict[str, dict]) -> list[dict]:
@@ -122,7 +137,8 @@ def match_answers(record, timings: dict[str, dict]) -> list[dict]:
         total = frame - final
         share = total - (llm[1] - llm[0]) - (ctx[1] - ctx[0])
         stages = (llm[0] - final, ctx[0] - llm[1], frame - ctx[1])
-        rows.append({"total": total * 1000, "share": share * 1000, **{n: v * 1000 for n, v in zip(STAGES, stages)}})
+        rows.append({"total": total * 1000, "share": share * 1000, **{n: v * 1000 for n, v in zip(STAGES, stages)},
+                     "caller_late": _caller_late(record, final, frame)})
     return rows
 
 
