@@ -5,10 +5,11 @@ the call-flow file (`llm`, `system_prompt`, `tools`, `transfers`; see ivr.flows)
 describes a bot whichever brain answers. `OPENAI_BASE_URL` points the client at any
 OpenAI-compatible server (a local model, a proxy).
 
-A caller is waiting, so there are no hidden retries or long timeouts: the first token must come within `first_token_s` (default 3 s); a timeout, a 429 or a 5xx
-gets one retry, and then the caller hears a short fallback line instead of dead air. Text deltas
-are yielded as they stream (the engine cuts them into clauses for the TTS); tool-call deltas are
-assembled by `ToolCallAssembler` and yielded once the stream ends.
+A caller is waiting, so there are no hidden retries or long timeouts: the first token must come
+within `first_token_s` (default 3 s); a timeout, a 429 or a 5xx gets one retry, and then the
+caller hears a short fallback line instead of dead air. Text deltas are yielded as they stream
+(the engine cuts them into clauses for the TTS); tool-call deltas are assembled by
+`ToolCallAssembler` and yielded once the stream ends.
 
 Tools offered to the model: `transfer` (to one of the flow's named `transfers`: the model never
 makes up a number), `hangup`, `send_dtmf`, and the flow's `tools`.

@@ -54,8 +54,8 @@ def _error_message(status: int, body: bytes) -> ApiError:
 
 
 class OpenAIHttp:
-    def __init__(self, api_key: str, base_url: str, connect_s: float = 3.0, env: dict[str, str] | None = None) -> None:
-        env = os.environ if env is None else env
+    def __init__(self, api_key: str, base_url: str, connect_s: float = 3.0) -> None:
+        env = os.environ
         self.base_url = base_url.rstrip("/")
         self.connect_s = connect_s
         self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
@@ -80,10 +80,6 @@ class OpenAIHttp:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_s))
             self._loop = loop
         return self._session
-
-    async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
 
     async def models(self) -> list[dict]:
         import aiohttp
