@@ -42,13 +42,19 @@ async def feed(session, audio: bytes) -> None:
         await session.send(frame)
 
 
-async def test_an_utterance_gives_speech_started_interims_a_final_and_the_end_of_turn(fake):
-    fake.say("What time are you open?")
-    session = await engine(fake).open()
+async def transcribe(fake, text: str, audio: bytes, **kw) -> list:
+    """One session that hears `audio` (recognised as `text`) until its first turn ends, then closes."""
+    fake.say(text)
+    session = await engine(fake, **kw).open()
     reader = asyncio.create_task(collect(session))
-    await feed(session, silence(400) + tone(1500) + silence(500))
+    await feed(session, audio)
     events = await reader
     await session.aclose()
+    return events
+
+
+async def test_an_utterance_gives_speech_started_interims_a_final_and_the_end_of_turn(fake):
+    events = await transcribe(fake, "What time are you open?", silence(400) + tone(1500) + silence(500))
     kinds = [type(e) for e in events]
     assert kinds[0] is SpeechStarted and 380 <= events[0].at_ms <= 420  # dated to the onset
     assert Interim in kinds and kinds.index(Interim) < kinds.index(Final)
@@ -169,13 +175,9 @@ def test_registry_picks_deepgram_when_its_key_is_set_and_names_the_variable_when
 
 
 async def test_flux_ends_turns_itself_and_signals_eager_ends_and_resumptions(fake):
-    fake.say("Where are you located")
-    session = await engine(fake, model="flux-general-en", eager_eot=0.5).open()
-    reader = asyncio.create_task(collect(session))
     # A pause long enough for an eager end (250 ms) but not the end (500 ms), then more speech.
-    await feed(session, silence(200) + tone(600) + silence(300) + tone(400) + silence(700))
-    events = await reader
-    await session.aclose()
+    events = await transcribe(fake, "Where are you located", silence(200) + tone(600) + silence(300) + tone(400) + silence(700),
+                              model="flux-general-en", eager_eot=0.5)
     kinds = [type(e) for e in events]
     assert kinds[0] is SpeechStarted
     assert kinds.index(EagerEndOfTurn) < kinds.index(TurnResumed) < kinds.index(EndOfTurn)
@@ -197,18 +199,9 @@ def _sdk_model(message: dict):
 async def test_every_message_the_fake_sends_is_valid_for_the_sdk_types(fake):
     """Our reader takes fields by name from plain JSON; the fake must send what the SDK's types
     (strictly validated, not just constructed) say Deepgram sends, or those names prove nothing."""
-    fake.say("What time are you open?")
-    session = await engine(fake).open()
-    reader = asyncio.create_task(collect(session))
-    await feed(session, silence(400) + tone(1500) + silence(1500))
-    events = await reader
-    await session.aclose()
-    fake.say("Where are you located")
-    flux = await engine(fake, model="flux-general-en", eager_eot=0.5).open()
-    reader = asyncio.create_task(collect(flux))
-    await feed(flux, silence(200) + tone(600) + silence(700))
-    await reader
-    await flux.aclose()
+    events = await transcribe(fake, "What time are you open?", silence(400) + tone(1500) + silence(1500))
+    await transcribe(fake, "Where are you located", silence(200) + tone(600) + silence(700),
+                     model="flux-general-en", eager_eot=0.5)
     await until(lambda: len(fake.streams) == 2 and fake.streams[0].sent and fake.streams[0].sent[-1]["type"] == "Metadata")
     sent = fake.streams[0].sent + fake.streams[1].sent
     kinds = {m["type"] for m in sent}

@@ -24,11 +24,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+from ivr.audio import FRAME_MS
 from ivr.bench.procs import Procs, cpu_steal, have_fakes, run_processes, start_fakes, start_server, steal_share
 from ivr.bench.questions import percentile, question_call
 from ivr.heap import freeze_startup_objects
 
-FRAME_MS = 20
 #: A caller frame sent later than this marks the answer as measured by a stalled caller.
 CALLER_LATE_MS = 5.0
 #: The pieces of ivr's share, each between two timestamps of different processes.

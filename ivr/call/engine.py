@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 from ivr import metrics
-from ivr.audio import FRAME_BYTES, Framer, PhoneEncoder
+from ivr.audio import FRAME_BYTES, FRAME_MS, Framer, PhoneEncoder
 from ivr.audio.dtmf import dtmf_ulaw
 from ivr.call.events import Listener, cut_event, latency_event
 from ivr.call.ledger import HeardLedger
@@ -53,8 +53,6 @@ _NOT_A_WORD = re.compile(r"[^\w\s'-]")
 
 log = logging.getLogger("ivr.call")
 
-
-FRAME_MS = 20
 ARRIVALS_KEPT = 500  # 10 s of frames
 #: Not "yes" or "sure": cutting in with those usually answers the bot's question.
 DEFAULT_BACKCHANNELS = (

@@ -10,8 +10,8 @@ param, code}}` (401 for a bad key, 429 with `retry-after`), or a mid-stream `dat
 What to answer is the test's: `responder(request_body) -> Reply`. Faults for the next requests
 are queued in `faults`: "429", "500", "stall" (headers, then silence), "stall_first" (the role
 chunk, then silence), "error_first" (the role chunk, then an error event), "error_after_text" (the
-first two words, then an error event), "stall_after_text" (two words, then silence). `first_token_delay_s` delays every first token (benchmarks).
-Each request's client port is kept (`client_ports`: a reused connection keeps its port) and a
+first two words, then an error event), "stall_after_text" (two words, then silence).
+`first_token_delay_s` delays every first token (benchmarks). Each request's client port is kept (`client_ports`: a reused connection keeps its port) and a
 stream the client left before its end is counted (`streams_left`).
 """
 
