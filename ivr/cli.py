@@ -8,7 +8,7 @@ import sys
 
 #: Subcommand modules, in the order `ivr --help` lists them. Each has `register(subparsers)`,
 #: which adds its parser and sets `func` to a callable taking the parsed arguments.
-COMMANDS = ("demo", "serve", "replay", "load", "stt", "tts", "bench", "twilio", "call", "calls")
+COMMANDS = ("demo", "serve", "replay", "test", "load", "stt", "tts", "bench", "twilio", "call", "calls")
 
 
 def build_parser() -> argparse.ArgumentParser:

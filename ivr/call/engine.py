@@ -665,6 +665,7 @@ class Call(ListeningHandler):
 
     async def _run_tools(self, turn: BotTurn) -> None:
         for tool in turn.tools:
+            self._emit({"type": "tool", "turn": turn.number, "name": tool.name, "arguments": dict(tool.arguments)})
             if tool.name == "hangup":
                 await self._wait_heard(turn)
                 await self._hang_up()

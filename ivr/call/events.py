@@ -13,6 +13,9 @@ event is published per audio frame; a call publishes a few per turn:
     {"type": "latency", "turn": 2, "total_ms": 812.0, "stt_ms": 301.2, "brain_ms": 2.1,
      "tts_ms": 508.7}                                               an answer's first audio
     {"type": "latency", "turn": 1, "greeting": true, "total_ms": 35.0}
+    {"type": "tool", "turn": 3, "name": "transfer", "arguments": {"to": "+15550100123"}}
+                                                                   a tool the turn runs (hangup,
+                                                                   transfer, ...), once its words are out
     {"type": "ended", "reason": "stop"}
 
 Times are milliseconds between the engine's own monotonic readings.

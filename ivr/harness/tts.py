@@ -18,8 +18,9 @@ class NoSynthesiser(RuntimeError):
     pass
 
 
-def default_synthesiser() -> Synthesiser:
-    """The embedded TTS, loaded on first use, or an error saying how to get it."""
+def default_synthesiser(repeatable: bool = False) -> Synthesiser:
+    """The embedded TTS, loaded on first use, or an error saying how to get it. `repeatable`: the
+    voice's random variation off, so a text gives the same audio on every run (`ivr test`)."""
     try:
         from ivr.providers.local_tts import PiperTts
     except ImportError as exc:
@@ -30,7 +31,7 @@ def default_synthesiser() -> Synthesiser:
         nonlocal engine
         if engine is None:
             try:
-                engine = PiperTts(workers=1)
+                engine = PiperTts(workers=1, noise_scale=0.0, noise_w_scale=0.0) if repeatable else PiperTts(workers=1)
                 await engine.load()
             except ImportError as exc:
                 raise NoSynthesiser(f"text turns need the embedded TTS (pip install '.[local]'): {exc}") from None

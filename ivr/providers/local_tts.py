@@ -100,6 +100,8 @@ class PiperTts:
         workers: int | None = None,
         threads: int = 0,
         length_scale: float | None = None,
+        noise_scale: float | None = None,
+        noise_w_scale: float | None = None,
     ) -> None:
         if model_path is None:
             model_path, default_config = default_voice_paths()
@@ -112,6 +114,10 @@ class PiperTts:
         self.workers = workers or default_workers()
         self.threads = threads or min(4, default_workers())
         self.length_scale = length_scale
+        #: The voice's random variation (None: the voice's own); 0 and 0 make the same text give the
+        #: same audio on every run (the test harness's caller voice).
+        self.noise_scale = noise_scale
+        self.noise_w_scale = noise_w_scale
         self.pool = WorkerPool(self.workers, "tts")
         self._voice = shared_model(
             ("piper", self.model_path, self.config_path, self.threads),
@@ -168,7 +174,7 @@ class PiperTts:
         voice = self._voice.get()
         from piper.config import SynthesisConfig
 
-        config = SynthesisConfig(length_scale=self.length_scale)
+        config = SynthesisConfig(length_scale=self.length_scale, noise_scale=self.noise_scale, noise_w_scale=self.noise_w_scale)
         ids = voice.phonemes_to_ids(phonemes)
         audio, id_samples = voice.phoneme_ids_to_audio(ids, config, include_alignments=True)
         spans = None
