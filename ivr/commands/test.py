@@ -94,7 +94,7 @@ def _run_with_bot(args: argparse.Namespace, cases, logs: Path) -> int:
 
     from ivr.harness.suite import BotServer
 
-    console = Console(stderr=False, highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     server = None
     url = args.url
     try:

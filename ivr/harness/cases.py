@@ -49,8 +49,8 @@ class Phrase:
         if self.kind == "regex":
             return f"/{self.value}/"
         if self.kind == "meaning":
-            return f"meaning: {self.value!r}"
-        return repr(self.value)
+            return f"meaning: {quoted(self.value)}"
+        return quoted(self.value)
 
 
 @dataclass
@@ -157,9 +157,13 @@ def parse_case(path: Path) -> Case:
     return Case(path, name, path, "script", steps, expect, doc.get("recorded"), doc)
 
 
+def quoted(text: str) -> str:
+    return f'"{text}"'
+
+
 def _short(text: str, n: int = 40) -> str:
     text = " ".join(text.split())
-    return repr(text if len(text) <= n else text[: n - 1] + "…")
+    return quoted(text if len(text) <= n else text[: n - 1] + "…")
 
 
 def _phrases(value: Any, where: str) -> list[Phrase]:
@@ -262,6 +266,10 @@ class Reply:
     caller_start_ms: float
     caller_end_ms: float
     caller_text: str | None = None
+    #: The caller cut the bot short (a barge-in, a key): `whole` is what was heard of the pieces
+    #: played whole; where the cut fell inside the next piece varies by milliseconds.
+    cut: bool = False
+    whole: str = ""
 
 
 @dataclass
@@ -294,8 +302,8 @@ def event_clock(report: dict, events: list[dict], speed: float = 1.0) -> tuple[f
     return speed, offset
 
 
-def heard_pieces(events: list[dict], marks: list[dict], clock: tuple[float, float] = (1.0, 0.0)) -> list[tuple[float, int, str]]:
-    """(call ms, bot turn, words the caller heard) of each piece the bot spoke, from its engine
+def heard_pieces(events: list[dict], marks: list[dict], clock: tuple[float, float] = (1.0, 0.0)) -> list[tuple[float, int, str, bool]]:
+    """(call ms, bot turn, words the caller heard, heard whole) of each piece the bot spoke, from its engine
     events (`bot` pieces; `cut`: what was heard of a cut turn, from its heard-text ledger) and the
     harness's marks (a piece whose mark played was heard whole). `clock`: see `event_clock`."""
     scale, offset = clock
@@ -312,7 +320,7 @@ def heard_pieces(events: list[dict], marks: list[dict], clock: tuple[float, floa
         mark = str(ev.get("mark"))
         words = cut[mark] if mark in cut else (str(ev["text"]) if mark in played else "")
         if words:
-            out.append((float(ev.get("t_ms", 0.0)) * scale + offset, int(ev.get("turn", 0)), words))
+            out.append((float(ev.get("t_ms", 0.0)) * scale + offset, int(ev.get("turn", 0)), words, words == ev["text"]))
     return out
 
 
@@ -324,7 +332,8 @@ def build_outcome(report: dict, spans: list[tuple[float, float]], events: list[d
     scale, offset = clock = event_clock(report, events, speed)
     pieces = heard_pieces(events, report["marks"], clock)
     turn_start: dict[int, float] = {}
-    for t, turn, _ in pieces:
+    cut_turns = {int(ev.get("turn", 0)) for ev in events if ev.get("type") == "cut"}
+    for t, turn, _, _ in pieces:
         turn_start[turn] = min(t, turn_start.get(turn, t))
     for ev in events:  # a turn heard only in part is dated by its first piece, heard or not
         if ev.get("type") == "bot" and int(ev.get("turn", 0)) in turn_start:
@@ -332,19 +341,26 @@ def build_outcome(report: dict, spans: list[tuple[float, float]], events: list[d
     voiced = [a for a, _ in report["bot"]["speech"]]
     starts = [a for a, _ in spans] + [math.inf]
 
-    def words_between(a: float, b: float) -> str:
-        return " ".join(w for _t, turn, w in pieces if a - CLOCK_SLACK_MS <= turn_start[turn] < b - CLOCK_SLACK_MS)
+    def reply(a: float, b: float, latency: float | None, span: tuple[float, float], text: str | None) -> Reply:
+        mine = [(turn, w, whole) for _t, turn, w, whole in pieces if a - CLOCK_SLACK_MS <= turn_start[turn] < b - CLOCK_SLACK_MS]
+        cut = any(turn in cut_turns for turn, _, _ in mine)
+        # What was heard whole: the pieces before the first one the cut caught.
+        whole = []
+        for _turn, w, complete in mine:
+            if not complete:
+                break
+            whole.append(w)
+        return Reply(" ".join(w for _, w, _ in mine), latency, span[0], span[1], text, cut, " ".join(whole))
 
     def first_voice(a: float, b: float) -> float | None:
         return next((v for v in voiced if a <= v < b), None)
 
-    g = first_voice(0.0, starts[0])
-    greeting = Reply(words_between(-math.inf, starts[0]), g, 0.0, 0.0)
+    greeting = reply(-math.inf, starts[0], first_voice(0.0, starts[0]), (0.0, 0.0), None)
     replies = []
     for i, (a, b) in enumerate(spans):
         v = first_voice(b, starts[i + 1])
         text = caller_texts[i] if caller_texts and i < len(caller_texts) else None
-        replies.append(Reply(words_between(a, starts[i + 1]), None if v is None else round(v - b, 1), a, b, text))
+        replies.append(reply(a, starts[i + 1], None if v is None else round(v - b, 1), (a, b), text))
     tools = [{"name": str(ev.get("name")), "arguments": dict(ev.get("arguments") or {}),
               "ms": float(ev.get("t_ms", 0.0)) * scale + offset} for ev in events if ev.get("type") == "tool"]
     return Outcome(greeting, replies, tools, report["call"]["ended_by"], bool(report["call"]["failed"]),
@@ -452,7 +468,7 @@ def check(case: Case, outcome: Outcome, judgements: Judgements | None = None,
             failures.append(Failure(where, "reply", "a caller turn here", "the call ended before it"))
             continue
         heard = reply.heard
-        shown = repr(heard) if heard else "(nothing)"
+        shown = quoted(heard) if heard else "(nothing)"
         if not outcome.words_known and (e.says or e.not_says or e.heard is not None):
             skips.append(Skip(where, "says", "the bot's words are unknown (its event side channel is off)"))
         else:
@@ -465,7 +481,7 @@ def check(case: Case, outcome: Outcome, judgements: Judgements | None = None,
                 if ok is True:
                     failures.append(Failure(where, "not_says", f"not {p.describe()}", shown, _reason(p, heard, where, judgements)))
             if e.heard is not None and not same_words(e.heard, heard):
-                failures.append(Failure(where, "heard", repr(e.heard) if e.heard else "(nothing)", shown, word_diff(e.heard, heard)))
+                failures.append(Failure(where, "heard", quoted(e.heard) if e.heard else "(nothing)", shown, word_diff(e.heard, heard)))
         if e.within_ms is not None:
             budget = e.within_ms * budget_scale
             if reply.latency_ms is None:
@@ -482,7 +498,7 @@ def _judge(p: Phrase, heard: str, where: str, judgements: Judgements, skips: lis
         return phrase_found(p, heard)
     verdict = judgements.get((where, p.value, heard))
     if verdict is None:
-        skips.append(Skip(where, f"{what} meaning {p.value!r}", "no judge model (set OPENAI_API_KEY)"))
+        skips.append(Skip(where, f"{what} meaning {quoted(p.value)}", "no judge model (set OPENAI_API_KEY)"))
         return None
     return verdict[0]
 
@@ -576,7 +592,11 @@ def baseline(outcome: Outcome) -> dict:
         out: dict = {}
         if r.caller_text:
             out["caller"] = r.caller_text
-        out["heard"] = r.heard
+        if r.cut:
+            if r.whole:
+                out["says"] = r.whole
+        else:
+            out["heard"] = r.heard
         if (budget := latency_budget(r.latency_ms)) is not None:
             out["within_ms"] = budget
         return out

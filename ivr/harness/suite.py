@@ -78,7 +78,7 @@ class CaseResult:
 class BotServer:
     """`ivr serve` on a free loopback port, with this environment (and `--flow` as IVR_FLOW)."""
 
-    def __init__(self, flow: str | None, logs: Path) -> None:
+    def __init__(self, flow: str | None, logs: Path, extra_env: dict[str, str] | None = None) -> None:
         from ivr.bench.procs import Procs, free_port
 
         self.port = free_port()
@@ -88,6 +88,7 @@ class BotServer:
         env.setdefault("IVR_LOG_LEVEL", "warning")
         if flow:
             env["IVR_FLOW"] = str(Path(flow).resolve())
+        env.update(extra_env or {})
         self.env = env
         self.url = f"ws://127.0.0.1:{self.port}/media"
 
