@@ -27,6 +27,10 @@ from ivr.harness.voice import CallerVoice, Utterance
 from ivr.telephony.twilio import OutClear, OutMark, OutMedia, ProtocolError, TwilioSender, parse_outbound
 
 
+#: Bot speech that stops this soon after the caller's speech or key ends was cut by it.
+CUT_WITHIN_MS = 200.0
+
+
 def _sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
@@ -336,7 +340,10 @@ class TwilioEmulator:
             return previous_end + wait_ms
         if after.kind == "at":
             return wait_ms
-        stretches = self.playback.voice_since(self._reference_ms, now)
+        ref = self._reference_ms
+        # Bot speech that began before the caller's speech or key and stopped within moments of
+        # it was cut by it: not the bot speaking since, so the wait is for its answer.
+        stretches = [s for s in self.playback.voice_since(ref, now) if not (s[0] < ref and s[1] < ref + CUT_WITHIN_MS)]
         if not stretches:
             return None
         if after.kind == "bot_speaking":
