@@ -164,7 +164,8 @@ async def _run_cases(args: argparse.Namespace, cases, url: str, console) -> int:
         return _recorded(results, console)
     if args.update:
         for r in results:
-            if r.failures and not r.error and r.case.recorded is not None and r.outcome is not None:
+            # A call that broke is not a new baseline: it stays a failure.
+            if r.failures and not r.error and r.case.recorded is not None and r.outcome is not None and not r.outcome.failed:
                 update_case(r)
     _print_summary(results, console)
     if args.junit:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
 import orjson
 import yaml
 
@@ -235,15 +234,14 @@ def turn_spans(report: dict, events: list[dict], speed: float) -> tuple[list[tup
 
 
 def annotate_report(report: dict, outcome: Outcome) -> None:
-    """Fill the report's `bot_text` (for its summary and timeline) with what the caller heard."""
+    """Fill the report's `bot_text` (for its summary and timeline) with what the caller heard: a
+    reply goes on the last report turn inside its step (report times are rounded to 0.1 ms)."""
     report["greeting"]["bot_text"] = outcome.greeting.heard or None
-    starts = [r.caller_start_ms for r in outcome.replies]
-    for turn in report["turns"]:
-        i = int(np.searchsorted(starts, turn["caller_speech_start_ms"] + 1e-6)) - 1
-        if i >= 0 and turn["bot_first_audio_ms"] is not None:
-            same = [t for t in report["turns"] if starts[i] <= t["caller_speech_start_ms"] < (starts[i + 1] if i + 1 < len(starts) else np.inf)]
-            if turn is same[-1]:
-                turn["bot_text"] = outcome.replies[i].heard or None
+    bounds = [r.caller_start_ms - 1 for r in outcome.replies] + [math.inf]
+    for i, reply in enumerate(outcome.replies):
+        inside = [t for t in report["turns"] if bounds[i] <= t["caller_speech_start_ms"] < bounds[i + 1]]
+        if inside:
+            inside[-1]["bot_text"] = reply.heard or None
 
 
 async def run_case(case: Case, opts: RunOptions) -> CaseResult:
