@@ -279,3 +279,12 @@ def test_junit_has_one_testcase_per_case_with_expected_and_heard(tmp_path):
     assert 'expected "open"' in failure.get("message") and 'heard "Sorry?"' in failure.get("message")
     assert 'step 1 (say "hi"): says' in failure.text
     assert cases["broken"].find("error").get("message") == "connect_failed"
+
+
+def test_the_readmes_example_case_is_a_valid_case(tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Writing a case", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    case = parse_case(case_file(tmp_path, example))
+    assert case.expect.hangup is True and [n for n, _, _ in case.steps] == [1, 2, 3]
+    assert all(e is not None for _, _, e in case.steps)

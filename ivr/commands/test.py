@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2), metavar="N",
                    help="cases run at once (default: half the CPUs)")
     p.add_argument("--speed", type=float, default=1.0, help="run the call clock N times faster than real time (default 1)")
-    p.add_argument("--margin", type=float, default=float(os.environ.get("IVR_TEST_MARGIN") or 1.0), metavar="F",
+    p.add_argument("--margin", type=float, metavar="F",
                    help="multiply every latency budget by F, e.g. 2 on a busy CI machine [IVR_TEST_MARGIN]")
     p.add_argument("--record", nargs="+", metavar="CAPTURE", help="turn captured calls (ivr serve --capture) into cases")
     p.add_argument("--into", metavar="DIR", help="where --record writes the cases")
@@ -51,6 +51,11 @@ def _usage(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from ivr.harness.cases import CaseError, find_cases, parse_case
 
+    if args.margin is None:
+        try:
+            args.margin = float(os.environ.get("IVR_TEST_MARGIN") or 1.0)
+        except ValueError:
+            return _usage(f"IVR_TEST_MARGIN={os.environ['IVR_TEST_MARGIN']!r} is not a number")
     if args.jobs < 1 or args.speed <= 0 or args.margin <= 0:
         return _usage("--jobs, --speed and --margin must be above 0")
     if args.record and not args.into:
