@@ -134,7 +134,7 @@ def test_a_captured_call_becomes_a_case_that_catches_a_change_and_update_accepts
     assert ivr_test(str(cases), "--url", example.url, "--margin", MARGIN).returncode == 0
     done = ivr_test(str(cases), "--url", changed.url, "--margin", MARGIN)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "turn 1: heard" in done.stdout
+    assert "turn 1 (keys 1): heard" in done.stdout
     assert "[-Tuesday-] {+Monday+}" in done.stdout
 
     done = ivr_test(str(cases), "--url", changed.url, "--margin", MARGIN, "--update")

@@ -195,7 +195,7 @@ def _recorded(results, console) -> int:
             console.print(f"[red]could not record {r.case.call.name}[/]: {r.error or 'the call failed'}")
             status = 1
             continue
-        update_case(r)
+        update_case(r, first=True)
         o = r.outcome
         console.print(f"[bold]{r.case.path}[/]: {len(o.replies)} caller turn(s)")
         console.print(f"  greeting: {o.greeting.heard!r}")

@@ -446,7 +446,9 @@ def _pairs(case: Case, outcome: Outcome) -> list[tuple[str, ReplyExpect | None, 
             pairs.append((f"step {number} ({label})", e, outcome.replies[i] if i < len(outcome.replies) else None))
     elif case.expect.turns is not None:
         for i, e in enumerate(case.expect.turns):
-            pairs.append((f"turn {i + 1}", e, outcome.replies[i] if i < len(outcome.replies) else None))
+            said = e.caller if e is not None else None
+            label = f"turn {i + 1}" + ("" if not said else f" {said}" if said.startswith("(") else f" ({quoted(said)})")
+            pairs.append((label, e, outcome.replies[i] if i < len(outcome.replies) else None))
     return pairs
 
 

@@ -317,14 +317,13 @@ RECORDED_HEADER = (
 )
 
 
-def update_case(result: CaseResult) -> None:
-    """Today's outcome becomes the recorded case's baseline."""
+def update_case(result: CaseResult, first: bool = False) -> None:
+    """Today's outcome becomes the recorded case's baseline (`first`: as it is recorded)."""
     assert result.outcome is not None
     doc = dict(result.case.doc)
     doc["expect"] = baseline(result.outcome)
-    recorded = dict(doc.get("recorded") or {})
-    recorded["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    doc["recorded"] = recorded
+    if not first:
+        doc["recorded"] = {**(doc.get("recorded") or {}), "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_case(result.case.path, doc, RECORDED_HEADER)
     result.updated = True
 
