@@ -288,3 +288,19 @@ def test_the_readmes_example_case_is_a_valid_case(tmp_path):
     case = parse_case(case_file(tmp_path, example))
     assert case.expect.hangup is True and [n for n, _, _ in case.steps] == [1, 2, 3]
     assert all(e is not None for _, _, e in case.steps)
+
+
+def test_on_a_slow_machine_the_caller_waits_longer_for_the_bots_silence(tmp_path):
+    from ivr.harness.plan import After, CallPlan, Dtmf, Say
+    from ivr.harness.suite import patient_caller
+
+    case = parse_case(case_file(tmp_path, "expect: {hangup: true}\nsteps: [{dtmf: '1'}]"))
+    plan = CallPlan("c", "script", "x", [Say(b"", after=After("bot_speaking", 2.0)), Dtmf("1", After("bot_silent", 0.6, 20))])
+    patient_caller(plan, case, 2.0)
+    assert plan.steps[0].after == After("bot_speaking", 2.0)  # an interruption keeps its moment
+    assert plan.steps[1].after == After("bot_silent", 1.2, 40)
+    # The bot is expected to end the call: the caller leaves it time to.
+    assert plan.steps[-1].after == After("bot_silent", 6.0, 30.0)
+    quiet = CallPlan("c", "script", "x", [Dtmf("1")])
+    patient_caller(quiet, parse_case(case_file(tmp_path, "steps: [{dtmf: '1'}]")), 1.0)
+    assert quiet.steps[-1].after == After("bot_silent", 1.0, 10.0)

@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -37,7 +37,7 @@ from ivr.harness.cases import (
     pending_meanings,
 )
 from ivr.harness.emulator import ReplayOptions
-from ivr.harness.plan import CallPlan, Dtmf, Say
+from ivr.harness.plan import CallPlan, Dtmf, Hangup, Say
 from ivr.harness.record import CallRecord
 from ivr.harness.report import build_report
 from ivr.harness.run import replay
@@ -194,6 +194,25 @@ class RunOptions:
         return self.margin * max(1.0, self.speed)
 
 
+#: When a case expects the bot to end the call, the caller waits this long in silence for it.
+ENDING_SILENCE_S = 3.0
+
+
+def patient_caller(plan: CallPlan, case: Case, margin: float) -> None:
+    """On a slow machine the bot pauses longer between the pieces of a reply (each is synthesised
+    in turn): the caller waits `margin` times longer for the bot's silence before going on, so a
+    slow bot is not interrupted where a fast one would not be. And when the case expects the bot
+    to end the call (a transfer or hang-up), the caller gives it time to."""
+    for step in plan.steps:
+        after = step.after
+        if after.kind == "bot_silent" and margin > 1:
+            step.after = replace(after, seconds=after.seconds * margin, timeout=after.timeout * margin)
+    last = plan.steps[-1]
+    if isinstance(last, Hangup) and last.after.kind == "bot_silent" and (case.expect.transfer or case.expect.hangup):
+        last.after = replace(last.after, seconds=max(last.after.seconds, ENDING_SILENCE_S * margin),
+                             timeout=max(last.after.timeout, 30.0))
+
+
 def caller_spans(plan: CallPlan, record: CallRecord) -> tuple[list[tuple[float, float]], list[str | None]]:
     """The caller's span (start, end ms) of each say/audio/dtmf step that ran, in order, and its words."""
     spans, texts = [], []
@@ -255,6 +274,7 @@ async def run_case(case: Case, opts: RunOptions) -> CaseResult:
     except (CallSourceError, NoSynthesiser) as exc:
         result.error = str(exc)
         return result
+    patient_caller(plan, case, opts.margin)
     options = ReplayOptions(url=opts.url, speed=opts.speed, auth_token=opts.auth_token, max_call_s=opts.max_call_s)
     async with EventChannel(events_url(opts.url, options.stream_sid), opts.token) as channel:
         record = await replay(plan, options)
