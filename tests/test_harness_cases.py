@@ -218,6 +218,9 @@ def test_barge_ins_hangups_and_protocol_errors():
     assert ("barge_in", "no barge-in happened") in failures_of(body, outcome_with("Hi."))
     failed = outcome_with("Hi.", errors=[{"ms": 0.0, "kind": "connect_failed", "detail": "refused"}], failed=True)
     assert failures_of("steps: [{say: hi}]", failed) == [("call", "connect_failed: refused")]
+    waits = [{"ms": 21000.0, "kind": "timeout", "detail": "'bot_silent 0.6': bot did not oblige within 20 s"},
+             {"ms": 300000.0, "kind": "max_duration", "detail": "hung up after 300 s"}]
+    assert [w for w, _ in failures_of("steps: [{say: hi}]", outcome_with("Hi.", errors=waits))] == ["timeout", "max_call"]
 
 
 def test_meanings_go_to_the_judge_or_are_skipped():

@@ -27,8 +27,8 @@ from ivr.harness.sources import ACTIONS, SCRIPT_SUFFIXES
 #: Keys a step's `expect:` may hold, and the call's.
 STEP_KEYS = ("says", "not_says", "within_ms", "heard", "caller")
 CALL_KEYS = ("greeting", "turns", "transfer", "hangup", "tool", "barge_in")
-#: Error kinds of a replayed call that are not the bot's protocol (the harness's own view).
-_CALLER_SIDE = {"timeout", "max_duration"}
+#: Error kinds of a replayed call that broke it (the rest are the bot's protocol errors, or waits).
+_CALL_BROKEN = {"connect_failed", "connection_closed", "harness_error"}
 
 
 class CaseError(ValueError):
@@ -518,12 +518,13 @@ def _call_health(outcome: Outcome) -> list[Failure]:
         detail = "; ".join(f"{e['kind']}: {e['detail']}" for e in outcome.errors) or f"ended by {outcome.ended_by}"
         out.append(Failure("call", "call", "a call that runs to a hang-up", detail))
     for e in outcome.errors:
-        if outcome.failed and e["kind"] not in _CALLER_SIDE:
-            continue  # already said
+        at = f"at {e['ms'] / 1000:.1f} s"
         if e["kind"] == "timeout":
-            out.append(Failure("call", "timeout", "the bot to answer each step", f"at {e['ms'] / 1000:.1f} s: {e['detail']}"))
-        elif e["kind"] not in ("connect_failed", "connection_closed", "harness_error"):
-            out.append(Failure("call", "protocol", "no protocol errors", f"at {e['ms'] / 1000:.1f} s: {e['kind']}: {e['detail']}"))
+            out.append(Failure("call", "timeout", "the bot to answer each step", f"{at}: {e['detail']}"))
+        elif e["kind"] == "max_duration":
+            out.append(Failure("call", "max_call", "a call that ends by itself", f"{at}: {e['detail']}"))
+        elif e["kind"] not in _CALL_BROKEN:  # those are the failed call's own failure above
+            out.append(Failure("call", "protocol", "no protocol errors", f"{at}: {e['kind']}: {e['detail']}"))
     for b in outcome.barge_ins:
         if b["frames_after_clear"]:
             out.append(Failure("call", "barge_in", "no bot audio after its clear",
