@@ -28,7 +28,15 @@ PROVIDER_FIRST_SECONDS = _Histogram(
 PROVIDER_ERRORS = Counter("ivr_provider_errors_total", "Cloud provider failures", ["provider", "kind"])
 PROVIDER_RECONNECTS = Counter("ivr_provider_reconnects_total", "Cloud provider sockets reopened mid-call", ["provider"])
 PROVIDER_WAITS = Counter("ivr_provider_waits_total", "Calls that waited for a provider concurrency slot", ["provider"])
-PROVIDER_FALLBACKS = Counter("ivr_provider_fallbacks_total", "Turns served by a fallback (embedded TTS, spoken line)", ["provider"])
+PROVIDER_FALLBACKS = Counter(
+    "ivr_provider_fallbacks_total",
+    "Turns or calls handed to a fallback (embedded TTS or recogniser, the call flow, a spoken line)",
+    ["provider"],
+)
+PROVIDER_UP = Gauge("ivr_provider_up", "1 while a cloud provider is taken to answer, 0 while it is down (see the log)", ["provider"])
+CALLS_ON_FALLBACK = Gauge(
+    "ivr_calls_on_fallback", "Calls now served by a fallback in place of this cloud provider (recogniser, brain)", ["provider"]
+)
 
 # The conversation engine's view of each call (ivr.call.engine observes these), whatever the
 # providers: what a caller waits for, and where the wait went.

@@ -139,9 +139,14 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state = _state(request)
-    if state.ready and not state.admission.draining:
-        return PlainTextResponse("ready\n")
-    return PlainTextResponse("not ready\n", status_code=503)
+    if not state.ready or state.admission.draining:
+        return PlainTextResponse("not ready\n", status_code=503)
+    # A cloud provider down with no fallback installed: calls are better taken elsewhere.
+    providers = getattr(state.handler_factory, "providers", None)
+    reasons = providers.unready() if hasattr(providers, "unready") else []
+    if reasons:
+        return PlainTextResponse("not ready: " + "; ".join(reasons) + "\n", status_code=503)
+    return PlainTextResponse("ready\n")
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -18,9 +18,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(app, **config) -> Iterator[str]:
-    """Yield the base URL (http://127.0.0.1:PORT) of `app` served by uvicorn until the block ends."""
-    port = free_port()
+def serve(app, port: int = 0, **config) -> Iterator[str]:
+    """Yield the base URL (http://127.0.0.1:PORT) of `app` served by uvicorn until the block ends
+    (on `port`, or on a free one)."""
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -167,7 +167,8 @@ async def test_a_key_revoked_mid_service_costs_the_call_its_ears_not_its_life(fa
 
 def test_registry_picks_deepgram_when_its_key_is_set_and_names_the_variable_when_missing(fake):
     settings = Settings.from_env({"DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": fake.url, "IVR_TTS": "local", "IVR_BRAIN": "flow"})
-    assert type(registry.build(settings).stt).__name__ == "DeepgramStt"
+    stt = registry.build(settings).stt
+    assert type(stt.primary).__name__ == "DeepgramStt" and stt.has_backup  # the embedded one stands in
     with pytest.raises(ConfigError, match="IVR_STT=deepgram.*DEEPGRAM_API_KEY"):
         registry.build(Settings.from_env({"IVR_STT": "deepgram"}))
     with pytest.raises(ConfigError, match="IVR_DEEPGRAM_URL"):

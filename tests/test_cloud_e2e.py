@@ -55,8 +55,8 @@ def cloud(tmp_path_factory):
             "IVR_FLOW": str(flow),
         })
         providers = build(settings)
-        assert [type(p).__name__ for p in (providers.stt, providers.tts, providers.brain)] == \
-            ["DeepgramStt", "FallbackTts", "OpenAIBrain"]  # chosen by their keys alone
+        assert [type(p.primary).__name__ for p in (providers.stt, providers.tts, providers.brain)] == \
+            ["DeepgramStt", "ElevenLabsTts", "OpenAIBrain"]  # chosen by their keys alone
         factory = CallFactory(providers, rest=TwilioRest(ACCOUNT, TOKEN, base_url=api_url))
         app = create_app(settings, handler_factory=factory)
         with serve(app) as base:

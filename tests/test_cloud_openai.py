@@ -119,7 +119,8 @@ def test_flow_errors_name_the_key():
 def test_registry_defaults_follow_the_keys(fake):
     settings = Settings.from_env({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.url})
     assert registry.choice(settings, "IVR_BRAIN") == "openai"
-    assert type(registry.BRAINS["openai"](settings, None)).__name__ == "OpenAIBrain"
+    brain = registry.BRAINS["openai"](settings, None)
+    assert type(brain.primary).__name__ == "OpenAIBrain" and brain.backup is not None  # the example flow stands in
     assert registry.choice(Settings.from_env({}), "IVR_BRAIN") == "flow"
     assert registry.choice(Settings.from_env({"OPENAI_API_KEY": KEY, "IVR_BRAIN": "flow"}), "IVR_BRAIN") == "flow"
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):

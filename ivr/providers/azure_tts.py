@@ -114,7 +114,7 @@ async def _raise_for(response: httpx.Response, voice: str) -> None:
     raise Fatal(f"HTTP {status} {detail!r} (check AZURE_SPEECH_VOICE={voice})")
 
 
-def from_settings(settings: Settings, backup: Callable[[], TextToSpeech]) -> FallbackTts:
+def from_settings(settings: Settings, backup: Callable[[], TextToSpeech] | None) -> FallbackTts:
     key = cloud.require_key(settings.azure_speech_key, "Azure", "AZURE_SPEECH_KEY", "IVR_TTS=azure")
     url = settings.azure_tts_url.strip()
     region = settings.azure_speech_region.strip().lower()

@@ -99,3 +99,8 @@ class KeyRejected(Exception):
     def __init__(self, provider: str, variable: str, detail: str) -> None:
         super().__init__(f"{provider} rejected the key in {variable} ({detail}): check {variable}")
         self.provider, self.variable = provider, variable
+
+
+class Unreachable(Exception):
+    """A provider could not be reached (or failed before its first result) and a fallback is
+    ready to take over; raised by sessions told so, never seen by the conversation engine."""

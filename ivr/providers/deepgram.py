@@ -11,6 +11,12 @@ last final result stays in a `ResendBuffer`; when the socket drops mid-call the 
 and sends that audio again, so the new socket transcribes the sentence from its start. Times on a
 new socket start at zero again: `Transcript.offset_ms` shifts them back onto the call's clock.
 
+When Deepgram cannot be reached at all, the engine's `health` (ivr.providers.fallback) says so
+once, and one probe per process retries it; a session that cannot connect either waits for that
+probe, or, when an embedded recogniser stands by (`fallback_ready`), gives up and hands it the
+audio not yet settled (`unsettled()`). No call retries a dead Deepgram on its own, and no
+connection attempt stands between a call and its greeting.
+
 The protocol logic (`Transcript`, `FluxTurns`, `ResendBuffer`) does no I/O and is tested on plain
 values; `DeepgramSession` is the asyncio driver around the socket.
 
@@ -37,6 +43,7 @@ import orjson
 
 from ivr.config import ConfigError, Settings
 from ivr.providers import cloud
+from ivr.providers.fallback import Health
 from ivr.providers.base import (
     CallContext,
     EagerEndOfTurn,
@@ -59,6 +66,9 @@ KEEPALIVE_AFTER_S = 4.0
 MAX_RESEND_BYTES = 60 * 1000 * BYTES_PER_MS
 FINALIZE_WAIT_S = 3.0
 RECONNECT_DELAYS_S = (0.0, 0.2, 0.5, 1.0, 2.0)
+#: The socket's opening handshake: longer means a dead Deepgram holds a call's audio longer
+#: before the fallback hears it (the greeting never waits for it).
+CONNECT_TIMEOUT_S = 3.0
 
 
 # --- pure protocol logic ---------------------------------------------------------------------------
@@ -224,6 +234,8 @@ class DeepgramStt:
         self.limit = cloud.Limit(PROVIDER, max_streams, "streams", "IVR_DEEPGRAM_MAX_STREAMS")
         self.keepalive_s = KEEPALIVE_AFTER_S
         self.key_rejected: cloud.KeyRejected | None = None
+        self.health = Health(PROVIDER, "Deepgram", self.probe)
+        self.connect_timeout_s = CONNECT_TIMEOUT_S
 
     def connect(self) -> Any:
         """An async context manager for one socket (`DeepgramSocket`) with our query parameters."""
@@ -231,7 +243,7 @@ class DeepgramStt:
             params: dict[str, Any] = {"model": self.model, "encoding": "mulaw", "sample_rate": 8000}
             if self.eager_eot:
                 params["eager_eot_threshold"] = self.eager_eot
-            return _socket(f"{self.url}/v2/listen?{urlencode(params)}", self._api_key)
+            return _socket(f"{self.url}/v2/listen?{urlencode(params)}", self._api_key, self.connect_timeout_s)
         params = {
             "model": self.model,
             "encoding": "mulaw",
@@ -244,21 +256,27 @@ class DeepgramStt:
         }
         if self.utterance_end_ms:
             params["utterance_end_ms"] = self.utterance_end_ms
-        return _socket(f"{self.url}/v1/listen?{urlencode(params)}", self._api_key)
+        return _socket(f"{self.url}/v1/listen?{urlencode(params)}", self._api_key, self.connect_timeout_s)
 
     async def load(self) -> None:
         """Open and close one socket, so a bad key fails at start-up, naming the variable."""
         try:
             async with asyncio.timeout(10):
-                async with self.connect() as conn:
-                    await conn.send_close_stream()
+                await self.probe()
         except cloud.KeyRejected:
             raise
         except Exception as exc:
             rejected = _rejection(exc)
             if rejected is not None:
                 raise ConfigError(str(rejected)) from None
-            log.warning("could not reach Deepgram at %s at start-up (%s); calls will retry", self.url, _describe(exc))
+            self.health.failed(f"{self.url} at start-up: {_describe(exc)}")
+        else:
+            self.health.succeeded()
+
+    async def probe(self) -> None:
+        """Is Deepgram there? A socket opened and closed at once (no audio, so nothing billed)."""
+        async with self.connect() as conn:
+            await conn.send_close_stream()
 
     async def open(self, call: CallContext | None = None) -> "DeepgramSession":
         await self.limit.acquire()
@@ -302,11 +320,11 @@ class DeepgramSocket:
 
 
 @contextlib.asynccontextmanager
-async def _socket(url: str, api_key: str) -> AsyncIterator[DeepgramSocket]:
+async def _socket(url: str, api_key: str, open_timeout: float) -> AsyncIterator[DeepgramSocket]:
     from websockets.asyncio.client import connect
 
     async with connect(url, additional_headers={"Authorization": f"Token {api_key}"}, compression=None,
-                       open_timeout=10) as ws:
+                       open_timeout=open_timeout) as ws:
         yield DeepgramSocket(ws)
 
 
@@ -351,6 +369,9 @@ class DeepgramSession:
         self._speech_end_at: float | None = None
         self._finalized: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        #: Set by ivr.providers.fallback: when Deepgram cannot be reached, end the iteration with
+        #: `cloud.Unreachable` (the fallback takes the call) instead of waiting for it.
+        self.fallback_ready = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"deepgram-{self.call.call_sid}")
@@ -416,6 +437,11 @@ class DeepgramSession:
         self._release()
         self._events.put_nowait(_END)
 
+    def unsettled(self) -> tuple[int, bytes]:
+        """(where it starts, in ms on this session's clock; the audio) of the caller audio not yet
+        settled into a final result: what another recogniser must hear so that nothing is lost."""
+        return self.buffer.base // BYTES_PER_MS, bytes(self.buffer.data)
+
     def __aiter__(self) -> AsyncIterator[SttEvent]:
         return self._iterate()
 
@@ -425,6 +451,9 @@ class DeepgramSession:
             if item is _END:
                 self._events.put_nowait(_END)
                 return
+            if isinstance(item, cloud.Unreachable):
+                self._events.put_nowait(_END)
+                raise item
             yield item
 
     # --- the socket ----------------------------------------------------------------------------
@@ -436,10 +465,14 @@ class DeepgramSession:
 
     async def _run(self) -> None:
         attempt = 0
+        health = self.engine.health
         while not self._closed:
+            opened = False
             try:
                 async with self.engine.connect() as conn:
+                    opened = True
                     attempt = 0
+                    health.succeeded()
                     await self._resend(conn)
                     keepalive = asyncio.create_task(self._keepalive(conn))
                     try:
@@ -448,22 +481,38 @@ class DeepgramSession:
                     finally:
                         keepalive.cancel()
                 if not self._closed:
-                    log.warning("[%s] Deepgram closed the stream; reconnecting", self.call.call_sid)
+                    # INFO: in an outage every call sees this; the engine's health says it once.
+                    log.info("[%s] Deepgram closed the stream; reconnecting", self.call.call_sid)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 rejected = _rejection(exc)
                 if rejected is not None:
                     cloud.error(PROVIDER, "auth")
+                    health.failed(str(rejected))
+                    if self.fallback_ready:
+                        self._give_up(str(rejected))
+                        return
                     log.error("[%s] %s; this call cannot be transcribed", self.call.call_sid, rejected)
                     break
-                cloud.error(PROVIDER, "socket")
-                log.warning("[%s] Deepgram stream failed (%s); reconnecting and resending %d ms of audio",
-                            self.call.call_sid, _describe(exc), len(self.buffer.data) // BYTES_PER_MS)
+                if opened:
+                    cloud.error(PROVIDER, "socket")
+                    log.info("[%s] Deepgram stream failed (%s); reconnecting and resending %d ms of audio",
+                             self.call.call_sid, _describe(exc), len(self.buffer.data) // BYTES_PER_MS)
+                else:
+                    # Unreachable: said once by the engine's health, not per call and attempt.
+                    cloud.error(PROVIDER, "connect")
+                    health.failed(_describe(exc))
+                    if self.fallback_ready:
+                        self._give_up(_describe(exc))
+                        return
+                    log.debug("[%s] Deepgram not reached (%s); waiting for it with %d ms of audio kept",
+                              self.call.call_sid, _describe(exc), len(self.buffer.data) // BYTES_PER_MS)
             finally:
                 self._conn = None
             if self._closed:
                 break
+            await health.wait_up()  # while it is down, the engine's probe tries it, not each call
             delay = RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)]
             attempt += 1
             if delay:
@@ -471,6 +520,11 @@ class DeepgramSession:
         self._release()
         if not self._closed:
             self._events.put_nowait(_END)
+
+    def _give_up(self, reason: str) -> None:
+        """Hand the call to the fallback: the audio stays in the buffer for `unsettled()`."""
+        self._release()
+        self._events.put_nowait(cloud.Unreachable(f"Deepgram: {reason}"))
 
     async def _resend(self, conn: Any) -> None:
         """Send what the buffer holds, then go live; no frame is skipped or sent twice."""

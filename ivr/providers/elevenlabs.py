@@ -41,6 +41,7 @@ from websockets.asyncio.client import connect
 from ivr.config import ConfigError, Settings
 from ivr.providers import cloud
 from ivr.providers.base import AudioChunk, TextToSpeech, TtsStream, WordTiming
+from ivr.providers.fallback import Health, unready
 
 log = logging.getLogger("ivr.tts.elevenlabs")
 
@@ -499,40 +500,52 @@ async def _quietly(coro) -> None:
 
 
 class FallbackTts:
-    """ElevenLabs first; the embedded TTS when it fails (for the turn, then for `cooloff_s`)."""
+    """ElevenLabs first; the embedded TTS when it fails (for the turn, then for `cooloff_s`).
 
-    def __init__(self, primary: ElevenLabsTts, backup: Callable[[], TextToSpeech], cooloff_s: float = 60.0,
+    Whether the cloud voice is down is its `health` (ivr.providers.fallback), as for the
+    recogniser and the brain; with no embedded voice installed (`backup` None) a failed turn
+    stays failed and the server reports not ready until the cool-off is over.
+    """
+
+    def __init__(self, primary: ElevenLabsTts, backup: Callable[[], TextToSpeech] | None, cooloff_s: float = 60.0,
                  provider: str = PROVIDER, name: str = "ElevenLabs") -> None:
         # provider/name: the other cloud voices (ivr.providers.http_tts) reuse this fallback.
         self.provider, self.name = provider, name
         self.primary = primary
         self._backup_factory = backup
         self._backup: TextToSpeech | None = None
-        self.cooloff_s = cooloff_s
-        self.down_until = 0.0
+        self.health = Health(provider, name, cooloff_s=cooloff_s)
+        self.health.while_down = "the embedded voice speaks" if backup is not None else "turns go unspoken"
         self.sample_rate = primary.sample_rate
         self.encoding = primary.encoding
 
     @property
+    def has_backup(self) -> bool:
+        return self._backup_factory is not None
+
+    @property
     def backup(self) -> TextToSpeech:
         if self._backup is None:
+            assert self._backup_factory is not None
             self._backup = self._backup_factory()
         return self._backup
 
     async def load(self) -> None:
         await self.primary.load()
-        await self.backup.load()  # the safety net must be ready before it is needed
+        if self.has_backup:
+            await self.backup.load()  # the safety net must be ready before it is needed
 
     def stream(self) -> TtsStream:
-        if time.monotonic() < self.down_until:
+        if not self.health.up and self.has_backup:
             cloud.fallback(self.provider)
             return self.backup.stream()
         return _FallbackStream(self)
 
     def tripped(self, reason: str) -> None:
-        if time.monotonic() >= self.down_until:
-            log.error("%s failed (%s): the embedded voice speaks for the next %.0f s", self.name, reason, self.cooloff_s)
-        self.down_until = time.monotonic() + self.cooloff_s
+        self.health.failed(reason)
+
+    def unready(self) -> str | None:
+        return unready(self.health, self.has_backup, "embedded voice")
 
 
 class _FallbackStream:
@@ -540,6 +553,7 @@ class _FallbackStream:
         self.owner = owner
         self.inner: Any = owner.primary.stream()
         self.on_backup = False
+        self.heard_from_primary = False
         self.pieces: list[str] = []
         self.finished: set[int] = set()
         self.mapping: list[int] = []  # inner index -> our index
@@ -567,6 +581,9 @@ class _FallbackStream:
         while True:
             try:
                 async for chunk in self.inner:
+                    if not self.on_backup and not self.heard_from_primary:
+                        self.heard_from_primary = True
+                        self.owner.health.succeeded()
                     piece = self.mapping[chunk.piece]
                     if chunk.last:
                         self.finished.add(piece)
@@ -576,6 +593,8 @@ class _FallbackStream:
                 if self.on_backup:
                     raise
                 self.owner.tripped(str(exc))
+                if not self.owner.has_backup:
+                    raise
                 cloud.fallback(self.owner.provider)
                 await self._switch()
 
@@ -592,7 +611,7 @@ class _FallbackStream:
             await self.inner.end()
 
 
-def from_settings(settings: Settings, backup: Callable[[], TextToSpeech]) -> FallbackTts:
+def from_settings(settings: Settings, backup: Callable[[], TextToSpeech] | None) -> FallbackTts:
     key = cloud.require_key(settings.elevenlabs_api_key, "ElevenLabs", "ELEVENLABS_API_KEY", "IVR_TTS=elevenlabs")
     primary = ElevenLabsTts(key, settings.elevenlabs_voice_id, settings.elevenlabs_model, settings.elevenlabs_url,
                             settings.elevenlabs_max_sockets)

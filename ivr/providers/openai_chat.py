@@ -6,8 +6,10 @@ describes a bot whichever brain answers. `OPENAI_BASE_URL` points the client at 
 OpenAI-compatible server (a local model, a proxy).
 
 A caller is waiting, so there are no hidden retries or long timeouts: the first token must come
-within `first_token_s` (default 3 s); a timeout, a 429 or a 5xx gets one retry, and then the
-caller hears a short fallback line instead of dead air. Text deltas are yielded as they stream
+within `first_token_s` (default 3 s); a timeout, a 429 or a 5xx gets one retry, a server that
+cannot be reached none. Then the provider is taken for down (`health`, ivr.providers.fallback:
+one probe per process lists the models until it answers) and the caller hears a short apology
+and the call flow's answer (`FallbackBrain`), or, with no flow to stand in, the fallback line. Text deltas are yielded as they stream
 (the engine cuts them into clauses for the TTS); tool-call deltas are assembled by
 `ToolCallAssembler` and yielded once the stream ends.
 
@@ -29,6 +31,7 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 from ivr.config import ConfigError, Settings
 from ivr.providers import cloud
 from ivr.providers.base import BrainOutput, CallContext, CallerInput, TextDelta, ToolCall, Turn
+from ivr.providers.fallback import Health
 from ivr.providers.openai_http import ApiConnectionError, ApiError, OpenAIHttp
 
 log = logging.getLogger("ivr.brain.openai")
@@ -42,7 +45,8 @@ DEFAULT_PROMPT = (
     "numbers as they should be said."
 )
 DEFAULT_FALLBACK = "Sorry, I'm having trouble right now. Could you say that again?"
-LLM_KEYS = ("model", "temperature", "max_tokens", "first_token_timeout", "fallback", "greeting")
+DEFAULT_APOLOGY = "I'm sorry, I'm having some trouble on my side right now."
+LLM_KEYS = ("model", "temperature", "max_tokens", "first_token_timeout", "fallback", "apology", "greeting")
 PHONE_TARGET = re.compile(r"^(\+?[0-9]{3,15}|sips?:\S+)$")
 
 
@@ -55,6 +59,8 @@ class LlmConfig:
     max_tokens: int | None = None
     first_token_s: float | None = None
     fallback: str = DEFAULT_FALLBACK
+    #: Said before the call flow takes over from a model that cannot answer.
+    apology: str = DEFAULT_APOLOGY
     greeting: str = ""
     system_prompt: str = DEFAULT_PROMPT
     tools: tuple[dict, ...] = ()
@@ -108,6 +114,7 @@ def llm_config(extra: Mapping[str, Any], greeting: str = "", variables: Mapping[
         max_tokens=max_tokens,
         first_token_s=llm.get("first_token_timeout"),
         fallback=str(llm.get("fallback") or DEFAULT_FALLBACK),
+        apology=str(llm.get("apology") or DEFAULT_APOLOGY),
         greeting=_fill(str(llm.get("greeting") or greeting or ""), variables or {}),
         system_prompt=prompt.strip(),
         tools=tuple(tools),
@@ -208,7 +215,10 @@ class ToolCallAssembler:
 
 
 class _Retryable(Exception):
-    pass
+    def __init__(self, message: str, reached: bool = True) -> None:
+        super().__init__(message)
+        #: False: the server could not be reached at all (a second try at once would not either).
+        self.reached = reached
 
 
 class OpenAIBrain:
@@ -224,6 +234,7 @@ class OpenAIBrain:
         self.client = OpenAIHttp(api_key, base_url, connect_s=min(3.0, self.first_token_s))
         self.limit = cloud.Limit(PROVIDER, max_requests, "requests", "IVR_OPENAI_MAX_REQUESTS")
         self.tools = builtin_tools(config.transfers) + list(config.tools)
+        self.health = Health(PROVIDER, "OpenAI", self.probe)
 
     async def load(self) -> None:
         """List the models once: a bad key fails at start-up, naming the variable."""
@@ -234,9 +245,20 @@ class OpenAIBrain:
             if exc.status in (401, 403):
                 raise ConfigError(f"OpenAI {'rejected' if exc.status == 401 else 'refused'} the key in "
                                   f"OPENAI_API_KEY (HTTP {exc.status}): check OPENAI_API_KEY") from None
-            log.warning("could not list models at %s at start-up (%s); calls will try anyway", self.client.base_url, exc)
+            if exc.status >= 500:
+                self.health.failed(f"{self.client.base_url} at start-up: {exc}")
+            else:
+                log.warning("could not list models at %s at start-up (%s); calls will try anyway", self.client.base_url, exc)
         except Exception as exc:
-            log.warning("could not list models at %s at start-up (%s); calls will try anyway", self.client.base_url, exc)
+            self.health.failed(f"{self.client.base_url} at start-up: {type(exc).__name__}: {exc}")
+
+    async def probe(self) -> None:
+        """Does the server answer? The model list (a compatible server without one answers too)."""
+        try:
+            await self.client.models()
+        except ApiError as exc:
+            if exc.status in (401, 403, 429) or exc.status >= 500:
+                raise
 
     async def open(self, call: CallContext) -> "OpenAISession":
         return OpenAISession(self, call)
@@ -258,6 +280,15 @@ class OpenAISession:
         yield TextDelta(self.brain.config.greeting or "Hello! How can I help you?")
 
     async def respond(self, history: Sequence[Turn], caller: CallerInput) -> AsyncIterator[BrainOutput]:
+        try:
+            async for out in self.answer(history, caller):
+                yield out
+        except cloud.Unreachable:
+            cloud.fallback(PROVIDER)
+            yield TextDelta(self.brain.config.fallback)
+
+    async def answer(self, history: Sequence[Turn], caller: CallerInput) -> AsyncIterator[BrainOutput]:
+        """The reply, or `cloud.Unreachable` if the model gave no word of it (for a fallback)."""
         messages = build_messages(self.brain.config, history, caller, self.call)
         for attempt in (1, 2):
             yielded = False
@@ -270,10 +301,12 @@ class OpenAISession:
                 if yielded:
                     log.warning("[%s] OpenAI stream broke after the reply began (%s); keeping what was said", self.call.call_sid, exc)
                     return
-                cloud.error(PROVIDER, "retry" if attempt == 1 else "failed")
+                last = attempt == 2 or not exc.reached
+                cloud.error(PROVIDER, "failed" if last else "retry")
+                if last:
+                    self.brain.health.failed(str(exc))
+                    raise cloud.Unreachable(f"OpenAI {exc}") from None
                 log.warning("[%s] OpenAI %s (attempt %d of 2)", self.call.call_sid, exc, attempt)
-        cloud.fallback(PROVIDER)
-        yield TextDelta(self.brain.config.fallback)
 
     async def _stream(self, messages: list[dict]) -> AsyncIterator[BrainOutput]:
         brain = self.brain
@@ -301,7 +334,8 @@ class OpenAISession:
                         raise _Retryable("rejected the key") from None
                     raise _Retryable("rate limit (HTTP 429)" if exc.status == 429 else str(exc)) from None
                 except ApiConnectionError as exc:
-                    raise _Retryable(str(exc)) from None
+                    raise _Retryable(f"cannot be reached ({exc})", reached=False) from None
+                brain.health.succeeded()
                 if first is None:
                     return
                 cloud.observe_first(PROVIDER, t0)

@@ -160,7 +160,7 @@ def _message(exc: Any) -> str:
     return str(exc)[:200]
 
 
-def from_settings(settings: Settings, backup: Callable[[], TextToSpeech]) -> FallbackTts:
+def from_settings(settings: Settings, backup: Callable[[], TextToSpeech] | None) -> FallbackTts:
     base_url = settings.openai_tts_base_url.strip() or settings.openai_base_url
     official = "api.openai.com" in base_url
     if official or settings.openai_api_key.strip():

