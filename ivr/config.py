@@ -145,6 +145,10 @@ class Settings:
     tts_cooloff_s: float = field(
         default=60.0, metadata={"help": "after an OpenAI or Azure TTS failure, seconds of the embedded TTS before trying it again"}
     )
+    provider_probe_max_s: float = field(
+        default=30.0,
+        metadata={"help": "a cloud provider that cannot be reached is probed after 1 s, then at doubling pauses up to this many seconds"},
+    )
     # Operations (ivr.drain, ivr.logs).
     log_format: str = field(
         default="auto", metadata={"help": "json (one object a line), text, or auto (json unless stderr is a terminal)"}
@@ -196,6 +200,8 @@ class Settings:
             raise ConfigError(f"IVR_DRAIN_SECONDS: {self.drain_seconds} is negative")
         if self.drain_transfer_to and not self.drain_transfer_to.startswith(("+", "sip:", "sips:")):
             raise ConfigError(f"IVR_DRAIN_TRANSFER_TO: {self.drain_transfer_to!r} is not +E.164 or a sip: URI")
+        if self.provider_probe_max_s <= 0:
+            raise ConfigError(f"IVR_PROVIDER_PROBE_MAX_S: {self.provider_probe_max_s} must be more than 0")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"IVR_LOG_LEVEL: {self.log_level!r} is not debug, info, warning or error")
 

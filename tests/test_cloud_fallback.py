@@ -296,3 +296,48 @@ def test_with_no_flow_to_stand_in_a_dead_openai_makes_the_server_not_ready(tmp_p
         fake = FakeOpenAI("sk-test")
         with serve(fake.app, port=port):
             asyncio.run(until(lambda: httpx.get(base + "/readyz").status_code == 200, timeout=10))
+
+
+# --- through `ivr serve`, from outside -----------------------------------------------------------------
+
+
+async def test_ivr_serve_with_deepgram_down_understands_callers_and_uses_deepgram_once_it_returns(tmp_path):
+    """The real server in a subprocess, called by the replay harness as Twilio: Deepgram down at
+    start-up (ready anyway: the embedded recogniser stands in), a call understood to its end,
+    one log line for the outage however many reconnects; then Deepgram back, and the next call on it."""
+    import httpx
+
+    from ivr.harness.emulator import ReplayOptions
+    from ivr.harness.run import replay_file
+    from ops_server import ServeProcess
+
+    hours = SAMPLES / "hours.yaml"
+    with FakeDeepgram(KEY) as fake:
+        fake.down()
+        server = ServeProcess({"IVR_STT": "deepgram", "DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": fake.url,
+                               "IVR_DEEPGRAM_ENDPOINTING_MS": "700", "IVR_PROVIDER_PROBE_MAX_S": "0.5"})
+        try:
+            await server.start()
+            async with httpx.AsyncClient(base_url=server.base) as http:
+                assert (await http.get("/readyz")).status_code == 200
+                out = await replay_file(hours, ReplayOptions(url=server.media_url, speed=2.0), tmp_path / "down")
+                # The flow hangs up only on "No thanks, that's all": the caller was understood.
+                assert out.report["call"]["ended_by"] == "bot", out.report["errors"]
+                assert [t["response_latency_ms"] is not None for t in out.report["turns"]] == [True, True]
+                metrics = (await http.get("/metrics")).text
+                assert 'ivr_provider_up{provider="deepgram"} 0.0' in metrics
+                assert 'ivr_calls_on_fallback{provider="deepgram"} 0.0' in metrics  # the call is over
+                assert 'ivr_provider_fallbacks_total{provider="deepgram"} 1.0' in metrics
+                outage = [line for line in server.lines if "Deepgram cannot be reached" in line.get("msg", "")]
+                assert len(outage) == 1 and outage[0]["level"] == "error"
+                assert not any(line.get("level") == "warning" and "Deepgram" in line.get("msg", "")
+                               for line in server.lines)
+                fake.up()
+                await server.wait_for(lambda line: "Deepgram answers again" in line.get("msg", ""), 20)
+                fake.say("Hi. What time are you open?", "No thanks, that's all.")
+                out = await replay_file(hours, ReplayOptions(url=server.media_url, speed=2.0), tmp_path / "back")
+                assert out.report["call"]["ended_by"] == "bot", out.report["errors"]
+                assert any(stream.audio_bytes for stream in fake.streams)  # this call was heard by Deepgram
+                assert 'ivr_provider_up{provider="deepgram"} 1.0' in (await http.get("/metrics")).text
+        finally:
+            await server.stop()

@@ -58,8 +58,17 @@ from ivr.providers.base import (
 
 log = logging.getLogger("ivr.providers")
 
-#: Pauses between probes of a provider that is down: quick at first (a blip), then every 30 s.
-PROBE_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+def probe_delays(longest_s: float) -> tuple[float, ...]:
+    """Pauses between probes of a provider that is down: 1 s (a blip), then doubling up to `longest_s`."""
+    delays = [min(1.0, longest_s)]
+    while delays[-1] < longest_s:
+        delays.append(min(delays[-1] * 2, longest_s))
+    return tuple(delays)
+
+
+PROBE_DELAYS_S = probe_delays(30.0)
 PROBE_TIMEOUT_S = 5.0
 #: A provider with no sign of life for this long is probed when readiness is asked (and only
 #: then: a busy server's calls are the evidence, an idle one is checked by its load balancer's

@@ -203,4 +203,10 @@ def build(settings: Settings) -> Providers:
     stt = _pick(STT, choice(settings, "IVR_STT"), "IVR_STT")(settings, shared)
     tts = _pick(TTS, choice(settings, "IVR_TTS"), "IVR_TTS")(settings, shared)
     brain = _pick(BRAINS, choice(settings, "IVR_BRAIN"), "IVR_BRAIN")(settings, shared)
+    for provider in (stt, tts, brain):
+        health = getattr(provider, "health", None)
+        if health is not None:
+            from ivr.providers.fallback import probe_delays
+
+            health.probe_delays_s = probe_delays(settings.provider_probe_max_s)
     return Providers(stt=stt, tts=tts, brain=brain, vad=shared.cache.get("vad"))
