@@ -515,7 +515,7 @@ class FallbackTts:
         self._backup_factory = backup
         self._backup: TextToSpeech | None = None
         self.health = Health(provider, name, cooloff_s=cooloff_s)
-        self.health.while_down = "the embedded voice speaks" if backup is not None else "turns go unspoken"
+        self.health.stand_in("the embedded voice speaks" if backup is not None else None, "turns go unspoken")
         self.sample_rate = primary.sample_rate
         self.encoding = primary.encoding
 

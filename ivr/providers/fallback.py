@@ -74,8 +74,11 @@ PROBE_TIMEOUT_S = 5.0
 #: then: a busy server's calls are the evidence, an idle one is checked by its load balancer's
 #: readiness polls, at most this often).
 IDLE_CHECK_S = 60.0
-#: Caller audio handed to the embedded recogniser at once, before letting other calls run.
-HANDOVER_SLICE = 50 * 160  # one second of 8 kHz mu-law
+#: Handed-over audio goes to the embedded recogniser in Twilio's 20 ms frames, as it would have
+#: come (its turn-taking reads the audio frame by frame: a second at once can end a turn at a
+#: pause the caller then talked through), with the other calls let run after each second of it.
+HANDOVER_FRAME = 160
+HANDOVER_FRAMES_AT_ONCE = 50
 
 
 class Health:
@@ -87,14 +90,17 @@ class Health:
         self._probe = probe
         self.cooloff_s = cooloff_s
         self.probe_delays_s: Sequence[float] = PROBE_DELAYS_S
-        #: What calls do meanwhile, for the log line (the fallback sets it).
+        #: What calls do meanwhile, for the log line, and how loud that line is: a warning when
+        #: something stands in, an error when nothing does (the fallback sets both).
         self.while_down = "calls wait for it"
+        self.down_level = logging.ERROR
         self.reason = ""
         self._down = False
         self._down_since = 0.0
         self._down_until = 0.0  # without a probe: the end of the cool-off
         self._last_good = time.monotonic()
         self._task: asyncio.Task | None = None
+        self._check_task: asyncio.Task | None = None
         self._waiters: list[asyncio.Future] = []
         metrics.PROVIDER_UP.labels(provider).set(1)
 
@@ -110,9 +116,9 @@ class Health:
             self._down, self._down_since = True, time.monotonic()
             metrics.PROVIDER_UP.labels(self.provider).set(0)
             if self._probe is None:
-                log.error("%s failed (%s): %s for the next %.0f s", self.name, reason, self.while_down, self.cooloff_s)
+                log.log(self.down_level, "%s failed (%s): %s for the next %.0f s", self.name, reason, self.while_down, self.cooloff_s)
             else:
-                log.error("%s cannot be reached (%s): %s until it answers again", self.name, reason, self.while_down)
+                log.log(self.down_level, "%s cannot be reached (%s): %s until it answers again", self.name, reason, self.while_down)
         if self._probe is None:
             self._down_until = time.monotonic() + self.cooloff_s
         else:
@@ -147,14 +153,20 @@ class Health:
         """Probe an idle provider now and then (called by readiness checks; never blocks)."""
         if not self._down and self._probe is not None and time.monotonic() - self._last_good >= IDLE_CHECK_S:
             self._last_good = time.monotonic()  # one check at a time
-            self._spawn(self._check_once())
+            self._check_task = self._spawn(self._check_once())
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for task in (self._task, self._check_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._check_task = None
+
+    def stand_in(self, what: str | None, otherwise: str) -> None:
+        """Say what takes over while the provider is down (`what`), or, with nothing, what happens."""
+        self.while_down = what or otherwise
+        self.down_level = logging.WARNING if what else logging.ERROR
 
     # --- the probe ---------------------------------------------------------------------------
 
@@ -237,8 +249,8 @@ class FallbackStt:
         self.health: Health = primary.health
         self._backup_factory = backup
         self._backup: SpeechToText | None = None
-        self.health.while_down = ("calls use the embedded recogniser" if backup is not None
-                                  else "calls cannot be understood and /readyz reports not ready")
+        self.health.stand_in("calls use the embedded recogniser" if backup is not None else None,
+                             "calls cannot be understood and /readyz reports not ready")
 
     @property
     def has_backup(self) -> bool:
@@ -323,6 +335,8 @@ class SwitchingSttSession:
             self._held.append(ulaw)
             return
         leg = self.leg
+        if leg is None:
+            return  # closed
         if leg.backup and not self._in_turn and self.owner.health.up and not getattr(leg.session, "speaking", False):
             await self._back_to_cloud(ulaw)
             return
@@ -426,9 +440,10 @@ class SwitchingSttSession:
         self._switches += 1
         log.info("[%s] %s: the embedded recogniser takes over from %d ms (%d ms of audio handed over)",
                  self.call.call_sid, reason, zero_ms, len(audio) // 8)
-        for i in range(0, len(audio), HANDOVER_SLICE):
-            await session.send(audio[i:i + HANDOVER_SLICE])
-            await asyncio.sleep(0)  # a long hand-over must not hold up the other calls
+        for n, i in enumerate(range(0, len(audio), HANDOVER_FRAME), 1):
+            await session.send(audio[i:i + HANDOVER_FRAME])
+            if n % HANDOVER_FRAMES_AT_ONCE == 0:
+                await asyncio.sleep(0)  # a long hand-over must not hold up the other calls
         await self._drain_into(session, held)
         self._attach(backup)
         self._on_backup()
@@ -474,8 +489,8 @@ class FallbackBrain:
         self.backup = backup
         self.health: Health = primary.health
         self.apology = apology
-        self.health.while_down = ("calls go on with the call flow" if backup is not None
-                                  else "callers hear the fallback line and /readyz reports not ready")
+        self.health.stand_in("calls go on with the call flow" if backup is not None else None,
+                             "callers hear the fallback line and /readyz reports not ready")
 
     async def load(self) -> None:
         await self.primary.load()
@@ -501,6 +516,7 @@ class FallbackBrainSession:
         self.primary = primary
         self.call = call
         self.flow: Any = None
+        self._counted = False
         #: On the flow for the rest of the call (set at the start if the LLM is down then).
         self.on_flow = not owner.health.up
 
@@ -538,15 +554,19 @@ class FallbackBrainSession:
         if self.flow is None:
             self.flow = await self.owner.backup.open(self.call)
             self.on_flow = True
-            metrics.CALLS_ON_FALLBACK.labels(self.owner.health.provider).inc()
-            cloud.fallback(self.owner.health.provider)
-            log.info("[%s] %s cannot answer (%s): the call flow answers for the rest of the call",
-                     self.call.call_sid, self.owner.health.name, reason)
+            # A session with no call (the greeting rendered at start-up) is not counted.
+            self._counted = bool(self.call.call_sid)
+            if self._counted:
+                metrics.CALLS_ON_FALLBACK.labels(self.owner.health.provider).inc()
+                cloud.fallback(self.owner.health.provider)
+                log.info("[%s] %s cannot answer (%s): the call flow answers for the rest of the call",
+                         self.call.call_sid, self.owner.health.name, reason)
         return self.flow
 
     async def aclose(self) -> None:
         if self.flow is not None:
-            metrics.CALLS_ON_FALLBACK.labels(self.owner.health.provider).dec()
+            if self._counted:
+                metrics.CALLS_ON_FALLBACK.labels(self.owner.health.provider).dec()
             with contextlib.suppress(Exception):
                 await self.flow.aclose()
         await self.primary.aclose()
