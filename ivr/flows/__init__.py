@@ -45,8 +45,9 @@ llm:
   model: gpt-4o-mini          # overrides IVR_OPENAI_MODEL
   temperature: 0.3
   max_tokens: 200
-  first_token_timeout: 3      # seconds; then one retry, then `fallback` is spoken
-  fallback: "Sorry, I'm having trouble right now. Could you say that again?"
+  first_token_timeout: 3      # seconds; then one retry; then `apology` and the flow's nodes answer
+  apology: "I'm sorry, I'm having some trouble on my side right now."
+  fallback: "Sorry, I'm having trouble right now. Could you say that again?"  # if no node answers
 transfers:                    # the model's `transfer` tool takes one of these names
   staff: "{staff_line}"       # a number or a sip: URI; {variables} are filled in
 tools:                        # the application's own tools (JSON schema parameters)
