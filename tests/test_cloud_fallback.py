@@ -243,12 +243,12 @@ class DyingSession:
             yield event
 
 
-async def test_words_settled_before_the_switch_open_the_turn_the_embedded_recogniser_ends(fake):
+async def test_words_settled_before_the_switch_open_the_turn_the_embedded_recogniser_ends():
     """The cloud settled "No thanks." of the turn in progress, then went: the embedded recogniser
     hears the rest (from where the cloud's Final ended), and the turn's text is both, in order."""
     from ivr.providers.fallback import FallbackStt
 
-    whisper = deepgram_with_fallback(fake.url).backup
+    whisper = registry.build(Settings.from_env({"IVR_STT": "local", "IVR_TTS": "local", "IVR_BRAIN": "flow"})).stt
     first = silence(300) + read_as_phone_ulaw(SAMPLES / "no-thanks.wav")
     settled_ms = len(first) // 8
     stt = FallbackStt(DyingCloudStt(Final("No thanks.", 300, settled_ms), unsettled_from_ms=settled_ms), lambda: whisper)

@@ -9,9 +9,9 @@ A caller is waiting, so there are no hidden retries or long timeouts: the first 
 within `first_token_s` (default 3 s); a timeout, a 429 or a 5xx gets one retry, a server that
 cannot be reached none. Then the provider is taken for down (`health`, ivr.providers.fallback:
 one probe per process lists the models until it answers) and the caller hears a short apology
-and the call flow's answer (`FallbackBrain`), or, with no flow to stand in, the fallback line. Text deltas are yielded as they stream
-(the engine cuts them into clauses for the TTS); tool-call deltas are assembled by
-`ToolCallAssembler` and yielded once the stream ends.
+and the call flow's answer (`FallbackBrain`), or, with no flow to stand in, the fallback line.
+Text deltas are yielded as they stream (the engine cuts them into clauses for the TTS); tool-call
+deltas are assembled by `ToolCallAssembler` and yielded once the stream ends.
 
 Tools offered to the model: `transfer` (to one of the flow's named `transfers`: the model never
 makes up a number), `hangup`, `send_dtmf`, and the flow's `tools`.
