@@ -116,9 +116,11 @@ class Health:
             self._down, self._down_since = True, time.monotonic()
             metrics.PROVIDER_UP.labels(self.provider).set(0)
             if self._probe is None:
-                log.log(self.down_level, "%s failed (%s): %s for the next %.0f s", self.name, reason, self.while_down, self.cooloff_s)
+                log.log(self.down_level, "%s failed (%s): %s for the next %.0f s",
+                        self.name, reason, self.while_down, self.cooloff_s)
             else:
-                log.log(self.down_level, "%s cannot be reached (%s): %s until it answers again", self.name, reason, self.while_down)
+                log.log(self.down_level, "%s cannot be reached (%s): %s until it answers again",
+                        self.name, reason, self.while_down)
         if self._probe is None:
             self._down_until = time.monotonic() + self.cooloff_s
         else:
@@ -310,7 +312,7 @@ class SwitchingSttSession:
         self._in_turn = False
         self._events: asyncio.Queue = asyncio.Queue()
         self._closed = False
-        self._switches = 0
+        self._returning: asyncio.Task | None = None
 
     async def start(self) -> None:
         if self.owner.health.up:
@@ -338,7 +340,11 @@ class SwitchingSttSession:
         if leg is None:
             return  # closed
         if leg.backup and not self._in_turn and self.owner.health.up and not getattr(leg.session, "speaking", False):
-            await self._back_to_cloud(ulaw)
+            # From this frame on the audio is held for the cloud session, opened off the frame
+            # path (it may wait for a stream slot).
+            self._held = [ulaw]
+            zero_ms = (self._fed - len(ulaw)) // 8
+            self._returning = asyncio.create_task(self._back_to_cloud(zero_ms), name="stt-back-to-cloud")
             return
         await leg.session.send(ulaw)
 
@@ -350,6 +356,10 @@ class SwitchingSttSession:
         if self._closed:
             return
         self._closed = True
+        if self._returning is not None and not self._returning.done():
+            self._returning.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._returning
         leg, self.leg = self.leg, None
         if leg is not None:
             if leg.backup:
@@ -437,44 +447,59 @@ class SwitchingSttSession:
             self._events.put_nowait(_END)
             return
         backup = _Leg(session, zero_ms, True)
-        self._switches += 1
         log.info("[%s] %s: the embedded recogniser takes over from %d ms (%d ms of audio handed over)",
                  self.call.call_sid, reason, zero_ms, len(audio) // 8)
-        for n, i in enumerate(range(0, len(audio), HANDOVER_FRAME), 1):
-            await session.send(audio[i:i + HANDOVER_FRAME])
-            if n % HANDOVER_FRAMES_AT_ONCE == 0:
-                await asyncio.sleep(0)  # a long hand-over must not hold up the other calls
-        await self._drain_into(session, held)
-        self._attach(backup)
-        self._on_backup()
+        try:
+            for n, i in enumerate(range(0, len(audio), HANDOVER_FRAME), 1):
+                await session.send(audio[i:i + HANDOVER_FRAME])
+                if n % HANDOVER_FRAMES_AT_ONCE == 0:
+                    await asyncio.sleep(0)  # a long hand-over must not hold up the other calls
+            if await self._drain_into(held, backup):
+                self._on_backup()
+        except asyncio.CancelledError:  # the call ended during the hand-over
+            with contextlib.suppress(Exception):
+                await session.aclose()
+            raise
         await self._close_leg(leg)
 
-    async def _back_to_cloud(self, ulaw: bytes) -> None:
+    async def _back_to_cloud(self, zero_ms: int) -> None:
         """Between turns, with the cloud up again: the rest of the call goes back to it."""
-        old = self.leg
-        held = self._held = [ulaw]
-        zero_ms = (self._fed - len(ulaw)) // 8
+        old, held = self.leg, self._held
         try:
             leg = await self._open_primary(zero_ms)
         except Exception as exc:
             log.info("[%s] %s not reopened (%s): staying on the embedded recogniser",
                      self.call.call_sid, self.owner.health.name, _describe(exc))
             self.owner.health.failed(_describe(exc))
-            await self._drain_into(old.session, held)
+            await self._drain_into(held, old)
             return
         log.info("[%s] %s is back: the call returns to it at %d ms", self.call.call_sid, self.owner.health.name, zero_ms)
-        await self._drain_into(leg.session, held)
-        metrics.CALLS_ON_FALLBACK.labels(self.owner.health.provider).dec()
-        self._attach(leg)
+        try:
+            if await self._drain_into(held, leg):
+                metrics.CALLS_ON_FALLBACK.labels(self.owner.health.provider).dec()
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await leg.session.aclose()
+            raise
         await self._close_leg(old)
 
-    async def _drain_into(self, session: Any, held: list[bytes]) -> None:
-        """Send what was held back, then let `send()` go to the session directly again."""
+    async def _drain_into(self, held: list[bytes], leg: _Leg) -> bool:
+        """Send what was held back to `leg`, then let `send()` go to it directly; False (and
+        `leg` closed) if the call ended meanwhile."""
         i = 0
         while i < len(held):  # more may arrive while a send awaits: it is sent in order too
-            await session.send(held[i])
+            await leg.session.send(held[i])
             i += 1
-        self._held = None  # no await since the loop's last check: nothing is left behind
+        # No await since the loop's last check: nothing is left behind.
+        self._held = None
+        if self._closed:
+            if leg is not self.leg:
+                with contextlib.suppress(Exception):
+                    await leg.session.aclose()
+            return False
+        if leg is not self.leg:
+            self._attach(leg)
+        return True
 
 
 # --- the brain -------------------------------------------------------------------------------------
