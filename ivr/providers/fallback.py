@@ -186,9 +186,7 @@ class Health:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 await self._probe()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - any failure only means "still down"
+        except Exception as exc:  # any failure only means "still down"
             self.reason = _describe(exc)
             log.debug("%s probe failed: %s", self.name, self.reason)
             return False
