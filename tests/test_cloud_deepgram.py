@@ -67,7 +67,7 @@ async def test_an_utterance_gives_speech_started_interims_a_final_and_the_end_of
     q = stream.query
     assert (q["encoding"], q["sample_rate"], q["interim_results"], q["vad_events"]) == ("mulaw", "8000", "true", "true")
     assert q["endpointing"] == "300" and q["utterance_end_ms"] == "1000" and q["model"] == "nova-3"
-    assert stream.closed_by_client  # CloseStream at hang-up
+    await until(lambda: stream.closed_by_client)  # CloseStream at hang-up (the fake's thread notes it)
 
 
 async def test_a_socket_cut_mid_sentence_loses_nothing(fake):
