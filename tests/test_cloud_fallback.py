@@ -44,10 +44,9 @@ def words(text: str) -> str:
     return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
 
 
-def deepgram_with_fallback(url: str, **env):
+def deepgram_with_fallback(url: str):
     """The recogniser `ivr serve` builds for DEEPGRAM_API_KEY: Deepgram, the embedded one standing in."""
-    settings = Settings.from_env({"DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": url, "IVR_TTS": "local",
-                                  "IVR_BRAIN": "flow", "IVR_DEEPGRAM_ENDPOINTING_MS": "300", **env})
+    settings = Settings.from_env({"DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": url, "IVR_TTS": "local", "IVR_BRAIN": "flow"})
     stt = registry.build(settings).stt
     stt.health.probe_delays_s = QUICK_PROBES
     return stt
@@ -417,3 +416,27 @@ async def test_ivr_serve_with_deepgram_down_understands_callers_and_uses_deepgra
                 assert 'ivr_provider_up{provider="deepgram"} 1.0' in (await http.get("/metrics")).text
         finally:
             await server.stop()
+
+
+async def test_without_a_fallback_a_call_waits_for_deepgram_and_loses_nothing(fake):
+    """No embedded recogniser: a call that starts during the outage keeps the caller's audio while
+    the probe tries Deepgram; once Deepgram is back the call's socket hears all of it."""
+    fake.unavailable = True
+    stt = DeepgramStt(KEY, url=fake.url)
+    stt.health.probe_delays_s = QUICK_PROBES
+    await stt.load()
+    fake.say("Hello there.")
+    session = await stt.open(CallContext(call_sid="CAwait"))
+    events: asyncio.Queue = asyncio.Queue()
+    reader = asyncio.create_task(pump(session, events))
+    await feed(session, silence(300) + tone(800) + silence(1200))
+    await until(lambda: fake.refused >= 3)  # still down for a few probes
+    assert not fake.streams
+    fake.unavailable = False
+    turn = await next_turn(events)
+    assert turn.text == "Hello there." and 1050 <= turn.at_ms <= 1150  # on the call's clock
+    # The call's socket (the probe's carries no audio) got everything said while it was down.
+    assert max(stream.audio_bytes for stream in fake.streams) >= (300 + 800 + 1200) * 8
+    await session.aclose()
+    await reader
+    await stt.health.aclose()

@@ -467,6 +467,12 @@ class DeepgramSession:
         attempt = 0
         health = self.engine.health
         while not self._closed:
+            if not health.up:
+                # Known down: the engine's probe tries it, not each call.
+                if self.fallback_ready:
+                    self._give_up(health.reason)
+                    return
+                await health.wait_up()
             opened = False
             try:
                 async with self.engine.connect() as conn:
@@ -512,7 +518,6 @@ class DeepgramSession:
                 self._conn = None
             if self._closed:
                 break
-            await health.wait_up()  # while it is down, the engine's probe tries it, not each call
             delay = RECONNECT_DELAYS_S[min(attempt, len(RECONNECT_DELAYS_S) - 1)]
             attempt += 1
             if delay:
