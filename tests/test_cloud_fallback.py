@@ -376,10 +376,11 @@ def test_with_no_flow_to_stand_in_a_dead_openai_makes_the_server_not_ready(tmp_p
 # --- through `ivr serve`, from outside -----------------------------------------------------------------
 
 
-async def test_ivr_serve_with_deepgram_down_understands_callers_and_uses_deepgram_once_it_returns(tmp_path):
-    """The real server in a subprocess, called by the replay harness as Twilio: Deepgram down at
-    start-up (ready anyway: the embedded recogniser stands in), a call understood to its end,
-    one log line for the outage however many reconnects; then Deepgram back, and the next call on it."""
+async def test_ivr_serve_with_deepgram_and_openai_down_answers_callers_and_uses_them_once_back(tmp_path):
+    """The real server in a subprocess, called by the replay harness as Twilio. Deepgram and
+    OpenAI down at start-up: ready anyway (the embedded recogniser and the call flow stand in), a
+    call understood and answered to its end, one log line per outage however many reconnects.
+    Then both back, and the next call is heard by Deepgram and answered by OpenAI."""
     import httpx
 
     from ivr.harness.emulator import ReplayOptions
@@ -387,10 +388,14 @@ async def test_ivr_serve_with_deepgram_down_understands_callers_and_uses_deepgra
     from ops_server import ServeProcess
 
     hours = SAMPLES / "hours.yaml"
+    openai_port = free_port()  # nothing listens there until OpenAI "returns"
     with FakeDeepgram(KEY) as fake:
         fake.down()
-        server = ServeProcess({"IVR_STT": "deepgram", "DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": fake.url,
-                               "IVR_DEEPGRAM_ENDPOINTING_MS": "700", "IVR_PROVIDER_PROBE_MAX_S": "0.5"})
+        server = ServeProcess({
+            "IVR_STT": "deepgram", "DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": fake.url, "IVR_DEEPGRAM_ENDPOINTING_MS": "700",
+            "IVR_BRAIN": "openai", "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"http://127.0.0.1:{openai_port}/v1",
+            "IVR_PROVIDER_PROBE_MAX_S": "0.5",
+        })
         try:
             await server.start()
             async with httpx.AsyncClient(base_url=server.base) as http:
@@ -400,20 +405,27 @@ async def test_ivr_serve_with_deepgram_down_understands_callers_and_uses_deepgra
                 assert out.report["call"]["ended_by"] == "bot", out.report["errors"]
                 assert [t["response_latency_ms"] is not None for t in out.report["turns"]] == [True, True]
                 metrics = (await http.get("/metrics")).text
-                assert 'ivr_provider_up{provider="deepgram"} 0.0' in metrics
-                assert 'ivr_calls_on_fallback{provider="deepgram"} 0.0' in metrics  # the call is over
+                for provider in ("deepgram", "openai"):
+                    assert f'ivr_provider_up{{provider="{provider}"}} 0.0' in metrics
+                    assert f'ivr_calls_on_fallback{{provider="{provider}"}} 0.0' in metrics  # the call is over
                 assert 'ivr_provider_fallbacks_total{provider="deepgram"} 1.0' in metrics
-                outage = [line for line in server.lines if "Deepgram cannot be reached" in line.get("msg", "")]
-                assert len(outage) == 1 and outage[0]["level"] == "warning"
-                assert not any(line.get("level") == "warning" and "Deepgram" in line.get("msg", "")
-                               for line in server.lines if line is not outage[0])
+                for name in ("Deepgram", "OpenAI"):
+                    outage = [line for line in server.lines if f"{name} cannot be reached" in line.get("msg", "")]
+                    assert len(outage) == 1 and outage[0]["level"] == "warning"
+                assert sum(line.get("level") == "warning" and "Deepgram" in line.get("msg", "") for line in server.lines) == 1
                 fake.up()
-                await server.wait_for(lambda line: "Deepgram answers again" in line.get("msg", ""), 20)
-                fake.say("Hi. What time are you open?", "No thanks, that's all.")
-                out = await replay_file(hours, ReplayOptions(url=server.media_url, speed=2.0), tmp_path / "back")
-                assert out.report["call"]["ended_by"] == "bot", out.report["errors"]
-                assert any(stream.audio_bytes for stream in fake.streams)  # this call was heard by Deepgram
-                assert 'ivr_provider_up{provider="deepgram"} 1.0' in (await http.get("/metrics")).text
+                openai = FakeOpenAI("sk-test")
+                with serve(openai.app, port=openai_port):
+                    for name in ("Deepgram", "OpenAI"):
+                        await server.wait_for(lambda line: f"{name} answers again" in line.get("msg", ""), 20)
+                    fake.say("Hi. What time are you open?", "No thanks, that's all.")
+                    out = await replay_file(hours, ReplayOptions(url=server.media_url, speed=2.0), tmp_path / "back")
+                    assert out.report["call"]["ended_by"] == "bot", out.report["errors"]
+                    assert any(stream.audio_bytes for stream in fake.streams)  # heard by Deepgram
+                    assert [r["messages"][-1]["content"] for r in openai.requests] == \
+                        ["Hi. What time are you open?", "No thanks, that's all."]  # answered by OpenAI
+                metrics = (await http.get("/metrics")).text
+                assert 'ivr_provider_up{provider="deepgram"} 1.0' in metrics
         finally:
             await server.stop()
 
