@@ -164,3 +164,15 @@ async def test_elevenlabs_down_means_the_embedded_voice(fake):
 async def test_a_bad_key_fails_at_start_up_naming_the_variable(fake):
     with pytest.raises(ConfigError, match="ELEVENLABS_API_KEY"):
         await ElevenLabsTts("nope", VOICE, url=fake.url).load()
+
+
+async def test_with_no_embedded_voice_a_failed_turn_fails_and_the_server_is_not_ready_for_the_cool_off(fake):
+    from ivr.providers.elevenlabs import TtsFailed
+
+    fake.fail_before_audio = 2  # the first try and its retry
+    tts = FallbackTts(engine(fake), None, cooloff_s=60)  # the `local` extra not installed
+    assert tts.unready() is None
+    with pytest.raises(TtsFailed):
+        await speak(tts.stream(), ["Are you there?"])
+    assert "ElevenLabs" in tts.unready() and "embedded voice" in tts.unready()
+    await tts.primary.aclose()
