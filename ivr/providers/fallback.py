@@ -74,6 +74,9 @@ PROBE_TIMEOUT_S = 5.0
 #: then: a busy server's calls are the evidence, an idle one is checked by its load balancer's
 #: readiness polls, at most this often).
 IDLE_CHECK_S = 60.0
+#: Down again this soon after coming back (a probe that passes where calls fail): the probes go on
+#: from the pause they had reached, so calls are not moved back and forth every second.
+FLAP_WINDOW_S = 60.0
 #: Handed-over audio goes to the embedded recogniser in Twilio's 20 ms frames, as it would have
 #: come (its turn-taking reads the audio frame by frame: a second at once can end a turn at a
 #: pause the caller then talked through), with the other calls let run after each second of it.
@@ -98,6 +101,8 @@ class Health:
         self._down = False
         self._down_since = 0.0
         self._down_until = 0.0  # without a probe: the end of the cool-off
+        self._up_since = float("-inf")
+        self._attempt = 0  # probes so far (the pause before the next one grows with it)
         self._last_good = time.monotonic()
         self._task: asyncio.Task | None = None
         self._check_task: asyncio.Task | None = None
@@ -114,6 +119,8 @@ class Health:
         self.reason = reason
         if not self._down:
             self._down, self._down_since = True, time.monotonic()
+            if self._down_since - self._up_since >= FLAP_WINDOW_S:
+                self._attempt = 0
             metrics.PROVIDER_UP.labels(self.provider).set(0)
             if self._probe is None:
                 log.log(self.down_level, "%s failed (%s): %s for the next %.0f s",
@@ -131,7 +138,7 @@ class Health:
         self._last_good = time.monotonic()
         if not self._down:
             return
-        self._down = False
+        self._down, self._up_since = False, time.monotonic()
         metrics.PROVIDER_UP.labels(self.provider).set(1)
         log.warning("%s answers again after %.0f s: calls use it again", self.name, time.monotonic() - self._down_since)
         waiters, self._waiters = self._waiters, []
@@ -193,10 +200,9 @@ class Health:
         return True
 
     async def _probe_until_up(self) -> None:
-        attempt = 0
         while self._down:
-            await asyncio.sleep(self.probe_delays_s[min(attempt, len(self.probe_delays_s) - 1)])
-            attempt += 1
+            await asyncio.sleep(self.probe_delays_s[min(self._attempt, len(self.probe_delays_s) - 1)])
+            self._attempt += 1
             if self._down and await self._probe_once():
                 self.succeeded()
 
