@@ -193,7 +193,7 @@ class DyingCloudStt:
     (as a Deepgram session with `fallback_ready` does) holding the audio after that Final."""
 
     def __init__(self, final: Final, unsettled_from_ms: int) -> None:
-        from ivr.providers.fallback import Health
+        from ivr.providers.health import Health
 
         self.health = Health("dying", "Dying cloud", probe=None, cooloff_s=3600)
         self.final, self.unsettled_from_ms = final, unsettled_from_ms

@@ -11,7 +11,7 @@ last final result stays in a `ResendBuffer`; when the socket drops mid-call the 
 and sends that audio again, so the new socket transcribes the sentence from its start. Times on a
 new socket start at zero again: `Transcript.offset_ms` shifts them back onto the call's clock.
 
-When Deepgram cannot be reached at all, the engine's `health` (ivr.providers.fallback) says so
+When Deepgram cannot be reached at all, the engine's `health` (ivr.providers.health) says so
 once, and one probe per process retries it; a session that cannot connect either waits for that
 probe, or, when an embedded recogniser stands by (`fallback_ready`), gives up and hands it the
 audio not yet settled (`unsettled()`). No call retries a dead Deepgram on its own, and no
@@ -43,7 +43,7 @@ import orjson
 
 from ivr.config import ConfigError, Settings
 from ivr.providers import cloud
-from ivr.providers.fallback import Health
+from ivr.providers.health import Health
 from ivr.providers.base import (
     CallContext,
     EagerEndOfTurn,

@@ -41,7 +41,7 @@ from websockets.asyncio.client import connect
 from ivr.config import ConfigError, Settings
 from ivr.providers import cloud
 from ivr.providers.base import AudioChunk, TextToSpeech, TtsStream, WordTiming
-from ivr.providers.fallback import Health, unready
+from ivr.providers.health import Health, unready
 
 log = logging.getLogger("ivr.tts.elevenlabs")
 
@@ -502,7 +502,7 @@ async def _quietly(coro) -> None:
 class FallbackTts:
     """ElevenLabs first; the embedded TTS when it fails (for the turn, then for `cooloff_s`).
 
-    Whether the cloud voice is down is its `health` (ivr.providers.fallback), as for the
+    Whether the cloud voice is down is its `health` (ivr.providers.health), as for the
     recogniser and the brain; with no embedded voice installed (`backup` None) a failed turn
     stays failed and the server reports not ready until the cool-off is over.
     """

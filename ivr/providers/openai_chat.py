@@ -7,7 +7,7 @@ OpenAI-compatible server (a local model, a proxy).
 
 A caller is waiting, so there are no hidden retries or long timeouts: the first token must come
 within `first_token_s` (default 3 s); a timeout, a 429 or a 5xx gets one retry, a server that
-cannot be reached none. Then the provider is taken for down (`health`, ivr.providers.fallback:
+cannot be reached none. Then the provider is taken for down (`health`, ivr.providers.health:
 one probe per process lists the models until it answers) and the caller hears a short apology
 and the call flow's answer (`FallbackBrain`), or, with no flow to stand in, the fallback line.
 Text deltas are yielded as they stream (the engine cuts them into clauses for the TTS); tool-call
@@ -31,7 +31,7 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 from ivr.config import ConfigError, Settings
 from ivr.providers import cloud
 from ivr.providers.base import BrainOutput, CallContext, CallerInput, TextDelta, ToolCall, Turn
-from ivr.providers.fallback import Health
+from ivr.providers.health import Health
 from ivr.providers.openai_http import ApiConnectionError, ApiError, OpenAIHttp
 
 log = logging.getLogger("ivr.brain.openai")

@@ -206,7 +206,7 @@ def build(settings: Settings) -> Providers:
     for provider in (stt, tts, brain):
         health = getattr(provider, "health", None)
         if health is not None:
-            from ivr.providers.fallback import probe_delays
+            from ivr.providers.health import probe_delays
 
             health.probe_delays_s = probe_delays(settings.provider_probe_max_s)
     return Providers(stt=stt, tts=tts, brain=brain, vad=shared.cache.get("vad"))
