@@ -3,6 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scipy.signal import freqz, upfirdn
+
 from ivr.audio import (
     FRAME_BYTES,
     SUPPORTED_RATES,
@@ -14,6 +16,7 @@ from ivr.audio import (
     resample,
     ulaw_to_pcm16,
 )
+from ivr.audio.resample import PASS_EDGE, STOPBAND_DB, filter_taps
 
 pcm_bytes = st.binary(max_size=4000).map(lambda b: b[: len(b) // 2 * 2])
 
@@ -88,7 +91,59 @@ def test_stream_output_keeps_pace_with_input(rate_in, rate_out):
         owed = total_in * rate_out / rate_in
         # At most one input period short of exact pace (a fraction of a millisecond).
         assert owed - total_out <= rate_out / 1000, (total_in, total_out)
-    assert group_delay_ms(rate_in, rate_out) < 5 if rate_in != rate_out else True
+    # The filter's own delay is the only one, and it is small.
+    assert group_delay_ms(rate_in, rate_out) < 5
+
+
+CONVERSIONS = [(a, b) for a in SUPPORTED_RATES for b in SUPPORTED_RATES if a != b]
+
+
+@pytest.mark.parametrize("rate_in,rate_out", CONVERSIONS)
+def test_filter_is_flat_in_the_passband_and_60db_down_past_nyquist(rate_in, rate_out):
+    """The response of the taps the stream uses: flat to 0.85 of the lower Nyquist, and nothing
+    above it (which would fold back, or be an image of the input) louder than -60 dB."""
+    up, down, h = filter_taps(rate_in, rate_out)
+    nyq = min(rate_in, rate_out) / 2
+    w, resp = freqz(h / up, worN=1 << 16, fs=rate_in * up)
+    db = 20 * np.log10(np.abs(resp) + 1e-12)
+    assert np.ptp(db[w <= PASS_EDGE * nyq]) < 0.2
+    assert db[w >= nyq].max() < -STOPBAND_DB
+
+
+@pytest.mark.parametrize("rate_in,rate_out", CONVERSIONS)
+def test_stream_of_frames_equals_filtering_the_whole_signal(rate_in, rate_out):
+    """Continuity across chunk boundaries: 20 ms frames through the stream give what scipy's
+    upfirdn gives for the whole signal at once, sample for sample (up to rounding)."""
+    x = np.random.default_rng(rate_in + rate_out).normal(0, 6000, rate_in // 4).clip(-32768, 32767).astype("<i2")
+    r = Resampler(rate_in, rate_out)
+    step = rate_in // 50
+    got = np.frombuffer(b"".join(r.process(x[i : i + step].tobytes()) for i in range(0, len(x), step)), "<i2")
+    up, down, h = filter_taps(rate_in, rate_out)
+    want = np.clip(np.rint(upfirdn(h, x.astype(np.float64), up, down)), -32768, 32767)
+    # Everything but the last, incomplete period of the conversion (`down` inputs) is out.
+    assert len(got) > len(x) * rate_out // rate_in - up
+    assert np.max(np.abs(got - want[: len(got)])) <= 1
+
+
+@pytest.mark.parametrize("rate_in", [16000, 22050, 24000, 44100, 48000])
+def test_tones_above_4khz_do_not_fold_into_the_phone_band(rate_in):
+    for freq in (4000, 4500, 6000, 9000, rate_in / 2 - 500):
+        pcm = tone(freq, rate_in, 0.5)
+        r = Resampler(rate_in, 8000)
+        out = b"".join(r.process(pcm[i : i + rate_in // 25]) for i in range(0, len(pcm), rate_in // 25))
+        assert rms_db(out[800:-800], 20000 / np.sqrt(2)) < -STOPBAND_DB + 1, freq
+
+
+def test_upsampling_leaves_no_image_above_4khz():
+    """8 -> 16 kHz: a 3 kHz tone must not come with its mirror image at 5 kHz."""
+    r = Resampler(8000, 16000)
+    pcm = tone(3000, 8000, 0.5)
+    out = np.frombuffer(b"".join(r.process(pcm[i : i + 320]) for i in range(0, len(pcm), 320)), "<i2")
+    spectrum = np.abs(np.fft.rfft(out[1000:7000] * np.hanning(6000)))
+    freqs = np.fft.rfftfreq(6000, 1 / 16000)
+    tone_level = spectrum[np.argmin(np.abs(freqs - 3000))]
+    image = spectrum[(freqs > 4000)].max()
+    assert 20 * np.log10(image / tone_level) < -STOPBAND_DB
 
 
 @settings(max_examples=60)
