@@ -1,5 +1,8 @@
 """Prometheus metrics, all under the `ivr_` prefix, in the process-wide default registry."""
 
+import asyncio
+import time
+
 from prometheus_client import Counter, Gauge
 
 ACTIVE_CALLS = Gauge("ivr_active_calls", "Media streams connected now")
@@ -100,3 +103,54 @@ CALL_DURATION = Histogram(
     "Media stream length of calls taken (its p99 is what IVR_DRAIN_SECONDS should cover)",
     buckets=(10, 30, 60, 120, 180, 300, 450, 600, 900, 1200, 1800, 3600),
 )
+
+# The server's own event loop: how late a timer runs is how late every call's audio is handled
+# meanwhile (a garbage collection, a blocking call, a burst of work in one callback, or a host
+# that did not give the process the CPU). A caller-side figure (the load generator's frame lag)
+# mixes this with the caller's own lateness; this one is the server's alone.
+LOOP_LAG = Histogram(
+    "ivr_loop_lag_seconds",
+    "How late the server's event loop ran a timer it sets every 50 ms: what every call waited meanwhile",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+LOOP_LAG_PERIOD_S = 0.05
+
+
+class LoopLagMonitor:
+    """One timer on the running loop, re-armed each time it fires; records how late it fired.
+
+    A bare loop callback (no task, no coroutine): a few microseconds a period. Lateness is taken
+    on the monotonic clock, not `loop.time()` (uvloop's is in whole milliseconds and cached per
+    loop pass).
+    """
+
+    def __init__(self, period_s: float = LOOP_LAG_PERIOD_S, on_lag=None) -> None:
+        self.period_s = period_s
+        #: Called with each lateness in seconds after it is recorded (tests, diagnostics).
+        self.on_lag = on_lag
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self) -> "LoopLagMonitor":
+        self._loop = asyncio.get_running_loop()
+        self._arm(time.monotonic())
+        return self
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self, now: float) -> None:
+        self._due = now + self.period_s
+        self._handle = self._loop.call_later(self.period_s, self._fire)
+
+    def _fire(self) -> None:
+        now = time.monotonic()
+        # Timers may fire a little early by the loop's clock granularity: early counts as on time.
+        lag = max(0.0, now - self._due)
+        LOOP_LAG.observe(lag)
+        self._arm(now)
+        if self.on_lag is not None:
+            self.on_lag(lag)

@@ -318,7 +318,9 @@ def create_app(settings: Settings | None = None, handler_factory: HandlerFactory
             state.ready = True
         else:
             warming = asyncio.create_task(_warm_up(state, startup), name="warm-up")
+        loop_lag = metrics.LoopLagMonitor().start()
         yield
+        loop_lag.stop()
         if warming is not None:
             warming.cancel()
         state.ready = False
