@@ -8,7 +8,10 @@ not carried into the next and a long call does not drift.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
+from typing import Callable
 
 
 class CallClock:
@@ -17,7 +20,6 @@ class CallClock:
             raise ValueError(f"speed must be positive, not {speed}")
         self.speed = float(speed)
         self._t0: float | None = None
-        self._sleeper: asyncio.Future[None] | None = None
 
     def start(self) -> None:
         """Call time 0 is now."""
@@ -42,35 +44,58 @@ class CallClock:
         """Wall-clock seconds that `call_ms` of call time take."""
         return call_ms / 1000.0 / self.speed
 
-    async def sleep_until(self, call_ms: float) -> None:
-        """Wait until the call clock reads `call_ms` (one turn of the loop if it already has), or
-        until `wake()`.
-
-        One sleeper at a time: the frame pacer, which must stop at once when the caller hangs up
-        rather than at the next frame. Built like asyncio.sleep (a future and a timer) so that it
-        costs no more per frame; a timeout around an Event would raise and catch once per frame.
-        """
-        delay = call_ms - self.now_ms()
-        if delay <= 0:
-            # Late: still let the other tasks run once (the plan, the mark echoes), so a burst of
-            # catch-up frames does not run past what they would have done between two frames.
-            await asyncio.sleep(0)
-            return
-        loop = asyncio.get_running_loop()
-        self._sleeper = sleeper = loop.create_future()
-        timer = loop.call_later(self.wall_seconds(delay), _resolve, sleeper)
-        try:
-            await sleeper
-        finally:
-            timer.cancel()
-            self._sleeper = None
-
-    def wake(self) -> None:
-        """End the current `sleep_until` now."""
-        if self._sleeper is not None:
-            _resolve(self._sleeper)
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+#: Frames due this soon are sent now: the event loop's timers have millisecond resolution
+#: (uvloop's, libuv's) and may fire that much before their time.
+TIMER_RESOLUTION_S = 0.001
+
+
+class FramePacer:
+    """One timer for the caller frames of every call on the loop.
+
+    Each call registers a callback with the monotonic time its next frame is due; the callback
+    sends that frame and returns when the following one is due (or None: no more frames). A
+    timer, a future and a task switch per frame and call cost more than the frame itself under
+    `ivr load`; here one timer serves every call whose frame is due, and calls whose frames fall
+    in the same millisecond share one wake-up.
+
+    A late call sends one frame per pass and the next pass comes after whatever else is ready
+    to run, so the plan and the mark echoes still run between catch-up frames.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[float], float | None]]] = []
+        self._order = itertools.count()  # ties keep their order; callbacks are never compared
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, due: float, send: Callable[[float], float | None]) -> None:
+        """Call `send(now)` at monotonic time `due`, and again at each time it returns."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        heapq.heappush(self._heap, (due, next(self._order), send))
+        if due < self._timer_at:
+            self._arm(due)
+
+    def _arm(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = due
+        self._timer = self._loop.call_later(max(0.0, due - time.monotonic()), self._run)
+
+    def _run(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        heap = self._heap
+        now = time.monotonic()
+        horizon = now + TIMER_RESOLUTION_S
+        due = []
+        while heap and heap[0][0] <= horizon:
+            due.append(heapq.heappop(heap))
+        for _, _, send in due:
+            following = send(now)
+            if following is not None:
+                heapq.heappush(heap, (following, next(self._order), send))
+        if heap:
+            self._arm(heap[0][0])

@@ -1,7 +1,8 @@
 """The Twilio side of a call, over a real WebSocket: the caller's media out, the bot's played back.
 
 Four tasks share one call clock:
-- frames: media frame k goes out at k * 20 ms, whatever the caller is saying (silence between);
+- frames: media frame k goes out at k * 20 ms, whatever the caller is saying (silence between),
+  sent by a `FramePacer` (one timer for all the calls of a load run);
 - receive: the bot's media/mark/clear feed the playout model (`TwilioPlayback`);
 - marks: echoes each mark when the audio queued before it has played;
 - drive: runs the call plan's steps (speak, DTMF, wait for the bot, hang up).
@@ -20,10 +21,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidURI
 
 from ivr.audio import FRAME_BYTES, FRAME_MS
-from ivr.harness.clock import CallClock
+from ivr.harness.clock import CallClock, FramePacer
 from ivr.harness.plan import After, CallPlan, Dtmf, Hangup, Say, Wait
 from ivr.harness.record import CallRecord
 from ivr.harness.voice import CallerVoice, Utterance
+from ivr.harness.wsframe import send_text_now
 from ivr.telephony.twilio import OutClear, OutMark, OutMedia, ProtocolError, TwilioSender, parse_outbound
 
 
@@ -66,10 +68,14 @@ def signature_headers(options: ReplayOptions) -> dict[str, str]:
 
 
 class TwilioEmulator:
-    def __init__(self, plan: CallPlan, options: ReplayOptions) -> None:
+    def __init__(self, plan: CallPlan, options: ReplayOptions, pacer: FramePacer | None = None) -> None:
         self.plan = plan
         self.options = options
         self.clock = CallClock(options.speed)
+        #: Sends the caller's frames on time; a load run shares one among all its calls.
+        self._pacer = pacer or FramePacer()
+        #: True when the frames stopped as the call ended or hung up, False if the socket went.
+        self._frames_done: asyncio.Future[bool] | None = None
         self.sender = TwilioSender(options.stream_sid, options.call_sid, options.account_sid)
         self.voice = CallerVoice()
         self.record = CallRecord(
@@ -86,7 +92,9 @@ class TwilioEmulator:
         self.record.utterances = self.voice.utterances
         self.playback = self.record.playback
         self._ws: ClientConnection | None = None
-        self._tick = asyncio.Event()
+        #: Resolved when the bot's audio changes (media or clear), for steps waiting on the bot;
+        #: made only while one waits, so a frame of bot audio costs nothing more otherwise.
+        self._bot_changed: asyncio.Future[None] | None = None
         self._marks_changed = asyncio.Event()
         self._hangup = asyncio.Event()
         #: Call time of the caller's hang-up, once known: no frame due at or after it is sent.
@@ -154,45 +162,81 @@ class TwilioEmulator:
     # --- caller audio, one frame per 20 ms of call time ----------------------------------------
 
     async def _send_frames(self) -> None:
-        ws = self._ws
-        max_frames = int(self.options.max_call_s * 1000 / FRAME_MS)
-        k = 0
+        """Hand the frames to the pacer; when they stop, end the stream as Twilio does."""
+        self._frames_done = done = asyncio.get_running_loop().create_future()
+        self._frame_k = 0
+        self._max_frames = int(self.options.max_call_s * 1000 / FRAME_MS)
+        self._pacer.add(self.clock.monotonic_at(0.0), self._send_frame)
+        if not await done or self._ended.is_set():
+            return  # the connection went first: the receive task records how
+        # On the call clock: the plan's hang-up time when it set one (the stream holds exactly
+        # the frames before it), however late the frames got there.
+        self.record.end_ms = self._hangup_at if self._hangup_at is not None else self.clock.now_ms()
+        self._stop_sent = True
         try:
-            while not self._ended.is_set() and not self._hung_up_by(k * FRAME_MS):
-                due = k * FRAME_MS
-                await self.clock.sleep_until(due)
-                if self._ended.is_set() or self._hung_up_by(due):
-                    break
-                frame = self.voice.next_frame(k * FRAME_BYTES)
-                await ws.send(self.sender.media(frame, due))
-                self.record.frame_lag_ms.append(self.clock.now_ms() - due)
-                self.record.caller += frame
-                k += 1
-                self._notify_tick()
-                if k >= max_frames:
-                    self.record.error(self.clock.now_ms(), "max_duration", f"hung up after {self.options.max_call_s:g} s")
-                    break
-            if not self._ended.is_set():
-                # On the call clock: the plan's hang-up time when it set one (the stream holds
-                # exactly the frames before it), however late this loop got there.
-                self.record.end_ms = self._hangup_at if self._hangup_at is not None else self.clock.now_ms()
-                self._stop_sent = True
-                await ws.send(self.sender.stop())
-                await ws.close()
+            await self._ws.send(self.sender.stop())
+            await self._ws.close()
         except ConnectionClosed:
             pass
+
+    def _send_frame(self, now: float) -> float | None:
+        """The pacer's callback: send frame k (due now), return when frame k + 1 is due, or None
+        once the frames stop (hang-up, the call's end, the length limit)."""
+        done = self._frames_done
+        if done.done():
+            return None
+        k = self._frame_k
+        due = k * FRAME_MS
+        try:
+            if self._ended.is_set() or self._hung_up_by(due):
+                done.set_result(True)
+                return None
+            frame = self.voice.next_frame(k * FRAME_BYTES)
+            if not send_text_now(self._ws, self.sender.media(frame, due)):
+                done.set_result(False)  # the connection is closing
+                return None
+            # Early by less than the timer resolution counts as on time.
+            self.record.frame_lag_ms.append(max(0.0, self.clock.now_ms() - due))
+            self.record.caller += frame
+            self._frame_k = k = k + 1
+            if k >= self._max_frames:
+                self.record.error(self.clock.now_ms(), "max_duration", f"hung up after {self.options.max_call_s:g} s")
+                done.set_result(True)
+                return None
+            return self.clock.monotonic_at(k * FRAME_MS)
+        except Exception as exc:  # a harness bug: surfaces in run() as a harness_error
+            done.set_exception(exc)
+            return None
+
+    def _stop_frames(self) -> None:
+        """No frame after this one (the caller hung up, or the call ended)."""
+        done = self._frames_done
+        if done is not None and not done.done():
+            done.set_result(True)
 
     def _hung_up_by(self, due: float) -> bool:
         return self._hangup.is_set() or (self._hangup_at is not None and due >= self._hangup_at)
 
-    def _notify_tick(self) -> None:
-        tick, self._tick = self._tick, asyncio.Event()
-        tick.set()
+    def _notify_bot_changed(self) -> None:
+        changed, self._bot_changed = self._bot_changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
 
-    async def _next_tick(self) -> None:
+    async def _bot_change_or(self, call_ms: float) -> None:
+        """Wait until the bot's audio changes or the call clock reads `call_ms`."""
         if self._ended.is_set():
             raise CallEnded
-        await self._tick.wait()
+        delay = self.clock.wall_seconds(call_ms - self.clock.now_ms())
+        if delay > 0:
+            self._bot_changed = changed = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(None if delay == float("inf") else delay):
+                    await changed
+            except TimeoutError:
+                pass
+            finally:
+                if self._bot_changed is changed:
+                    self._bot_changed = None
         if self._ended.is_set():
             raise CallEnded
 
@@ -212,8 +256,8 @@ class TwilioEmulator:
             if not self._stop_sent and not self.record.end_ms:
                 self.record.end_ms = self.clock.now_ms()
             self._ended.set()
-            self._tick.set()
-            self.clock.wake()
+            self._notify_bot_changed()
+            self._stop_frames()
 
     async def _on_bot_message(self, message: str | bytes) -> None:
         if self._stop_sent:
@@ -226,6 +270,8 @@ class TwilioEmulator:
             return
         if isinstance(event, OutMedia):
             self.playback.on_media(now, event.payload)
+            if self._bot_changed is not None:
+                self._notify_bot_changed()
             return
         if isinstance(event, OutMark):
             echoes = self.playback.on_mark(now, event.name)
@@ -233,6 +279,7 @@ class TwilioEmulator:
         else:
             assert isinstance(event, OutClear)
             echoes = self.playback.on_clear(now)
+            self._notify_bot_changed()
         for mark in echoes:
             await self._ws.send(self.sender.mark(mark.name))
 
@@ -287,7 +334,7 @@ class TwilioEmulator:
         if self._hangup_at is None:
             self._hangup_at = self.clock.now_ms()  # the plan ran out of steps
         self._hangup.set()
-        self.clock.wake()  # the caller hangs up now, not at the next frame
+        self._stop_frames()  # the caller hangs up now, not at the next frame
 
     async def _send_dtmf(self, step: Dtmf, start_ms: float) -> None:
         for i, digit in enumerate(step.digits):
@@ -299,8 +346,8 @@ class TwilioEmulator:
             self._reference_ms = now
 
     async def _until(self, event: asyncio.Event) -> None:
-        while not event.is_set():
-            await self._next_tick()
+        # The call's end cancels this task (run()), so the event alone is waited on.
+        await event.wait()
 
     async def _wait_for(self, after: After, previous_end: float) -> float:
         """Wait for the step's condition; returns the call time at which it came true."""
@@ -320,7 +367,10 @@ class TwilioEmulator:
             if now >= deadline:
                 self.record.error(now, "timeout", f"'{after.kind} {after.seconds:g}': bot did not oblige within {after.timeout:g} s")
                 return now
-            await self._next_tick()
+            # Nothing changes the answer but the bot's audio and the clock passing the next edge
+            # of what it plays: wait for whichever comes first, not for every frame.
+            wake = fire if fire is not None else self.playback.next_edge_ms(now) + after.seconds * 1000
+            await self._bot_change_or(min(wake, deadline))
 
     async def _sleep_until(self, call_ms: float) -> None:
         """Wait on the clock itself (not frame ticks), for timed steps such as captured DTMF."""

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+from ivr.harness.clock import FramePacer
 from ivr.harness.emulator import ReplayOptions, TwilioEmulator
 from ivr.harness.plan import CallPlan
 from ivr.harness.report import build_report, percentiles
@@ -98,6 +99,7 @@ async def run_load(
     t0 = loop.time()
     deadline = t0 + options.duration_s
     notify = on_change or (lambda f: None)
+    pacer = FramePacer()  # one timer for every call's caller frames
 
     async def slot(index: int) -> None:
         start_at = t0 + (options.ramp_s * index / options.calls if options.calls > 1 else 0.0)
@@ -115,7 +117,7 @@ async def run_load(
             figures.active += 1
             notify(figures)
             try:
-                record = await TwilioEmulator(plan, replay).run()
+                record = await TwilioEmulator(plan, replay, pacer).run()
             finally:
                 figures.active -= 1
             figures.add(record)

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ivr.audio import FRAME_BYTES, SAMPLE_RATE
-from ivr.harness.speech import frame_levels_db, ulaw_pcm
+from ivr.audio import FRAME_BYTES, SAMPLE_RATE, ulaw_to_pcm16
+from ivr.audio._audioop import audioop
+from ivr.harness.speech import ulaw_pcm
 
 SAMPLES_PER_MS = SAMPLE_RATE // 1000
 #: Bot audio above this level counts as the bot speaking (TTS silence sits far below it).
 BOT_VOICE_DBFS = -45.0
+_BOT_VOICE_RMS = 32768 * 10 ** (BOT_VOICE_DBFS / 20)
 
 
 @dataclass(slots=True)
@@ -136,6 +138,17 @@ class TwilioPlayback:
                 out.append((to_ms(start), to_ms(min(end, now))))
         return out
 
+    def next_edge_ms(self, now_ms: float) -> float:
+        """The first start or end of a voiced stretch after `now_ms` (inf if none): until then,
+        what `speaking_at` and `voice_since` say changes only if the bot sends more."""
+        now = to_sample(now_ms)
+        edge = None
+        for start, end in reversed(self.voiced):
+            if end <= now:
+                break
+            edge = end if start <= now else start
+        return float("inf") if edge is None else to_ms(edge)
+
     def heard_pcm(self, total_samples: int) -> np.ndarray:
         """The bot's audio as the caller heard it: each piece at its play time, cut at clears."""
         out = np.zeros(total_samples, dtype=np.int16)
@@ -159,9 +172,13 @@ class TwilioPlayback:
         return marks
 
     def _add_voiced(self, start: int, payload: bytes) -> None:
-        levels = frame_levels_db(ulaw_pcm(payload))
-        for i in np.flatnonzero(levels > BOT_VOICE_DBFS):
-            a = start + int(i) * FRAME_BYTES
+        # audioop's RMS per 20 ms block (as speech.frame_levels_db takes it), in C: this runs for
+        # every bot frame of every call under `ivr load`, where numpy's per-call overhead showed.
+        pcm = ulaw_to_pcm16(payload)
+        for i in range(0, len(payload), FRAME_BYTES):
+            if audioop.rms(pcm[2 * i : 2 * (i + FRAME_BYTES)], 2) <= _BOT_VOICE_RMS:
+                continue
+            a = start + i
             b = min(a + FRAME_BYTES, start + len(payload))
             if self.voiced and a <= self.voiced[-1][1] + FRAME_BYTES:
                 self.voiced[-1][1] = max(self.voiced[-1][1], b)

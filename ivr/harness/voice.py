@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ivr.audio import FRAME_BYTES, ULAW_SILENCE
 from ivr.harness.speech import samples_to_ms, speech_segments, trimmed_span, ulaw_pcm
@@ -37,14 +38,19 @@ class Utterance:
         """Caller speech inside this utterance on the call clock (empty if never sent)."""
         if self.start_sample is None:
             return []
-        pcm = ulaw_pcm(self.ulaw)
-        if self.segmentation == "one":
-            span = trimmed_span(pcm)
-            spans = [span] if span else []
-        else:
-            spans = speech_segments(pcm)
         base = self.start_sample
-        return [(samples_to_ms(base + a), samples_to_ms(base + b)) for a, b in spans]
+        return [(samples_to_ms(base + a), samples_to_ms(base + b)) for a, b in _speech_in(self.ulaw, self.segmentation)]
+
+
+@lru_cache(maxsize=256)
+def _speech_in(ulaw: bytes, segmentation: str) -> tuple[tuple[int, int], ...]:
+    """Speech in a piece of caller audio, in samples from its start. Cached: a load run says the
+    same few recordings thousands of times (a bytes object keeps its hash once computed)."""
+    pcm = ulaw_pcm(ulaw)
+    if segmentation == "one":
+        span = trimmed_span(pcm)
+        return (span,) if span else ()
+    return tuple(speech_segments(pcm))
 
 
 class CallerVoice:
