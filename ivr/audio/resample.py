@@ -22,7 +22,6 @@ from math import gcd
 from typing import NamedTuple
 
 import numpy as np
-from scipy.signal import firwin, freqz, kaiserord, remez
 
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 
@@ -49,6 +48,8 @@ _BUFFER_SAMPLES = 8192
 
 
 def _response_ok(h: np.ndarray, proto_rate: float, pass_hz: float, stop_hz: float) -> bool:
+    from scipy.signal import freqz
+
     w, resp = freqz(h, worN=8192, fs=proto_rate)
     db = 20 * np.log10(np.abs(resp) + 1e-12)
     passband = db[w <= pass_hz]
@@ -61,6 +62,11 @@ def _prototype(proto_rate: float, pass_hz: float, stop_hz: float, grid: int) -> 
     Parks-McClellan (equiripple) meets the same stopband as a Kaiser window with about a
     quarter fewer taps, i.e. a quarter less work per sample.
     """
+    # Imported here, once per rate pair: scipy.signal adds ~80 MB and a second of start-up to
+    # every process that imports ivr.audio, and a server whose audio is all 8 kHz mu-law (the
+    # cloud path) never designs a filter.
+    from scipy.signal import firwin, kaiserord, remez
+
     width = (stop_hz - pass_hz) / (proto_rate / 2)
     kaiser_taps, beta = kaiserord(STOPBAND_DB, width)
     cutoff = (pass_hz + stop_hz) / 2
