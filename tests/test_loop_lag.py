@@ -45,3 +45,24 @@ def test_served_metrics_carry_the_loop_lag_and_it_moves_when_the_loop_is_blocked
         # The overdue timer runs on the loop's next pass, before this request is answered.
         client.get("/metrics")
         assert lag_sample("sum") - before >= 0.2
+
+
+def test_the_load_generator_reads_the_lag_the_server_recorded_meanwhile():
+    """`ivr load` reads the histogram before and after its run; what it reports is the change."""
+    from ivr.harness.servermon import histogram_change, metrics_url, read_histogram
+    from live_server import serve
+
+    assert metrics_url("ws://127.0.0.1:8080/media") == "http://127.0.0.1:8080/metrics"
+    assert metrics_url("wss://bot.example.com/media") == "https://bot.example.com/metrics"
+    app = create_app(Settings.from_env({}), handler_factory=ListeningHandler)
+    with serve(app) as base:
+        read = read_histogram(base + "/metrics")
+    assert read is not None and float("inf") in read and 0.02 in read
+    assert read_histogram("http://127.0.0.1:9/metrics") is None  # nothing listens there
+
+    before = {0.001: 10, 0.02: 10, 0.1: 10, float("inf"): 10}
+    after = {0.001: 108, 0.02: 109, 0.1: 110, float("inf"): 111}  # 101 new: 98 fast, 1, 1, 1 slow
+    change = histogram_change(before, after)
+    assert change == {"n": 101, "p50_le": 1.0, "p99_le": 100.0, "max_le": None}
+    assert histogram_change(after, after)["n"] == 0
+    assert histogram_change(None, after) is None

@@ -10,8 +10,17 @@ calls/core = N / (server CPU seconds / wall seconds): how many calls one fully u
 
 Inbound frame lag is measured by the load generator (how late each 20 ms caller frame left it):
 when the harness itself nears a full core the lag is the harness's, not the server's, so its CPU
-is printed beside it. The fakes' CPU is printed too: on a small machine they compete with the
-server for the same cores.
+is printed beside it, and beside that the server's own event-loop lag (`ivr_loop_lag_seconds`
+from its /metrics over the same run). The fakes' CPU is printed too: on a small machine they
+compete with the server for the same cores. So are the load average and the host's CPU steal
+during each level: on a shared or virtual machine they say how much of a figure is the machine.
+
+Memory: the server's resident set once it is ready (the base), and at the end of each level's
+steady window; per call is (RSS at N - base) / N.
+
+The providers' concurrency limits (IVR_DEEPGRAM_MAX_STREAMS and the like, 100 by default) are
+raised above the largest N unless --server-env sets them: a call that outlives its slot (the
+load replaces it at once) would otherwise wait for a stream and go unanswered.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from ivr.bench.procs import Procs, have_fakes, run_processes, start_fakes, start_server
+from ivr.bench.procs import Procs, cpu_steal, have_fakes, run_processes, start_fakes, start_server, steal_share
 
 SAMPLES = Path(__file__).resolve().parents[1] / "harness" / "samples"
 
@@ -36,6 +45,8 @@ FLOW = textwrap.dedent("""\
     llm: {first_token_timeout: 2}
     nodes: {main: {say: unused with the LLM}}
     """)
+#: Concurrency limits of the cloud adapters, raised above the load (see the module's docstring).
+PROVIDER_LIMITS = ("IVR_DEEPGRAM_MAX_STREAMS", "IVR_OPENAI_MAX_REQUESTS", "IVR_ELEVENLABS_MAX_SOCKETS")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"--server-env: IVR_NAME=VALUE, not {item!r}", file=sys.stderr)
             return 2
         server_env[name] = value
+    for limit in PROVIDER_LIMITS:
+        server_env.setdefault(limit, str(2 * max(levels, default=1)))
 
     def measure(procs: Procs, tmp: Path) -> int:
         flow = tmp / "flow.yaml"
@@ -91,15 +104,19 @@ def run(args: argparse.Namespace) -> int:
         server, port = start_server(procs, fakes, flow, server_env)
 
         watched = {name: psutil.Process(p.pid) for name, p in procs.procs.items()}
+        base_rss = _rss_mb(watched["server"])
         rows = []
         print(f"ivr serve pid {server.pid}, fakes on 127.0.0.1 (STT final +{args.stt_ms:g} ms, first token "
               f"{args.llm_ms:g} ms, first audio {args.tts_ms:g} ms), {os.cpu_count()} cores; "
               f"{args.duration:g} s per N, ramp {args.ramp:g} s"
               + "".join(f"; {k}={v}" for k, v in server_env.items()), flush=True)
+        print(f"server RSS once ready (the base): {base_rss:.0f} MB; load average before the run "
+              f"{_loadavg()}", flush=True)
         for n in levels:
             rows.append(_one_level(n, args, calls, port, server.pid, procs, watched, tmp))
+            rows[-1]["rss_per_call"] = (rows[-1]["rss_end"] - base_rss) / n
             _print_row(rows[-1], args.lag_limit_ms)
-        _print_table(rows, args.lag_limit_ms)
+        _print_table(rows, args.lag_limit_ms, base_rss)
         return 0
 
     return run_processes("ivr bench capacity", measure)
@@ -118,10 +135,11 @@ def _one_level(n, args, calls, port, server_pid, procs, watched, tmp: Path) -> d
     t_start = time.monotonic()
     time.sleep(min(args.ramp + 1, args.duration / 2))
     cpu0 = {name: _cpu_s(p) for name, p in watched.items()}
-    h0, w0 = _cpu_s(harness), time.monotonic()
+    h0, w0, steal0 = _cpu_s(harness), time.monotonic(), cpu_steal()
     time.sleep(max(1.0, t_start + args.duration - 1 - time.monotonic()))
     cpu1 = {name: _cpu_s(p) for name, p in watched.items()}
-    h1, w1 = _cpu_s(harness), time.monotonic()
+    h1, w1, steal1 = _cpu_s(harness), time.monotonic(), cpu_steal()
+    rss_end, loadavg = _rss_mb(watched["server"]), _loadavg()
     load.wait(timeout=args.duration + 120)
     if not out.exists():
         raise RuntimeError(f"ivr load wrote no summary (exit {load.returncode}): {procs.log_tail(f'load-{n}')}")
@@ -135,29 +153,56 @@ def _one_level(n, args, calls, port, server_pid, procs, watched, tmp: Path) -> d
         "harness_cores": (h1 - h0) / wall, "fakes_cores": sum(cores.values()), "fakes": cores,
         "lag": s["inbound_frame_lag_ms"], "resp": s["response_latency_ms"], "jitter": s["outbound_jitter_ms"],
         "started": s["calls_started"], "failed": s["calls_failed"], "cut": s["calls_cut_at_deadline"], "unanswered": s["unanswered_turns"],
-        "rss": (s.get("server") or {}).get("rss_mb_max"),
+        "rss": (s.get("server") or {}).get("rss_mb_max"), "rss_end": rss_end,
+        "loop_lag": s.get("server_loop_lag_ms"), "loadavg": loadavg, "steal": steal_share(steal0, steal1),
     }
+
+
+def _rss_mb(proc) -> float:
+    return proc.memory_info().rss / 2**20
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "-"
 
 
 def _f(v, fmt="{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _lag(lag: dict | None) -> str:
+    """The server's loop lag as the histogram's bucket bounds: '<= p50 / <= p99 ms'."""
+    if not lag or not lag["n"]:
+        return "-"
+    return f"<={_f(lag['p50_le'], '{:g}') if lag['p50_le'] is not None else 'inf'} / <={_f(lag['p99_le'], '{:g}') if lag['p99_le'] is not None else 'inf'}"
+
+
 def _print_row(r: dict, limit: float) -> None:
     fakes = ", ".join(f"{k} {v:.3f}" for k, v in r["fakes"].items())
+    steal = "-" if r["steal"] is None else f"{100 * r['steal']:.1f} %"
     print(f"N={r['n']}: server {r['server_cores']:.3f} cores -> {r['calls_per_core']:.0f} calls/core; "
-          f"harness {r['harness_cores']:.2f} cores; fakes {fakes}; server RSS max {_f(r['rss'], '{:.0f}')} MB; "
+          f"harness {r['harness_cores']:.2f} cores ({r['harness_cores'] / r['server_cores']:.2f} of the server's); "
+          f"fakes {fakes}; server RSS {r['rss_end']:.0f} MB at the end of the window "
+          f"({r['rss_per_call']:.2f} MB per call over the base), max {_f(r['rss'], '{:.0f}')} MB; "
+          f"server loop lag p50/p99 {_lag(r['loop_lag'])} ms; load average {r['loadavg']}, steal {steal}; "
           f"{r['cut']} calls cut at the deadline (their last turn may count as unanswered)", flush=True)
 
 
-def _print_table(rows: list[dict], limit: float) -> None:
+def _print_table(rows: list[dict], limit: float, base_rss: float) -> None:
     print()
-    print("| calls | server cores | calls/core | frame lag p50 / p99 ms | response p50 / p95 ms | failed | unanswered turns | harness cores | fakes cores |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"server RSS once ready: {base_rss:.0f} MB")
+    print("| calls | server cores | calls/core | frame lag p50 / p99 ms | server loop lag p50 / p99 ms | response p50 / p95 ms "
+          "| failed | unanswered turns | harness cores | fakes cores | RSS MB (per call) | load avg | steal |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
+        steal = "-" if r["steal"] is None else f"{100 * r['steal']:.1f} %"
         print(f"| {r['n']} | {r['server_cores']:.3f} | {r['calls_per_core']:.0f} | {_f(r['lag']['p50'])} / {_f(r['lag']['p99'])} "
-              f"| {_f(r['resp']['p50'], '{:.0f}')} / {_f(r['resp']['p95'], '{:.0f}')} | {r['failed']} / {r['started']} "
-              f"| {r['unanswered']} | {r['harness_cores']:.2f} | {r['fakes_cores']:.2f} |")
+              f"| {_lag(r['loop_lag'])} | {_f(r['resp']['p50'], '{:.0f}')} / {_f(r['resp']['p95'], '{:.0f}')} | {r['failed']} / {r['started']} "
+              f"| {r['unanswered']} | {r['harness_cores']:.2f} | {r['fakes_cores']:.2f} | {r['rss_end']:.0f} ({r['rss_per_call']:.2f}) "
+              f"| {r['loadavg']} | {steal} |")
     ok = [r for r in rows if r["lag"]["p99"] is not None and r["lag"]["p99"] < limit and not r["failed"]]
     if ok:
         best = max(ok, key=lambda r: r["n"])

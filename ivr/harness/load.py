@@ -166,8 +166,9 @@ async def run_load_with_monitor(
     server_pid: int | None = None,
     on_change: Callable[[LoadFigures], None] | None = None,
 ) -> dict:
-    """Run the load, sampling the server's CPU and memory when it is a local process."""
-    from ivr.harness.servermon import ServerMonitor, find_listening_pid
+    """Run the load, sampling the server's CPU and memory when it is a local process, and
+    reading its own event-loop lag from its /metrics when it serves one."""
+    from ivr.harness.servermon import ServerMonitor, find_listening_pid, histogram_change, metrics_url, read_histogram
 
     pid = server_pid or find_listening_pid(options.url)
     monitor = None
@@ -177,10 +178,15 @@ async def run_load_with_monitor(
             monitor.start()
         except Exception:  # psutil missing or the process gone: run without server figures
             monitor = None
+    lag_url = metrics_url(options.url)
+    lag_before = await asyncio.to_thread(read_histogram, lag_url)
     wall0 = time.monotonic()
     try:
         figures = await run_load(plans, options, on_change=on_change)
     finally:
         if monitor is not None:
             await monitor.stop()
-    return load_summary(figures, options, time.monotonic() - wall0, monitor.summary() if monitor else None)
+    summary = load_summary(figures, options, time.monotonic() - wall0, monitor.summary() if monitor else None)
+    if lag_before is not None:
+        summary["server_loop_lag_ms"] = histogram_change(lag_before, await asyncio.to_thread(read_histogram, lag_url))
+    return summary

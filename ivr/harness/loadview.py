@@ -53,6 +53,10 @@ def _pct(p: dict) -> str:
     return f"p50 {p['p50']:.0f}  p95 {p['p95']:.0f}  p99 {p['p99']:.0f}  max {p['max']:.0f} ms  (n={p['n']})"
 
 
+def _le(bound: float | None) -> str:
+    return "inf" if bound is None else f"{bound:g}"
+
+
 def format_load_summary(s: dict) -> str:
     lines = [
         f"load: {s['calls']} concurrent calls for {s['duration_s']:g} s (ramp {s['ramp_s']:g} s, speed x{s['speed']:g}) -> {s['url']}",
@@ -70,6 +74,13 @@ def format_load_summary(s: dict) -> str:
         lines.append(
             f"  server pid {server['pid']}: CPU mean {server['cpu_percent_mean']}% max {server['cpu_percent_max']}%"
             f" (100% = one core), memory max {server['rss_mb_max']} MB"
+        )
+    lag = s.get("server_loop_lag_ms")
+    if lag and lag["n"]:
+        # Told apart from the frame lag above, which also holds the load generator's own lateness.
+        lines.append(
+            f"  server loop lag    p50 <= {_le(lag['p50_le'])}  p99 <= {_le(lag['p99_le'])}  max <= {_le(lag['max_le'])} ms"
+            f"  (n={lag['n']}, the server's own ivr_loop_lag_seconds)"
         )
     for f in s["failures"][:5]:
         e = f["error"] or {}

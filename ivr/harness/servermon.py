@@ -88,3 +88,58 @@ class ServerMonitor:
             "rss_mb_max": round(max(self.rss_mb), 1) if n else None,
             "rss_mb_last": round(self.rss_mb[-1], 1) if n else None,
         }
+
+
+# --- the server's own event-loop lag, from its /metrics -------------------------------------
+
+LOOP_LAG_METRIC = "ivr_loop_lag_seconds"
+
+
+def metrics_url(media_url: str) -> str:
+    """The server's /metrics beside its media stream URL (ws://host:port/media)."""
+    parts = urlsplit(media_url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return f"{scheme}://{parts.netloc}/metrics"
+
+
+def read_histogram(url: str, name: str = LOOP_LAG_METRIC, timeout_s: float = 2.0) -> dict[float, float] | None:
+    """Cumulative bucket counts {upper bound: count} of a histogram on a Prometheus endpoint;
+    None when the endpoint cannot be read or has no such histogram (e.g. not an ivr server)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            text = response.read().decode()
+    except (OSError, ValueError):
+        return None
+    buckets = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            for sample in family.samples:
+                if sample.name == name + "_bucket":
+                    buckets[float(sample.labels["le"])] = sample.value
+    return buckets or None
+
+
+def histogram_change(before: dict[float, float] | None, after: dict[float, float] | None) -> dict | None:
+    """What a histogram recorded between two reads: the count, and the bucket bound under which
+    half, 99 % and all of the new observations fall (the finest the buckets can say), in ms."""
+    if before is None or after is None:
+        return None
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    n = counts[-1] if counts else 0.0
+    if n <= 0:
+        return {"n": 0, "p50_le": None, "p99_le": None, "max_le": None}
+
+    def bound(q: float) -> float | None:
+        for b, c in zip(bounds, counts):
+            if c >= q * n:
+                return None if b == float("inf") else round(b * 1000, 3)
+        return None
+
+    top = next(b for b, c in zip(bounds, counts) if c >= n)
+    return {"n": int(n), "p50_le": bound(0.5), "p99_le": bound(0.99),
+            "max_le": None if top == float("inf") else round(top * 1000, 3)}
