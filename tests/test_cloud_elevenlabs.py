@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
 from cloud_helpers import until
 from fakes.elevenlabs import FakeElevenLabs
@@ -127,6 +128,26 @@ async def test_six_concurrent_turns_use_two_sockets(fake):
     results = await asyncio.gather(*(speak(tts.stream(), [f"Turn number {i}."]) for i in range(6)))
     assert all(r and r[-1].last for r in results)
     assert fake.sockets == 2
+    await tts.aclose()
+
+
+async def test_a_turn_right_after_another_reuses_its_slot_without_a_sixth_context(fake):
+    """Five callers each taking a turn right after their last one, on one socket: the finished
+    context is closed on the wire before its slot goes to the next turn (the service closes the
+    socket with 1008 when a sixth context opens)."""
+    fake.pace = 0
+    tts = engine(fake)
+
+    async def caller(i: int) -> None:
+        for turn in range(3):
+            chunks = await speak(tts.stream(), [f"Caller {i}, turn {turn}."])
+            assert chunks and chunks[-1].last
+
+    retries = REGISTRY.get_sample_value("ivr_provider_errors_total", {"provider": "elevenlabs", "kind": "retry"}) or 0
+    await asyncio.gather(*(caller(i) for i in range(5)))
+    # One context per turn: none lost to a 1008 close and retried on a new one.
+    assert len(fake.contexts) == 15
+    assert (REGISTRY.get_sample_value("ivr_provider_errors_total", {"provider": "elevenlabs", "kind": "retry"}) or 0) == retries
     await tts.aclose()
 
 

@@ -449,10 +449,14 @@ class ElevenLabsStream:
             self._out.put_nowait(AudioChunk(piece, b"", RATE, "ulaw", True))
         self._out.put_nowait(_END)
         sock, cid = self.socket, self.context_id
-        self._finish()
-        if sock is not None and not sock.closed:
-            # Free the context slot; audio still in flight for it is dropped by the socket.
-            asyncio.get_running_loop().create_task(_quietly(sock.send({"context_id": cid, "close_context": True})))
+        if sock is None or sock.closed:
+            self._finish()
+            return
+        # Free the context slot once close_context is on the wire, not before: a turn that took
+        # the slot at once could start its context ahead of it, a sixth on the socket (1008).
+        # Audio still in flight for this context is dropped by the socket meanwhile.
+        self.done, self.socket = True, None
+        asyncio.get_running_loop().create_task(_close_then_free(sock, cid))
 
     def on_failure(self, reason: str) -> None:
         if self.done:
@@ -491,9 +495,10 @@ class ElevenLabsStream:
         self._detach()
 
 
-async def _quietly(coro) -> None:
+async def _close_then_free(sock: _Socket, cid: str) -> None:
     with contextlib.suppress(Exception):
-        await coro
+        await sock.send({"context_id": cid, "close_context": True})
+    sock.detach(cid)
 
 
 # --- the fallback to the embedded voice ------------------------------------------------------------
