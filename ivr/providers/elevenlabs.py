@@ -319,6 +319,8 @@ class ElevenLabsStream:
         self._opened: asyncio.Future | None = None
         self._asked_at = 0.0
         self._retried = False
+        #: close_context went out for the current context (a barge-in): its slot is free at once.
+        self._close_sent = False
 
     @property
     def waiting_for_text(self) -> bool:
@@ -351,6 +353,7 @@ class ElevenLabsStream:
         self.ended = True
         if not self.done and self.socket is not None and self.context_id:
             # Barge-in: stop this context; the socket stays for the next turn.
+            self._close_sent = True
             await self._send({"context_id": self.context_id, "close_context": True})
         self._finish()
         while not self._out.empty():
@@ -383,6 +386,7 @@ class ElevenLabsStream:
         if self.context_id or self.done:
             return
         self.context_id = uuid.uuid4().hex
+        self._close_sent = False
         self._asked_at = time.monotonic()
         try:
             sock = await self.engine.socket()
@@ -448,15 +452,7 @@ class ElevenLabsStream:
         for piece in range(self.aligner.current, len(self.pieces)):
             self._out.put_nowait(AudioChunk(piece, b"", RATE, "ulaw", True))
         self._out.put_nowait(_END)
-        sock, cid = self.socket, self.context_id
-        if sock is None or sock.closed:
-            self._finish()
-            return
-        # Free the context slot once close_context is on the wire, not before: a turn that took
-        # the slot at once could start its context ahead of it, a sixth on the socket (1008).
-        # Audio still in flight for this context is dropped by the socket meanwhile.
-        self.done, self.socket = True, None
-        asyncio.get_running_loop().create_task(_close_then_free(sock, cid))
+        self._finish()
 
     def on_failure(self, reason: str) -> None:
         if self.done:
@@ -486,9 +482,18 @@ class ElevenLabsStream:
         self._finish()
 
     def _detach(self) -> None:
-        if self.socket is not None:
-            self.socket.detach(self.context_id)
-            self.socket = None
+        sock, cid = self.socket, self.context_id
+        if sock is None:
+            return
+        self.socket = None
+        if sock.closed or self._close_sent:
+            sock.detach(cid)
+            return
+        # Free the context slot once close_context is on the wire, not before: a turn that took
+        # the slot at once could start its context ahead of it, a sixth on the socket, which
+        # the service closes (1008) with every turn on it. Audio still in flight for this
+        # context is dropped by the socket meanwhile.
+        asyncio.get_running_loop().create_task(_close_then_free(sock, cid))
 
     def _finish(self) -> None:
         self.done = True
