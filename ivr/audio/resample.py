@@ -128,6 +128,13 @@ def _design(in_rate: int, out_rate: int) -> _Design:
     return _Design(up, down, taps_per_phase, w, (numtaps - 1) // 2 // down, h)
 
 
+def prepare(in_rate: int, out_rate: int) -> None:
+    """Design the conversion's filter now (e.g. in a worker thread at start-up): the first
+    Resampler for a pair otherwise designs it, importing scipy.signal, on the caller's thread."""
+    if in_rate != out_rate:
+        _design(in_rate, out_rate)
+
+
 def group_delay_ms(in_rate: int, out_rate: int) -> float:
     """Delay the filter adds, in milliseconds of audio."""
     if in_rate == out_rate:

@@ -39,6 +39,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from ivr.config import ConfigError, Settings
+from ivr.audio.resample import prepare as prepare_resampler
 from ivr.providers import cloud
 from ivr.providers.base import AudioChunk, TextToSpeech, TtsStream, WordTiming
 from ivr.providers.health import Health, unready
@@ -544,6 +545,9 @@ class FallbackTts:
         await self.primary.load()
         if self.has_backup:
             await self.backup.load()  # the safety net must be ready before it is needed
+            backup = self.backup
+            if getattr(backup, "encoding", "pcm16") != "ulaw":  # its audio will be resampled to 8 kHz
+                await asyncio.to_thread(prepare_resampler, backup.sample_rate, 8000)
 
     def stream(self) -> TtsStream:
         if not self.health.up and self.has_backup:
