@@ -16,7 +16,8 @@ compete with the server for the same cores. So are the load average and the host
 during each level: on a shared or virtual machine they say how much of a figure is the machine.
 
 Memory: the server's resident set once it is ready (the base), and at the end of each level's
-steady window; per call is (RSS at N - base) / N.
+steady window; per call is (RSS at N - base) / N, per added call the growth since the previous
+level over the calls added.
 
 The providers' concurrency limits (IVR_DEEPGRAM_MAX_STREAMS and the like, 100 by default) are
 raised above the largest N unless --server-env sets them: a call that outlives its slot (the
@@ -114,7 +115,11 @@ def run(args: argparse.Namespace) -> int:
               f"{_loadavg()}", flush=True)
         for n in levels:
             rows.append(_one_level(n, args, calls, port, server.pid, procs, watched, tmp))
-            rows[-1]["rss_per_call"] = (rows[-1]["rss_end"] - base_rss) / n
+            row = rows[-1]
+            row["rss_per_call"] = (row["rss_end"] - base_rss) / n
+            prev = rows[-2] if len(rows) > 1 else None
+            row["rss_per_added_call"] = ((row["rss_end"] - prev["rss_end"]) / (n - prev["n"])
+                                         if prev is not None and n > prev["n"] else None)
             _print_row(rows[-1], args.lag_limit_ms)
         _print_table(rows, args.lag_limit_ms, base_rss)
         return 0
@@ -174,10 +179,14 @@ def _f(v, fmt="{:.1f}") -> str:
 
 
 def _lag(lag: dict | None) -> str:
-    """The server's loop lag as the histogram's bucket bounds: '<= p50 / <= p99 ms'."""
+    """The server's loop lag as the histogram's bucket bounds: '<=p50 / <=p99' (ms)."""
     if not lag or not lag["n"]:
         return "-"
-    return f"<={_f(lag['p50_le'], '{:g}') if lag['p50_le'] is not None else 'inf'} / <={_f(lag['p99_le'], '{:g}') if lag['p99_le'] is not None else 'inf'}"
+
+    def le(bound: float | None) -> str:
+        return "inf" if bound is None else f"{bound:g}"
+
+    return f"<={le(lag['p50_le'])} / <={le(lag['p99_le'])}"
 
 
 def _print_row(r: dict, limit: float) -> None:
@@ -186,7 +195,8 @@ def _print_row(r: dict, limit: float) -> None:
     print(f"N={r['n']}: server {r['server_cores']:.3f} cores -> {r['calls_per_core']:.0f} calls/core; "
           f"harness {r['harness_cores']:.2f} cores ({r['harness_cores'] / r['server_cores']:.2f} of the server's); "
           f"fakes {fakes}; server RSS {r['rss_end']:.0f} MB at the end of the window "
-          f"({r['rss_per_call']:.2f} MB per call over the base), max {_f(r['rss'], '{:.0f}')} MB; "
+          f"({r['rss_per_call']:.2f} MB per call over the base, {_f(r['rss_per_added_call'], '{:.2f}')} MB per call "
+          f"added since the last level), max {_f(r['rss'], '{:.0f}')} MB; "
           f"server loop lag p50/p99 {_lag(r['loop_lag'])} ms; load average {r['loadavg']}, steal {steal}; "
           f"{r['cut']} calls cut at the deadline (their last turn may count as unanswered)", flush=True)
 
@@ -195,13 +205,14 @@ def _print_table(rows: list[dict], limit: float, base_rss: float) -> None:
     print()
     print(f"server RSS once ready: {base_rss:.0f} MB")
     print("| calls | server cores | calls/core | frame lag p50 / p99 ms | server loop lag p50 / p99 ms | response p50 / p95 ms "
-          "| failed | unanswered turns | harness cores | fakes cores | RSS MB (per call) | load avg | steal |")
+          "| failed | unanswered turns | harness cores | fakes cores | RSS MB (per call / per added call) | load avg | steal |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
         steal = "-" if r["steal"] is None else f"{100 * r['steal']:.1f} %"
         print(f"| {r['n']} | {r['server_cores']:.3f} | {r['calls_per_core']:.0f} | {_f(r['lag']['p50'])} / {_f(r['lag']['p99'])} "
               f"| {_lag(r['loop_lag'])} | {_f(r['resp']['p50'], '{:.0f}')} / {_f(r['resp']['p95'], '{:.0f}')} | {r['failed']} / {r['started']} "
-              f"| {r['unanswered']} | {r['harness_cores']:.2f} | {r['fakes_cores']:.2f} | {r['rss_end']:.0f} ({r['rss_per_call']:.2f}) "
+              f"| {r['unanswered']} | {r['harness_cores']:.2f} | {r['fakes_cores']:.2f} "
+              f"| {r['rss_end']:.0f} ({r['rss_per_call']:.2f} / {_f(r['rss_per_added_call'], '{:.2f}')}) "
               f"| {r['loadavg']} | {steal} |")
     ok = [r for r in rows if r["lag"]["p99"] is not None and r["lag"]["p99"] < limit and not r["failed"]]
     if ok:
