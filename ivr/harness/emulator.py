@@ -199,6 +199,7 @@ class TwilioEmulator:
             self.record.frame_lag_ms.append(max(0.0, self.clock.now_ms() - due))
             self.record.caller += frame
             self._frame_k = k = k + 1
+            self._notify_tick()
             if k >= self._max_frames:
                 self.record.error(self.clock.now_ms(), "max_duration", f"hung up after {self.options.max_call_s:g} s")
                 done.set_result(True)
@@ -207,6 +208,10 @@ class TwilioEmulator:
         except Exception as exc:  # a harness bug: surfaces in run() as a harness_error
             done.set_exception(exc)
             return None
+
+    def _notify_tick(self) -> None:
+        """Called after each caller frame goes out: a hook for subclasses (the fake Twilio API
+        gives its answering-machine verdict on the call clock)."""
 
     def _stop_frames(self) -> None:
         """No frame after this one (the caller hung up, or the call ended)."""
