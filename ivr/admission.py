@@ -1,8 +1,15 @@
 """How many calls this process takes at once, counting calls Twilio is still connecting.
 
 The voice webhook answers before the stream connects, so a burst of webhooks could all see a
-free line. Each answered webhook therefore reserves a place for its CallSid for a short while;
-the stream that arrives with that CallSid takes the reserved place.
+free line. Each answered webhook therefore reserves a line for its CallSid for a short while
+(ivr.fleet.RESERVATION_TTL_S); the stream that arrives with that CallSid takes the reserved line.
+The reservations are kept in the shared state (ivr.fleet): behind a load balancer the stream
+may reach another pod, which then claims the reservation, so the call counts once, on the pod
+that holds it; a call that ends before its stream (the caller hung up while it rang) is
+released by whichever pod gets its status callback.
+
+`draining` is this pod's alone (a plain flag, set from a signal handler): other pods go on
+answering while one drains.
 """
 
 from __future__ import annotations
@@ -10,52 +17,47 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-#: Long enough for Twilio to open the stream after fetching our TwiML (normally under a second).
-RESERVATION_SECONDS = 15.0
+from ivr.fleet import SharedState
+from ivr.fleet.memory import MemoryState
 
 
 class Admission:
-    def __init__(self, max_calls: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_calls: int, clock: Callable[[], float] = time.monotonic,
+                 shared: SharedState | None = None) -> None:
         self.max_calls = max_calls
         self.draining = False
-        self._clock = clock
-        self._active: set[str] = set()
-        self._reserved: dict[str, float] = {}
+        self.shared: SharedState = shared if shared is not None else MemoryState(clock)
+        self._active: dict[str, str] = {}  # connection key -> CallSid
 
     @property
     def active(self) -> int:
         return len(self._active)
 
-    def _expire(self) -> None:
-        now = self._clock()
-        for sid in [s for s, until in self._reserved.items() if until <= now]:
-            del self._reserved[sid]
-
-    def _used(self) -> int:
-        return len(self._active) + len(self._reserved)
-
-    def reserve(self, call_sid: str) -> bool:
+    async def reserve(self, call_sid: str) -> bool:
         """At the voice webhook: True if the call may be answered with a stream."""
         if self.draining:
             return False
-        self._expire()
-        if call_sid in self._reserved or call_sid in self._active:
+        if call_sid and call_sid in self._active.values():
             return True
-        if self._used() >= self.max_calls:
-            return False
-        self._reserved[call_sid] = self._clock() + RESERVATION_SECONDS
-        return True
+        return await self.shared.reserve_line(call_sid, self.max_calls - len(self._active))
 
-    def enter(self, key: str, call_sid: str | None = None) -> bool:
-        """When a stream connects (key identifies the connection). False: refuse it."""
-        self._expire()
-        if call_sid and self._reserved.pop(call_sid, None) is not None:
-            self._active.add(key)
+    async def enter(self, key: str, call_sid: str | None = None) -> bool:
+        """When a stream connects (key identifies the connection). False: refuse it.
+
+        A call whose webhook was answered (here or on another pod) is taken even while draining:
+        the caller was promised a stream."""
+        if call_sid and await self.shared.claim_line(call_sid):
+            self._active[key] = call_sid
             return True
-        if self.draining or self._used() >= self.max_calls:
+        if self.draining or len(self._active) + await self.shared.lines_reserved() >= self.max_calls:
             return False
-        self._active.add(key)
+        self._active[key] = call_sid or ""
         return True
 
     def leave(self, key: str) -> None:
-        self._active.discard(key)
+        self._active.pop(key, None)
+
+    async def ended(self, call_sid: str) -> None:
+        """Twilio says the call is over: its reservation, if its stream never came, is freed."""
+        if call_sid:
+            await self.shared.claim_line(call_sid)

@@ -51,6 +51,15 @@ class Settings:
     outbound_dir: str = field(
         default="", metadata={"help": "where outbound call records are kept (empty: $XDG_STATE_HOME/ivr or ~/.local/state/ivr)"}
     )
+    # State shared by the pods behind one URL (ivr.fleet). The URL may carry a password: never logged.
+    redis_url: str = field(
+        default="", repr=False,
+        metadata={"help": "Redis for what crosses pods (redis://[:password@]host:6379/0, rediss:// for TLS); "
+                  "unset: one server's own memory"},
+    )
+    outbound_rate: float = field(
+        default=0.0, metadata={"help": "POST /calls: calls placed per second by all pods together (0: no limit)"}
+    )
     # Secrets come from their vendors' usual variables, not IVR_*.
     twilio_auth_token: str = field(default="", repr=False, metadata={"env": "TWILIO_AUTH_TOKEN", "secret": True})
     # Providers and the embedded engines (ivr.providers.registry builds them from these).
@@ -202,6 +211,10 @@ class Settings:
             raise ConfigError(f"IVR_DRAIN_TRANSFER_TO: {self.drain_transfer_to!r} is not +E.164 or a sip: URI")
         if self.provider_probe_max_s <= 0:
             raise ConfigError(f"IVR_PROVIDER_PROBE_MAX_S: {self.provider_probe_max_s} must be more than 0")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("IVR_REDIS_URL: must start with redis://, rediss:// or unix://")
+        if self.outbound_rate < 0:
+            raise ConfigError(f"IVR_OUTBOUND_RATE: {self.outbound_rate} is negative")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"IVR_LOG_LEVEL: {self.log_level!r} is not debug, info, warning or error")
 

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from typing import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ivr import metrics
 from ivr.admission import Admission
 from ivr.config import Settings
+from ivr.fleet import open_shared
 from ivr.heap import freeze_startup_objects
 from ivr.logs import CallLog
 from ivr.security import PublicUrl, SignatureChecker
@@ -35,7 +35,8 @@ from ivr.outbound.routes import install as install_outbound
 log = logging.getLogger("ivr.server")
 
 TWIML = "application/xml"
-MAX_OUTCOMES = 10_000
+#: Twilio's statuses of a call that is over.
+CALL_OVER = ("completed", "busy", "no-answer", "failed", "canceled")
 MAX_EARLY_MESSAGES = 16
 
 
@@ -46,7 +47,9 @@ class IvrState:
         self.settings = settings
         self.public = PublicUrl(settings.public_url, trust_forwarded_host=bool(settings.forwarded_allow_ips))
         self.signatures = SignatureChecker(settings.twilio_auth_token)
-        self.admission = Admission(settings.max_calls)
+        #: What crosses pods (ivr.fleet): Redis with IVR_REDIS_URL, else this process's memory.
+        self.shared = open_shared(settings.redis_url)
+        self.admission = Admission(settings.max_calls, shared=self.shared)
         self.handler_factory = handler_factory
         #: ivr.web.WebPhone when the web phone is on (set by ivr.web.install).
         self.web = None
@@ -54,13 +57,17 @@ class IvrState:
         self.calls: set[asyncio.Task] = set()
         #: The call handler of each connected stream, for ivr.drain to end them politely.
         self.handlers: dict[str, object] = {}
-        #: How streams the bot ended should go on (hang up, or a transfer), for /twiml/fallback.
-        self.outcomes: OrderedDict[str, str] = OrderedDict()
+        self._background: set[asyncio.Task] = set()
 
-    def remember_outcome(self, call_sid: str, twiml_doc: str) -> None:
-        self.outcomes[call_sid] = twiml_doc
-        while len(self.outcomes) > MAX_OUTCOMES:
-            self.outcomes.popitem(last=False)
+    def index_call(self, line: Line) -> None:
+        """List a captured call in the index of recent calls (/calls on every pod), off the
+        stream's path."""
+        name = line.capture_name
+        if name:
+            entry = {"name": name, "pod": getattr(self.shared, "pod", ""), "call_sid": line.start.call_sid}
+            task = asyncio.create_task(self.shared.index_call(entry))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
 
 def _state(conn: Request | WebSocket) -> IvrState:
@@ -86,7 +93,7 @@ async def voice(request: Request) -> Response:
         return form
     state = _state(request)
     call_sid = form.get("CallSid", "")
-    if not state.admission.reserve(call_sid):
+    if not await state.admission.reserve(call_sid):
         metrics.WEBHOOKS.labels("voice", "busy").inc()
         log.warning(
             "call %s answered busy: %s",
@@ -111,6 +118,8 @@ async def status(request: Request) -> Response:
     if isinstance(form, Response):
         return form
     metrics.WEBHOOKS.labels("status", "ok").inc()
+    if form.get("CallStatus") in CALL_OVER:
+        await _state(request).admission.ended(form.get("CallSid", ""))
     log.info(
         "status callback: call %s stream %s %s",
         form.get("CallSid", "?"),
@@ -126,7 +135,7 @@ async def fallback(request: Request) -> Response:
         return form
     metrics.WEBHOOKS.labels("fallback", "ok").inc()
     call_sid = form.get("CallSid", "?")
-    planned = _state(request).outcomes.pop(call_sid, None)
+    planned = await _state(request).shared.take_outcome(call_sid)
     if planned is not None:
         return Response(planned, media_type=TWIML)
     log.warning("call %s: stream ended without the bot ending the call; playing the fallback", call_sid)
@@ -146,7 +155,9 @@ async def readyz(request: Request) -> Response:
     reasons = providers.unready() if hasattr(providers, "unready") else []
     if reasons:
         return PlainTextResponse("not ready: " + "; ".join(reasons) + "\n", status_code=503)
-    return PlainTextResponse("ready\n")
+    # Still ready without Redis: calls work, only what crosses pods is this pod's own.
+    degraded = state.shared.degraded()
+    return PlainTextResponse(f"ready (degraded: {degraded})\n" if degraded else "ready\n")
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -212,7 +223,7 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
                 continue
             if isinstance(event, Start):
                 calllog.bind(event.call_sid, event.stream_sid)
-                if not state.admission.enter(key, event.call_sid):
+                if not await state.admission.enter(key, event.call_sid):
                     metrics.CALLS.labels("refused").inc()
                     calllog.warning("refused: no free line (IVR_MAX_CALLS=%d)", state.settings.max_calls)
                     end_reason = "refused"
@@ -223,6 +234,7 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
                 line = Line(websocket, event, calllog, state.settings.capture_dir, t0)
                 for early_raw, early_ms in early:
                     line.capture(early_raw, early_ms)
+                state.index_call(line)
                 handler = state.handler_factory(line)
                 state.handlers[key] = handler
                 calllog.info(
@@ -258,10 +270,11 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
                 calllog.exception("call handler failed while closing")
         if line is not None:
             line.close()
+            # How the call goes on, for /twiml/fallback on whichever pod Twilio asks.
             if line.transfer_twiml:
-                state.remember_outcome(line.start.call_sid, line.transfer_twiml)
+                await state.shared.put_outcome(line.start.call_sid, line.transfer_twiml)
             elif line.ended_by_bot:
-                state.remember_outcome(line.start.call_sid, twiml.hangup())
+                await state.shared.put_outcome(line.start.call_sid, twiml.hangup())
         if admitted:
             metrics.ACTIVE_CALLS.dec()
             bot_end = line is not None and ("transfer" if line.transfer_twiml else "bot" if line.ended_by_bot else "")
@@ -310,6 +323,7 @@ def create_app(settings: Settings | None = None, handler_factory: HandlerFactory
             )
         if not settings.public_url:
             log.info("IVR_PUBLIC_URL is not set: public URLs are taken from each request's Host header")
+        await state.shared.start()
         startup = getattr(state.handler_factory, "startup", None)
         # Engines load after the port opens: /healthz answers at once, /readyz once they are in,
         # and a call that comes early is taken (it waits for the engines) rather than refused.
@@ -324,6 +338,7 @@ def create_app(settings: Settings | None = None, handler_factory: HandlerFactory
         if warming is not None:
             warming.cancel()
         state.ready = False
+        await state.shared.aclose()
 
     app = Starlette(
         routes=[

@@ -76,6 +76,10 @@ class Line:
     def capturing(self) -> bool:
         return self._capture is not None
 
+    @property
+    def capture_name(self) -> str:
+        return self._capture.path.name if self._capture is not None else ""
+
     def capture_event(self, event: dict) -> None:
         """Note a call event (ivr.call.events) in the capture, for the call viewer."""
         if self._capture is not None:

@@ -169,7 +169,7 @@ async def test_drain_lets_calls_that_end_in_time_end_by_themselves():
     drain = Drain(state, seconds=60, goodbye="bye")
     running = asyncio.create_task(drain.run())
     await asyncio.sleep(0)  # let the drain start waiting
-    assert state.admission.draining and not state.admission.reserve("CAnew")
+    assert state.admission.draining and not await state.admission.reserve("CAnew")
     ended.set()  # the caller hangs up
     await asyncio.wait_for(running, 5)
     assert handler.drained == []

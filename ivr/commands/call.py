@@ -3,7 +3,8 @@
 The call goes through Twilio's REST API with the server's `<Connect><Stream>` TwiML: a server
 (`ivr serve`) must be running at --url (IVR_PUBLIC_URL), with the same Twilio account, to take
 the stream and the status callbacks. Credentials from the environment: TWILIO_ACCOUNT_SID with
-TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET).
+TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET). With IVR_REDIS_URL, several runs
+of one campaign (on several pods) split its numbers and keep its rate together.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         campaign = Campaign(args.campaign or Path(args.csv).stem, placer, store, from_=args.from_, rate=args.rate,
                             max_concurrent=args.max_concurrent, flow=args.flow, params=params, amd=not args.no_amd,
                             poll_s=args.poll, on_progress=_printer())
-        progress = asyncio.run(_run_campaign(campaign, targets))
+        progress = asyncio.run(_run_campaign(campaign, targets, os.environ.get("IVR_REDIS_URL", "")))
     except (PlaceError, CampaignError) as exc:
         print(f"ivr call: {exc}", file=sys.stderr)
         return 2
@@ -92,8 +93,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run_campaign(campaign, targets):
+async def _run_campaign(campaign, targets, redis_url: str = ""):
+    from ivr.fleet import open_shared
+
     loop = asyncio.get_running_loop()
+    # With IVR_REDIS_URL, runners of the same campaign on several pods split its numbers and
+    # share its rate (ivr.outbound.campaign).
+    campaign.shared = open_shared(redis_url)
+    await campaign.shared.start()
 
     def interrupted() -> None:
         print("\nstopping: no more calls are placed (Ctrl-C again to quit at once); run the same "
@@ -107,6 +114,7 @@ async def _run_campaign(campaign, targets):
         return await campaign.run(targets)
     finally:
         await campaign.placer.aclose()
+        await campaign.shared.aclose()
 
 
 async def _place_one(placer, request):

@@ -6,16 +6,17 @@ opens. The call engine awaits `before_greeting(ctx)` before it says anything: an
 with AMD waits here for its verdict, which then reaches the brain as the `AnsweredBy` parameter
 (the flow says its voicemail message to a machine, its outbound greeting to a person).
 
-The board is per process: the AMD webhook must reach the replica that holds the stream (one
-server, or sticky routing on CallSid).
+The verdict goes through the shared state (ivr.fleet): with IVR_REDIS_URL the AMD webhook may
+reach any pod; the pod that holds the stream hears it (published), or finds it kept if it asks
+later.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import OrderedDict
 
+from ivr.fleet import SharedState
+from ivr.fleet.memory import MemoryState
 from ivr.providers.base import CallContext
 
 log = logging.getLogger("ivr.outbound")
@@ -23,7 +24,6 @@ log = logging.getLogger("ivr.outbound")
 #: DetectMessageEnd gives up after MachineDetectionTimeout (30 s by default) with "unknown":
 #: waiting a little longer covers the webhook's own delay.
 DEFAULT_WAIT_S = 40.0
-MAX_KEPT = 10_000
 
 
 def is_machine(answered_by: str) -> bool:
@@ -31,33 +31,20 @@ def is_machine(answered_by: str) -> bool:
 
 
 class AnswerBoard:
-    def __init__(self, wait_s: float = DEFAULT_WAIT_S) -> None:
+    def __init__(self, shared: SharedState | None = None, wait_s: float = DEFAULT_WAIT_S) -> None:
+        self.shared: SharedState = shared if shared is not None else MemoryState()
         self.wait_s = wait_s
-        self._verdicts: OrderedDict[str, str] = OrderedDict()
-        self._waiters: dict[str, asyncio.Future] = {}
 
-    def post(self, call_sid: str, answered_by: str) -> None:
-        """A verdict arrived (on the event loop of the server)."""
-        self._verdicts[call_sid] = answered_by
-        while len(self._verdicts) > MAX_KEPT:
-            self._verdicts.popitem(last=False)
-        waiter = self._waiters.pop(call_sid, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(answered_by)
+    async def post(self, call_sid: str, answered_by: str) -> None:
+        """A verdict arrived (on any pod)."""
+        await self.shared.post_verdict(call_sid, answered_by)
 
     async def verdict(self, call_sid: str, timeout_s: float | None = None) -> str:
-        if call_sid in self._verdicts:
-            return self._verdicts.pop(call_sid)
-        waiter = self._waiters.setdefault(call_sid, asyncio.get_running_loop().create_future())
-        try:
-            async with asyncio.timeout(self.wait_s if timeout_s is None else timeout_s):
-                return await asyncio.shield(waiter)
-        except TimeoutError:
+        answered_by = await self.shared.wait_verdict(call_sid, self.wait_s if timeout_s is None else timeout_s)
+        if answered_by is None:
             log.warning("no answering-machine verdict for call %s: taking it as a person", call_sid)
             return "unknown"
-        finally:
-            self._waiters.pop(call_sid, None)
-            self._verdicts.pop(call_sid, None)
+        return answered_by
 
     async def before_greeting(self, ctx: CallContext) -> CallContext:
         """The context the brain gets: with `AnsweredBy` for outbound calls placed with AMD."""

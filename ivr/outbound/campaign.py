@@ -6,6 +6,10 @@ once; a call frees its place when Twilio reports it over (its REST resource is p
 works wherever the server's status callbacks land). Every placement is written to the store
 before its request goes out, under the campaign's name: a run started again skips every number
 the campaign has already tried, even one whose request's answer was lost.
+
+Several runners of one campaign (`ivr call --csv` on two pods, with IVR_REDIS_URL) share it
+through ivr.fleet: each number is claimed by one runner only, and the rate is the campaign's
+together (each placement books its turn on one schedule). `max_concurrent` is each runner's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ivr.fleet import SharedState, take_turn
+from ivr.fleet.memory import MemoryState
 from ivr.outbound.place import NotPlaced, OutboundRequest, PlaceError, Placer
 from ivr.outbound.store import FINAL, CallStore
 
@@ -83,7 +89,7 @@ class Progress:
 class Campaign:
     def __init__(self, name: str, placer: Placer, store: CallStore, *, from_: str, rate: float, max_concurrent: int,
                  flow: str = "", params: dict | None = None, amd: bool = True, poll_s: float = 2.0,
-                 on_progress: Callable[[Progress], None] | None = None) -> None:
+                 on_progress: Callable[[Progress], None] | None = None, shared: SharedState | None = None) -> None:
         if not rate > 0:
             raise CampaignError("--rate must be more than 0 calls a second")
         if max_concurrent < 1:
@@ -92,6 +98,7 @@ class Campaign:
         self.from_, self.rate, self.max_concurrent = from_, rate, max_concurrent
         self.flow, self.params, self.amd, self.poll_s = flow, dict(params or {}), amd, poll_s
         self.on_progress = on_progress
+        self.shared: SharedState = shared if shared is not None else MemoryState()
         self._stopping = asyncio.Event()
 
     def already_tried(self) -> set[str]:
@@ -116,29 +123,23 @@ class Campaign:
         todo = [(n, p) for n, p in targets if n not in tried]
         progress = Progress(total=len(targets), skipped=len(targets) - len(todo))
         slots = asyncio.Semaphore(self.max_concurrent)
-        gap = 1.0 / self.rate
-        next_at = time.monotonic()
         async with asyncio.TaskGroup() as group:
             for number, row in todo:
-                # At least 1/rate after the previous call, even after waiting for a free slot:
-                # a backlog never comes out as a burst.
-                await self._pause(next_at - time.monotonic())
-                if not self._stopping.is_set():
-                    acquire = asyncio.ensure_future(slots.acquire())
-                    stop = asyncio.ensure_future(self._stopping.wait())
-                    await asyncio.wait((acquire, stop), return_when=asyncio.FIRST_COMPLETED)
-                    stop.cancel()
-                    if not acquire.done() or acquire.cancelled():
-                        acquire.cancel()
-                    elif self._stopping.is_set():
-                        slots.release()
-                if self._stopping.is_set():
+                if not await self._free_slot(slots):
                     break
-                now = time.monotonic()
-                next_at = max(next_at, now) + gap
+                if not await self.shared.claim_number(self.name, number):
+                    slots.release()  # another runner of this campaign has it
+                    progress.skipped += 1
+                    continue
+                # Taken once a slot is free, so a backlog never comes out as a burst: at least
+                # 1/rate after the previous placement of this campaign, by any runner.
+                if not await take_turn(self.shared, f"campaign:{self.name}", self.rate, stop=self._stopping):
+                    await self.shared.unclaim_number(self.name, number)
+                    slots.release()
+                    break
                 request = OutboundRequest(to=number, from_=self.from_, params={**self.params, **row}, flow=self.flow,
                                           amd=self.amd, campaign=self.name)
-                progress.place_times.append(now)
+                progress.place_times.append(time.monotonic())
                 progress.placed += 1
                 progress.active += 1
                 group.create_task(self._one(request, slots, progress))
@@ -146,16 +147,34 @@ class Campaign:
         self._report(progress)
         return progress
 
+    async def _free_slot(self, slots: asyncio.Semaphore) -> bool:
+        """Wait for a place among `max_concurrent`; False if stopped meanwhile."""
+        if self._stopping.is_set():
+            return False
+        acquire = asyncio.ensure_future(slots.acquire())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait((acquire, stop), return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not acquire.done() or acquire.cancelled():
+            acquire.cancel()
+            return False
+        if self._stopping.is_set():
+            slots.release()
+            return False
+        return True
+
     async def _one(self, request: OutboundRequest, slots: asyncio.Semaphore, progress: Progress) -> None:
         try:
             try:
                 placed = await self.placer.place(request)
             except PlaceError as exc:
+                await self.shared.unclaim_number(self.name, request.to)
                 await self.store.add({"kind": "error", "id": f"bad-{request.to}", "to": request.to,
                                       "campaign": self.name, "error": str(exc), "not_placed": True})
                 progress.outcomes["invalid"] += 1
                 return
             except NotPlaced:
+                await self.shared.unclaim_number(self.name, request.to)  # no call exists: a resume may try again
                 progress.outcomes["not-placed"] += 1
                 return
             except Exception:

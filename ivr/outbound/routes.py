@@ -6,12 +6,17 @@
   numbers: it never does so for anyone who asks).
 - `POST /outbound/status` and `POST /outbound/amd`: Twilio's call progress and async AMD
   callbacks, signed like every webhook and refused when the signature fails.
+
+With `IVR_OUTBOUND_RATE`, `POST /calls` places calls at that rate across every pod sharing the
+state (ivr.fleet): a request waits for its turn, up to `MAX_PACE_WAIT_S`, else gets 429.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import math
 from pathlib import Path
 
 from starlette.requests import Request
@@ -19,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ivr.call.twilio_rest import TwilioRest
+from ivr.fleet import take_turn
 from ivr.logs import mask_number
 from ivr.outbound import metrics
 from ivr.outbound.amd import AnswerBoard
@@ -29,17 +35,20 @@ log = logging.getLogger("ivr.outbound")
 
 MAX_BODY = 16 * 1024
 LIST_LIMIT = 100
+#: A POST /calls waits this long at most for its turn at IVR_OUTBOUND_RATE.
+MAX_PACE_WAIT_S = 10.0
 
 
 class Outbound:
     """What the outbound routes share, kept on `app.state.ivr.outbound`."""
 
-    def __init__(self, settings, rest: TwilioRest | None, store: CallStore) -> None:
+    def __init__(self, settings, rest: TwilioRest | None, store: CallStore, shared=None) -> None:
         self.settings = settings
         self.token = settings.api_token
         self.rest = rest
         self.store = store
-        self.board = AnswerBoard()
+        self.board = AnswerBoard(shared)
+        self.shared = self.board.shared
 
     def authorised(self, request: Request) -> bool:
         if not self.token:
@@ -105,6 +114,12 @@ async def place_call(request: Request) -> Response:
     if outbound.rest is None:
         metrics.API_REQUESTS.labels("unavailable").inc()
         return JSONResponse({"error": "Twilio credentials are not set on the server"}, status_code=503)
+    if settings.outbound_rate > 0:
+        # The turn is booked across pods (ivr.fleet): two pods together keep the rate.
+        if not await take_turn(outbound.shared, "api", settings.outbound_rate, MAX_PACE_WAIT_S):
+            metrics.API_REQUESTS.labels("rate_limited").inc()
+            return JSONResponse({"error": f"calls are placed at {settings.outbound_rate:g}/s (IVR_OUTBOUND_RATE): try again"},
+                                status_code=429, headers={"Retry-After": str(math.ceil(MAX_PACE_WAIT_S))})
     placer = Placer(outbound.rest, request.app.state.ivr.public.base(request), outbound.store)
     try:
         placed = await placer.place(call)
@@ -130,8 +145,6 @@ async def list_calls(request: Request) -> Response:
 
 
 async def _calls(store: CallStore):
-    import asyncio
-
     return await asyncio.to_thread(store.calls)
 
 
@@ -169,7 +182,7 @@ async def amd_callback(request: Request) -> Response:
     sid, answered_by = form.get("CallSid", ""), form.get("AnsweredBy", "unknown")
     metrics.ANSWERED_BY.labels(answered_by).inc()
     outbound = _outbound(request)
-    outbound.board.post(sid, answered_by)
+    await outbound.board.post(sid, answered_by)
     await outbound.store.add({"kind": "amd", "sid": sid, "answered_by": answered_by,
                               "detection_ms": form.get("MachineDetectionDuration", "")})
     return Response(status_code=204)
@@ -179,7 +192,8 @@ def install(state, rest: TwilioRest | None = None, store: CallStore | None = Non
     """Put the outbound state on `state` and return its routes. The call factory, when it can
     wait before greeting, waits for the AMD verdict of outbound calls."""
     settings = state.settings
-    outbound = Outbound(settings, rest or TwilioRest.from_env(), store or CallStore(settings.outbound_dir or None))
+    outbound = Outbound(settings, rest or TwilioRest.from_env(), store or CallStore(settings.outbound_dir or None),
+                        shared=getattr(state, "shared", None))
     state.outbound = outbound
     if hasattr(state.handler_factory, "before_greeting"):
         state.handler_factory.before_greeting = outbound.board.before_greeting

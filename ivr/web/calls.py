@@ -5,6 +5,11 @@ engine's events (`event`): see ivr.harness.capture. From them this rebuilds the 
 harness would have made (the caller's track, and Twilio's playout of the bot's audio modelled by
 `TwilioPlayback`, with the marks' real echo times), then the harness's own report and timeline.
 Everything here is blocking file and numpy work: the routes run it in a thread.
+
+The list is the capture directory's files together with the index of recent calls (ivr.fleet,
+in Redis with IVR_REDIS_URL), so behind a load balancer every pod lists every pod's calls; a
+call whose capture file is not on this pod's disk says where it was taken (put IVR_CAPTURE_DIR
+on storage every pod mounts to open each one from any pod).
 """
 
 from __future__ import annotations
@@ -208,25 +213,38 @@ def summary(path: Path) -> dict:
     return item
 
 
-def recent(directory: str, limit: int = MAX_LISTED) -> list[dict]:
+def recent(directory: str, limit: int = MAX_LISTED, indexed: list[dict] = ()) -> list[dict]:
+    """The latest calls, newest first: files here, and `indexed` entries ({name, pod}) from
+    the shared index, which may have been captured on another pod."""
     root = Path(directory)
-    if not root.is_dir():
-        return []
-    files = sorted((p for p in root.glob("*.jsonl") if _NAME.fullmatch(p.name)), key=lambda p: p.name, reverse=True)
-    return [summary(p) for p in files[:limit]]
+    names = {p.name: None for p in root.glob("*.jsonl") if _NAME.fullmatch(p.name)} if root.is_dir() else {}
+    for entry in indexed:
+        name = str(entry.get("name", ""))
+        if _NAME.fullmatch(name) and names.get(name) is None:
+            names[name] = entry
+    listed = []
+    # Names begin with the UTC time the call started: newest first.
+    for name in sorted(names, reverse=True)[:limit]:
+        path = root / name
+        if path.is_file():
+            listed.append(summary(path))
+        else:
+            pod = (names[name] or {}).get("pod") or "another pod"
+            listed.append({"name": name, "error": f"captured on {pod}: its file is not on this pod's storage"})
+    return listed
 
 
 def _fmt_ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
 
 
-def calls_page(directory: str) -> str:
+def calls_page(directory: str, indexed: list[dict] = ()) -> str:
     if not directory:
         body = ("<p>Capture is off, so there are no calls to show. Start the server with "
                 "<code>ivr serve --capture DIR</code> (or <code>IVR_CAPTURE_DIR</code>).</p>")
         return _page("Recent calls", body)
     rows = []
-    for c in recent(directory):
+    for c in recent(directory, indexed=indexed):
         name = html.escape(c["name"])
         if c.get("error"):
             rows.append(f'<tr><td colspan="7">{name}: {html.escape(c["error"])}</td></tr>')

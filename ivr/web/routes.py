@@ -166,9 +166,11 @@ async def calls(request: Request) -> Response:
     refused = _refused(request)
     if refused is not None:
         return refused
-    from ivr.web.calls import calls_page
+    from ivr.web.calls import MAX_LISTED, calls_page
 
-    body = await asyncio.to_thread(calls_page, _web(request).capture_dir)
+    # Every pod's calls (ivr.fleet): the files themselves are read from this pod's capture dir.
+    indexed = await request.app.state.ivr.shared.recent_calls(MAX_LISTED)
+    body = await asyncio.to_thread(calls_page, _web(request).capture_dir, indexed)
     return HTMLResponse(body, headers=_HEADERS)
 
 
