@@ -232,6 +232,7 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
                 metrics.ACTIVE_CALLS.inc()
                 metrics.CALLS.labels("accepted").inc()
                 line = Line(websocket, event, calllog, state.settings.capture_dir, t0)
+                line.before_close = _outcome_saver(state, line)
                 for early_raw, early_ms in early:
                     line.capture(early_raw, early_ms)
                 state.index_call(line)
@@ -270,11 +271,7 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
                 calllog.exception("call handler failed while closing")
         if line is not None:
             line.close()
-            # How the call goes on, for /twiml/fallback on whichever pod Twilio asks.
-            if line.transfer_twiml:
-                await state.shared.put_outcome(line.start.call_sid, line.transfer_twiml)
-            elif line.ended_by_bot:
-                await state.shared.put_outcome(line.start.call_sid, twiml.hangup())
+            await line.before_close()
         if admitted:
             metrics.ACTIVE_CALLS.dec()
             bot_end = line is not None and ("transfer" if line.transfer_twiml else "bot" if line.ended_by_bot else "")
@@ -291,6 +288,23 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
             )
     with contextlib.suppress(Exception):
         await websocket.close()
+
+
+def _outcome_saver(state: IvrState, line: Line):
+    """How the call goes on after a stream the bot ended (hang up, or its transfer), saved once
+    for /twiml/fallback on whichever pod Twilio asks: before our side closes the stream, or
+    when the stream has ended otherwise."""
+    saved = False
+
+    async def save() -> None:
+        nonlocal saved
+        doc = line.transfer_twiml or (twiml.hangup() if line.ended_by_bot else None)
+        if doc is None or saved:
+            return
+        saved = True
+        await state.shared.put_outcome(line.start.call_sid, doc)
+
+    return save
 
 
 async def _warm_up(state: IvrState, startup) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 from starlette.websockets import WebSocket
 
@@ -33,6 +33,9 @@ class Line:
         #: Without REST credentials the stream's end runs /twiml/fallback, which serves them.
         self.ended_by_bot = False
         self.transfer_twiml: str | None = None
+        #: Set by the server: run before our side closes the stream (Twilio may ask any pod
+        #: for /twiml/fallback the moment it closes).
+        self.before_close: Callable[[], Awaitable[None]] | None = None
         self._ws = websocket
         self._t0 = t0
         self._capture = None
@@ -89,6 +92,8 @@ class Line:
         """End the stream from our side (the call's own REST hang-up is the caller's business)."""
         if not self.closed:
             self.closed = True
+            if self.before_close is not None:
+                await self.before_close()
             await self._ws.close()
 
     def close(self) -> None:

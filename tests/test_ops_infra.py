@@ -32,7 +32,9 @@ def manifests() -> list[tuple[Path, dict]]:
 
 
 def resource(kind: str, path: str = "") -> dict:
-    found = [d for p, d in manifests() if d["kind"] == kind and (not path or p.relative_to(K8S).as_posix() == path)]
+    # Without a path: the ivr manifests at the top (redis/ and custom-metrics/ have their own).
+    found = [d for p, d in manifests()
+             if d["kind"] == kind and (p.relative_to(K8S).as_posix() == path if path else p.parent == K8S)]
     assert len(found) == 1, (kind, path, len(found))
     return found[0]
 
@@ -158,3 +160,19 @@ def test_image_install_steps_work_in_a_clean_venv(tmp_path):
     help_text = subprocess.run([str(venv / "bin" / "ivr"), "serve", "--help"], capture_output=True, text=True, check=True).stdout
     assert "IVR_DRAIN_SECONDS" in help_text
     assert sys.executable not in help_text
+
+
+def test_the_pods_share_the_redis_the_manifests_run():
+    url = resource("ConfigMap")["data"]["IVR_REDIS_URL"]
+    service = resource("Service", "redis/redis.yaml")
+    redis = resource("Deployment", "redis/redis.yaml")
+    host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    assert host.split(".")[:2] == [service["metadata"]["name"], service["metadata"]["namespace"]]
+    assert int(port) == service["spec"]["ports"][0]["port"]
+    assert service["spec"]["selector"] == redis["spec"]["template"]["metadata"]["labels"]
+    args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--save") + 1] == ""  # nothing on disk: every key expires
+    # Only the ivr pods reach it.
+    policy = resource("NetworkPolicy", "redis/redis.yaml")
+    allowed = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    assert allowed == resource("Deployment")["spec"]["template"]["metadata"]["labels"]

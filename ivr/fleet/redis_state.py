@@ -108,6 +108,7 @@ class RedisState:
         self._held = self._client.register_script(HELD)
         self._pace = self._client.register_script(PACE)
         self._up = False
+        self._up_event = asyncio.Event()
         self._started = False
         self._down_since: float | None = None
         self._listener: asyncio.Task | None = None
@@ -129,12 +130,22 @@ class RedisState:
             log.warning("Redis at %s is unreachable (%s): calls go on; cross-pod state is this pod's own until it "
                         "returns", redacted(self.url), exc or type(exc).__name__)
         self._up = False
+        self._up_event.clear()
         REDIS_UP.set(0)
         if self._probe is None or self._probe.done():
             self._probe = asyncio.get_running_loop().create_task(self._probe_until_up(), name="redis-probe")
 
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    async def wait_up(self) -> None:
+        """Until Redis answers (at once if it does)."""
+        await self._up_event.wait()
+
     async def _came_up(self) -> None:
         self._up = True
+        self._up_event.set()
         REDIS_UP.set(1)
         if self._down_since is not None:
             log.warning("Redis at %s answers again: cross-pod state is shared again", redacted(self.url))

@@ -12,7 +12,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Awaitable, Callable, Mapping
 
 from twilio.twiml.voice_response import VoiceResponse
 
@@ -50,6 +50,10 @@ class PlaceError(ValueError):
 
 class NotPlaced(RuntimeError):
     """Twilio refused the call outright (an HTTP error): no call exists."""
+
+
+class RateLimited(NotPlaced):
+    """Its turn at the placing rate was too far off: not sent, no call exists."""
 
 
 @dataclass(frozen=True)
@@ -148,9 +152,13 @@ class Placer:
         if http is not None and hasattr(http, "close"):
             await http.close()
 
-    async def place(self, request: OutboundRequest, call_id: str | None = None) -> dict:
+    async def place(self, request: OutboundRequest, call_id: str | None = None,
+                    turn: Callable[[], Awaitable[bool]] | None = None) -> dict:
         """Returns {"id", "sid", "status"}. Raises PlaceError (bad request), NotPlaced (Twilio
-        said no) or TwilioRestError-like errors (unknown: the call may or may not exist)."""
+        said no) or TwilioRestError-like errors (unknown: the call may or may not exist).
+
+        `turn`, if given, is awaited just before the request goes out (the rate at which Twilio
+        sees calls arrive is what counts): False, and the call is not placed (`RateLimited`)."""
         request.check()
         call_id = call_id or new_call_id()
         args = create_arguments(self.public_base, request, call_id)
@@ -159,6 +167,9 @@ class Placer:
         # Written before the request: if we die before the answer, a resumed campaign knows the
         # number may have been called and does not call it twice.
         await self.store.add({"kind": "placing", **common})
+        if turn is not None and not await turn():
+            await self.store.add({"kind": "error", "id": call_id, "error": "rate limited", "not_placed": True})
+            raise RateLimited("rate limited")
         try:
             call = await self.rest.client().calls.create_async(**args)
         except Exception as exc:

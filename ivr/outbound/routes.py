@@ -28,7 +28,7 @@ from ivr.fleet import take_turn
 from ivr.logs import mask_number
 from ivr.outbound import metrics
 from ivr.outbound.amd import AnswerBoard
-from ivr.outbound.place import NotPlaced, OutboundRequest, PlaceError, Placer
+from ivr.outbound.place import NotPlaced, OutboundRequest, PlaceError, Placer, RateLimited
 from ivr.outbound.store import CallStore
 
 log = logging.getLogger("ivr.outbound")
@@ -114,15 +114,18 @@ async def place_call(request: Request) -> Response:
     if outbound.rest is None:
         metrics.API_REQUESTS.labels("unavailable").inc()
         return JSONResponse({"error": "Twilio credentials are not set on the server"}, status_code=503)
+    turn = None
     if settings.outbound_rate > 0:
-        # The turn is booked across pods (ivr.fleet): two pods together keep the rate.
-        if not await take_turn(outbound.shared, "api", settings.outbound_rate, MAX_PACE_WAIT_S):
-            metrics.API_REQUESTS.labels("rate_limited").inc()
-            return JSONResponse({"error": f"calls are placed at {settings.outbound_rate:g}/s (IVR_OUTBOUND_RATE): try again"},
-                                status_code=429, headers={"Retry-After": str(math.ceil(MAX_PACE_WAIT_S))})
+        # The turn is taken across pods (ivr.fleet): two pods together keep the rate.
+        def turn():
+            return take_turn(outbound.shared, "api", settings.outbound_rate, MAX_PACE_WAIT_S)
     placer = Placer(outbound.rest, request.app.state.ivr.public.base(request), outbound.store)
     try:
-        placed = await placer.place(call)
+        placed = await placer.place(call, turn=turn)
+    except RateLimited:
+        metrics.API_REQUESTS.labels("rate_limited").inc()
+        return JSONResponse({"error": f"calls are placed at {settings.outbound_rate:g}/s (IVR_OUTBOUND_RATE): try again"},
+                            status_code=429, headers={"Retry-After": str(math.ceil(MAX_PACE_WAIT_S))})
     except NotPlaced as exc:
         metrics.API_REQUESTS.labels("refused").inc()
         return JSONResponse({"error": f"Twilio refused the call: {exc}"}, status_code=422)
