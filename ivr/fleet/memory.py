@@ -45,8 +45,9 @@ class MemoryState:
         if waiter is not None and not waiter.done():
             waiter.set_result(answered_by)
 
-    def waiting_for(self) -> list[str]:
-        return list(self._waiters)
+    def waiting_for(self):
+        """The calls waiting for a verdict here (a live view)."""
+        return self._waiters.keys()
 
     async def wait_verdict(self, call_sid: str, timeout_s: float, also: Callable | None = None) -> str | None:
         """`also`: a coroutine function asked once the waiter is in place (Redis: a verdict

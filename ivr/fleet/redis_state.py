@@ -155,7 +155,7 @@ class RedisState:
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(self._listen(), name="redis-verdicts")
         # Verdicts posted while this pod could not hear them are in their keys.
-        for sid in self.local.waiting_for():
+        for sid in list(self.local.waiting_for()):
             with contextlib.suppress(RedisError, OSError):
                 verdict = await self._client.getdel(f"{PREFIX}amd:{sid}")
                 if verdict is not None:
@@ -180,14 +180,17 @@ class RedisState:
         try:
             await pubsub.subscribe(VERDICTS_CHANNEL)
             # Subscribed: verdicts posted from now on arrive here; earlier ones are in their keys.
-            for sid in self.local.waiting_for():
+            for sid in list(self.local.waiting_for()):
                 verdict = await self._client.getdel(f"{PREFIX}amd:{sid}")
                 if verdict is not None:
                     self.local.deliver_verdict(sid, verdict)
             async for message in pubsub.listen():
                 if message.get("type") == "message":
                     sid, _, verdict = str(message["data"]).partition(" ")
-                    self.local.deliver_verdict(sid, verdict)
+                    # Every pod hears every verdict: only the one holding the call keeps it
+                    # (a call that starts waiting later finds it in its key).
+                    if sid in self.local.waiting_for():
+                        self.local.deliver_verdict(sid, verdict)
         except asyncio.CancelledError:
             raise
         except UNREACHABLE as exc:
