@@ -36,6 +36,14 @@ class Settings:
     capture_dir: str = field(
         default="", metadata={"help": "write each call's inbound Twilio messages here (off when empty)"}
     )
+    marks: bool = field(
+        default=True,
+        metadata={"help": "on: the carrier echoes marks and they confirm the bot's playout clock (Twilio); "
+                  "off: a carrier without marks, the clock alone says what the caller heard"},
+    )
+    playout_lead_ms: int = field(
+        default=300, metadata={"help": "how far ahead of the caller's ear the bot's audio is sent (jitter margin)"}
+    )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
     webphone: bool = field(
         default=False,
@@ -215,6 +223,8 @@ class Settings:
             raise ConfigError("IVR_REDIS_URL: must start with redis://, rediss:// or unix://")
         if self.outbound_rate < 0:
             raise ConfigError(f"IVR_OUTBOUND_RATE: {self.outbound_rate} is negative")
+        if not 20 <= self.playout_lead_ms <= 10000:
+            raise ConfigError(f"IVR_PLAYOUT_LEAD_MS: {self.playout_lead_ms} is not between 20 and 10000")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"IVR_LOG_LEVEL: {self.log_level!r} is not debug, info, warning or error")
 

@@ -24,6 +24,11 @@ log = logging.getLogger("ivr.session")
 class Line:
     """The outbound side of one Media Stream, plus the call's identity and optional capture."""
 
+    #: What the carrier can do (the engine asks, never which carrier it is): Twilio drops its
+    #: queued audio on `clear` and echoes marks (IVR_MARKS=off says a compatible one does not).
+    has_clear = True
+    has_marks = True
+
     def __init__(self, websocket: WebSocket, start: Start, calllog: CallLog, capture_dir: str, t0: float) -> None:
         self.start = start
         self.log = calllog

@@ -4,73 +4,67 @@ from ivr.providers.base import WordTiming
 
 
 def turn(*texts_ms):
+    """A turn whose pieces are made whole, `ms` of audio each."""
     led = HeardLedger()
     for i, (text, ms) in enumerate(texts_ms):
         led.add(i, text)
+        led.audio(i, ms // 20)
+        led.complete(i, f"m{i}")
     return led
 
 
-def test_uncut_turn_is_heard_once_every_mark_is_back():
+def test_a_turn_is_heard_piece_by_piece_as_its_frames_play():
     led = turn(("Hello there.", 1000), ("How can I help?", 1200))
-    led.sent_audio(0, 1000, now=0.0)
-    led.marked(0, "m0", 0.0)
-    led.sent_audio(1, 1200, now=0.1)
-    led.marked(1, "m1", 0.1)
     assert led.heard_text() == ("", False)
-    led.echoed("m0", 1.0)
+    led.heard(50)
     assert led.heard_text() == ("Hello there.", False)
-    led.echoed("m1", 2.2)
+    led.heard(110)
     assert led.heard_text() == ("Hello there. How can I help?", False)
-    assert led.all_played
+    assert led.all_heard
+    led.heard(10)  # never goes back
+    assert led.all_heard
 
 
-def test_clear_cuts_the_playing_piece_where_it_was():
+def test_a_cut_turn_keeps_the_words_played_before_the_cut():
     led = turn(("Our hours are nine to five.", 2000), ("We are closed on Sundays and holidays.", 2000))
-    led.sent_audio(0, 2000, now=0.0)
-    led.marked(0, "m0", 0.0)
-    led.sent_audio(1, 2000, now=0.05)
-    led.marked(1, "m1", 0.05)
-    led.echoed("m0", 2.0)  # piece 0 played; piece 1 starts at 2.0
-    led.cleared(3.0)  # one second into piece 1's two
-    led.echoed("m1", 3.05)  # Twilio returns the pending mark on clear: dropped, not played
+    led.heard(150)  # one second into piece 1's two
+    led.cut_short()
     text, cut = led.heard_text()
     assert cut
     assert text.startswith("Our hours are nine to five. We are closed")
     assert "holidays" not in text
-    assert not led.all_played
+    assert led.first_unheard == 1 and not led.all_heard
 
 
-def test_an_echo_that_crossed_our_clear_still_counts_as_played():
-    led = turn(("One.", 500), ("Two three four five.", 2000))
-    led.sent_audio(0, 500, now=0.0)
-    led.marked(0, "m0", 0.0)
-    led.sent_audio(1, 2000, now=0.0)
-    led.marked(1, "m1", 0.0)
-    led.cleared(0.6)  # piece 0 finished at 0.5; its echo was still on the wire
-    led.echoed("m0", 0.62)
-    led.echoed("m1", 0.62)
-    text, cut = led.heard_text()
-    assert cut and text == "One."
+def test_pieces_whose_text_comes_before_their_audio_start_where_the_audio_before_ends():
+    led = HeardLedger()
+    led.add(0, "One.")
+    led.add(1, "Two three four five.")  # the splitter is ahead of the TTS
+    led.audio(0, 25)
+    led.complete(0, "m0")
+    led.audio(1, 100)
+    led.complete(1, "m1")
+    assert (led.pieces[1].first_frame, led.pieces[1].end_frame) == (25, 125)
+    led.heard(25)
+    led.cut_short()
+    assert led.heard_text() == ("One.", True)
 
 
 def test_word_timings_decide_when_the_tts_gives_them():
-    led = turn(("alpha beta gamma delta", 2000))
-    led.sent_audio(0, 1000, now=0.0, words=(WordTiming("alpha", 0, 400), WordTiming("beta", 450, 900)))
-    led.sent_audio(0, 1000, now=0.1, words=(WordTiming("gamma", 0, 500), WordTiming("delta", 550, 950)))
-    led.marked(0, "m0", 0.1)
-    led.cleared(1.45)  # 1450 ms played: alpha, beta, gamma (ends at 1500) not yet
+    led = HeardLedger()
+    led.add(0, "alpha beta gamma delta")
+    led.audio(0, 50, words=(WordTiming("alpha", 0, 400), WordTiming("beta", 450, 900)))
+    led.audio(0, 50, words=(WordTiming("gamma", 0, 500), WordTiming("delta", 550, 950)))
+    led.complete(0, "m0")
+    led.heard(72)  # 1440 ms played: alpha, beta; gamma ends at 1500
+    led.cut_short()
     assert led.heard_text() == ("alpha beta", True)
 
 
-def test_clear_before_any_audio_means_nothing_heard():
+def test_a_cut_before_any_audio_means_nothing_heard():
     led = turn(("Hello.", 800))
-    led.cleared(0.0)
+    led.cut_short()
     assert led.heard_text() == ("", True)
-
-
-def test_unknown_marks_are_not_this_turns():
-    led = turn(("Hi.", 300))
-    assert led.echoed("other", 1.0) is False
 
 
 def test_splitter_strategies():

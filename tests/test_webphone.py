@@ -14,7 +14,7 @@ import pytest
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
 import twilio_messages as tm
-from ivr.call.engine import BotTurn
+from ivr.call.turn import BotTurn
 from ivr.call.events import cut_event
 from ivr.config import ConfigError, Settings
 from ivr.harness.capture import CaptureWriter, read_capture
@@ -202,13 +202,13 @@ def test_cut_event_says_what_was_heard_of_each_piece():
     turn = BotTurn(3)
     ledger = turn.ledger
     ledger.add(0, "Thanks for calling.")
-    ledger.sent_audio(0, 1000, 0.0)
-    ledger.marked(0, "t3-p0", 0.0)
-    ledger.echoed("t3-p0", 1.0)
+    ledger.audio(0, 50)
+    ledger.complete(0, "t3-p0")
     ledger.add(1, "You can ask about our hours or where we are.")
-    ledger.sent_audio(1, 2000, 1.0)
+    ledger.audio(1, 100)
     ledger.add(2, "Or press 1.")
-    ledger.cleared(2.0)  # half of piece 1 played
+    ledger.heard(100)  # half of piece 1 played
+    ledger.cut_short()
     ev = cut_event(turn, "barge-in")
     assert ev["type"] == "cut" and ev["turn"] == 3 and ev["reason"] == "barge-in"
     heard = [p["heard"] for p in ev["pieces"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Callable
 
 from ivr.call.engine import Call, CallOptions, CallState, PromptCache
@@ -26,8 +27,11 @@ RECENT_CALLS = 100
 class CallFactory:
     """Makes a `Call` for each stream, sharing the providers and the prompt cache."""
 
-    def __init__(self, providers: Providers, options: CallOptions | None = None, rest: TwilioRest | None = None) -> None:
+    def __init__(self, providers: Providers, options: CallOptions | None = None, rest: TwilioRest | None = None,
+                 marks: bool = True) -> None:
         self.providers = providers
+        #: False: the carrier echoes no marks (IVR_MARKS=off); calls go by the playout clock alone.
+        self.marks = marks
         self.options = options or CallOptions()
         self.cache = PromptCache()
         self.rest = rest
@@ -49,11 +53,12 @@ class CallFactory:
             flow = load_flow(settings.flow or None)
         except FlowError as exc:
             raise ConfigError(f"IVR_FLOW: {exc}") from None
-        return cls(build(settings), call_options(flow.extra), rest=TwilioRest.from_env())
+        options = replace(call_options(flow.extra), playout_lead_ms=settings.playout_lead_ms)
+        return cls(build(settings), options, rest=TwilioRest.from_env(), marks=settings.marks)
 
     def __call__(self, line: Line) -> Call:
         listener = self.listen(line) if self.listen is not None else None
-        call = Call(line, self.providers, self.options, self.cache, self.rest, listener=listener)
+        call = Call(line, self.providers, self.options, self.cache, self.rest, listener=listener, marks=self.marks)
         call.before_greeting = self.before_greeting
         self.recent.append(call)
         return call

@@ -1,35 +1,42 @@
 """The conversation engine: one `Call` per Media Stream.
 
-Two kinds of task, under one task group per call:
+Tasks under one task group per call:
 - the caller task reads the speech-to-text session's events (speech started, text, end of turn);
-- one task per bot turn runs brain -> text pieces -> TTS -> 20 ms frames -> the line, with a mark
-  after each piece.
+- one task per bot turn makes and sends its words (ivr.call.speaker), paced on the playout clock
+  (ivr.call.playout), then carries out its tools (hang up, transfer, DTMF);
+- the timer task runs the clock's deadlines: re-prompts, the call-time limit, the verdict on a
+  pause whose words never come. Timers run on the clock, not on caller frames.
 
-Barge-in closes the turn's gate (no frame of that turn can be sent after it), sends `clear`, and
-cancels the turn's task, which cancels its brain and TTS work. What the caller heard of each bot
-turn comes from its `HeardLedger`, and only that goes into the history the brain sees.
+Turn-taking is the table in ivr.call.turns; speech over the bot pauses it and the policy in
+ivr.call.interruption decides whether to carry on or give the turn up. What the caller heard of
+each bot turn (its `HeardLedger`, kept by the playout clock) is all the brain's history holds.
+
+The carrier's capabilities come in as plain flags (`marks`, and `line.has_clear`): nothing here
+branches on which carrier it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import itertools
-import logging
-import re
 import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Iterable
+from collections import deque
+from typing import AsyncIterator, Awaitable, Callable
 
 from ivr import metrics
-from ivr.audio import FRAME_BYTES, FRAME_MS, Framer, PhoneEncoder
+from ivr.audio import FRAME_BYTES, FRAME_MS, Framer
 from ivr.audio.dtmf import dtmf_ulaw
+from ivr.call.cache import PromptCache
 from ivr.call.events import Listener, cut_event, latency_event
-from ivr.call.ledger import HeardLedger
+from ivr.call.interruption import Interruption, InterruptionRules, Verdict, is_backchannel
+from ivr.call.options import CallOptions
+from ivr.call.playout import PlayoutClock
+from ivr.call.speaker import Speaker
 from ivr.call.speculation import Speculation
-from ivr.call.splitter import SplitOptions, TextSplitter
+from ivr.call.timebase import Timebase, WallTime
+from ivr.call.turn import BotTurn, CallStats, TurnTiming
+from ivr.call.turns import Action, CallState, Event, TurnTaking
 from ivr.call.twilio_rest import TwilioRest, TwilioRestError
 from ivr.providers.base import (
     BrainOutput,
@@ -48,142 +55,16 @@ from ivr.providers.registry import Providers
 from ivr.session import Line, ListeningHandler
 from ivr.telephony import twiml
 
-#: Everything but letters, digits, apostrophes and hyphens ("uh-huh"): backchannels ignore punctuation.
-_NOT_A_WORD = re.compile(r"[^\w\s'-]")
-
-log = logging.getLogger("ivr.call")
+__all__ = ["BotTurn", "Call", "CallOptions", "CallState", "CallStats", "PromptCache", "TurnTiming"]
 
 ARRIVALS_KEPT = 500  # 10 s of frames
-#: Not "yes" or "sure": cutting in with those usually answers the bot's question.
-DEFAULT_BACKCHANNELS = (
-    "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "okay", "ok", "yeah", "yep", "right",
-    "i see", "got it", "alright", "all right",
-)  # fmt: skip
+#: How often the timer task looks at the clock while nothing else wakes it.
+TICK_S = 0.1
+_TALKING = (CallState.GREETING, CallState.THINKING, CallState.SPEAKING, CallState.PAUSED)
 
 
-class CallState(enum.Enum):
-    GREETING = "greeting"
-    LISTENING = "listening"
-    THINKING = "thinking"
-    SPEAKING = "speaking"
-    TRANSFERRING = "transferring"
-    ENDING = "ending"
-    ENDED = "ended"
-
-
-@dataclass(frozen=True)
-class CallOptions:
-    split: SplitOptions = field(default_factory=SplitOptions)
-    #: The caller may talk over the bot (speech stops the bot at once).
-    barge_in: bool = True
-    #: Speech must last this long (ms of caller audio) before it stops the bot; 0: at once.
-    min_speech_ms: int = 0
-    #: Words that, alone, are acknowledgements rather than turns: if such an utterance (or no
-    #: words at all: a cough) cut the bot off, the bot resumes from the cut sentence.
-    backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS
-    resume_after_false_interruption: bool = True
-    #: Caller silence (after the bot has finished) before a re-prompt, and how many re-prompts
-    #: before the bot says goodbye.
-    reprompt_after_ms: int = 8000
-    max_reprompts: int = 2
-    max_call_ms: int = 30 * 60 * 1000
-    goodbye: str = "It seems we've lost each other. Thank you for calling, goodbye."
-    time_limit_goodbye: str = "I'm sorry, we have reached the time limit for this call. Goodbye."
-    #: After the last goodbye is queued, how long to wait for its mark before hanging up anyway.
-    goodbye_timeout_ms: int = 15000
-
-
-class PromptCache:
-    """Rendered prompts as 8 kHz mu-law frames, shared by every call of the process, so the
-    greeting and the flow's fixed replies start with no synthesis delay."""
-
-    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, tuple[bytes, ...]] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, text: str) -> tuple[bytes, ...] | None:
-        frames = self._items.get(text)
-        if frames is not None:
-            self._items.move_to_end(text)
-        return frames
-
-    def put(self, text: str, frames: Iterable[bytes]) -> None:
-        frames = tuple(frames)
-        if text in self._items or not frames:
-            return
-        self._items[text] = frames
-        self._bytes += len(frames) * FRAME_BYTES
-        while self._bytes > self.max_bytes and self._items:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= len(old) * FRAME_BYTES
-
-
-class _TurnCancelled(Exception):
+class _CallOver(Exception):
     pass
-
-
-class BotTurn:
-    """One bot turn: its ledger, its gate, its task, and the tools it asked for."""
-
-    def __init__(self, number: int, resumable: bool = True) -> None:
-        self.number = number
-        self.ledger = HeardLedger()
-        self.gate_open = True
-        self.task: asyncio.Task | None = None
-        self.tools: list[ToolCall] = []
-        self.first_audio_at: float | None = None
-        self.started_at = time.monotonic()
-        self.all_marked = asyncio.Event()
-        self.resumable = resumable
-        self.done_generating = False
-        self.timing: TurnTiming | None = None
-        self._heard: Turn | None = None
-        self._settled = False
-
-    def heard(self) -> Turn | None:
-        """This turn as the caller heard it, for the history (None: nothing was said)."""
-        if self._settled:
-            return self._heard
-        text, cut = self.ledger.heard_text()
-        turn = Turn("bot", text, interrupted=cut) if text or cut else None
-        # Settled once every mark is back or a clear cut it: later echoes change nothing.
-        if self.done_generating and (self.ledger.all_played or self.ledger.cleared_at is not None):
-            self._settled, self._heard = True, turn
-        return turn
-
-    def mark_name(self, piece: int) -> str:
-        return f"t{self.number}-p{piece}"
-
-    @property
-    def audible(self) -> bool:
-        """The bot is (or will be) heard: generating, or audio not yet played out."""
-        if not self.gate_open:
-            return False
-        if not self.done_generating:
-            return True
-        return not self.ledger.all_played
-
-
-@dataclass
-class TurnTiming:
-    """Where one answer's time went; monotonic seconds. Speech end is when the audio in which
-    the caller stopped speaking reached us."""
-
-    speech_end_at: float | None
-    end_of_turn_at: float
-    brain_first_at: float | None = None
-    first_audio_at: float | None = None
-
-
-@dataclass
-class CallStats:
-    """Figures for benchmarks and reports: times are monotonic seconds."""
-
-    start_at: float = 0.0
-    greeting_first_audio_at: float | None = None
-    answers: list[TurnTiming] = field(default_factory=list)
-    barge_ins: int = 0
 
 
 class Call(ListeningHandler):
@@ -191,18 +72,32 @@ class Call(ListeningHandler):
 
     def __init__(self, line: Line, providers: Providers, options: CallOptions | None = None,
                  cache: PromptCache | None = None, rest: TwilioRest | None = None,
-                 listener: Listener | None = None) -> None:
+                 listener: Listener | None = None, *, time: Timebase | None = None, marks: bool = True) -> None:
         #: Gets small dict events (ivr.call.events); None for most calls, which then pay nothing.
         self.listener = listener
         super().__init__(line)
         self.log = line.log
         self.providers = providers
-        self.options = options or CallOptions()
+        self.options = o = options or CallOptions()
         self.cache = cache if cache is not None else PromptCache()
         self.rest = rest
-        self.state = CallState.GREETING
-        self.stats = CallStats(start_at=time.monotonic())
+        self.time = time or WallTime()
+        self.clock = PlayoutClock(margin_s=o.mark_margin_ms / 1000)
+        #: Carrier capabilities: without marks nothing waits for echoes; without clear a pause
+        #: stops feeding the line and lets the lead play out.
+        self.has_marks = marks and getattr(line, "has_marks", True)
+        self.has_clear = getattr(line, "has_clear", True)
+        self.turns = TurnTaking()
+        self.stats = CallStats(start_at=self.time.now())
         self.history: list[tuple[str, str | BotTurn]] = []  # ("caller", text) | ("bot", turn)
+        self.speaker = Speaker(line, self.clock, self.time, providers.tts, self.cache, o.split,
+                               o.playout_lead_ms / 1000, self.has_marks, o.goodbye_timeout_ms / 1000,
+                               self._first_audio, self._emit, self.log)
+        self._rules = InterruptionRules(frozenset(b.lower() for b in o.backchannels), o.confirm_after_ms,
+                                        o.resume_after_ms, o.resume_after_false_interruption)
+        self._interruption: Interruption | None = None
+        #: A false alarm's words may still end a "turn" in the recogniser: not one to answer.
+        self._swallow_backchannel = False
         self._pending_audio: list[bytes] = []
         #: (caller audio ms, arrival time) of recent frames: dates the end of the caller's speech.
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=ARRIVALS_KEPT)
@@ -212,31 +107,46 @@ class Call(ListeningHandler):
         self._stt = None
         self._brain = None
         self._turn: BotTurn | None = None
-        self._turns = itertools.count(1)
-        self._interrupted: BotTurn | None = None
-        self._silent_since_ms: int | None = None
+        self._turn_numbers = itertools.count(1)
+        self._silent_since: float | None = None
         self._reprompts = 0
         self._ending = False
         self._main: asyncio.Task | None = None
         self._group: asyncio.TaskGroup | None = None
         self._ready = asyncio.Event()
         self._closed = asyncio.Event()
-        self._backchannels = {b.lower() for b in self.options.backchannels}
+        self._wake = asyncio.Event()
         #: Awaited before the greeting; returns the context the brain gets (ivr.outbound.amd:
         #: an outbound call waits for the answering-machine verdict). None: greet at once.
         self.before_greeting: Callable[[CallContext], Awaitable[CallContext]] | None = None
         self._awaiting_answer = False
 
+    # --- state ------------------------------------------------------------------------------
+
     @property
     def state(self) -> CallState:
-        return self._state
+        return self.turns.state
 
-    @state.setter
-    def state(self, value: CallState) -> None:
-        if getattr(self, "_state", None) is not value:
-            self._state = value
-            if self.listener is not None:
-                self._emit({"type": "state", "state": value.value})
+    def _fire(self, event: Event) -> tuple[Action, ...]:
+        before = self.turns.state
+        actions = self.turns.fire(event)
+        if self.turns.state is not before:
+            self._emit({"type": "state", "state": self.turns.state.value})
+            self._wake.set()
+        return actions
+
+    async def _act(self, event: Event, reason: str = "") -> None:
+        """Fire an event and perform what the table answers."""
+        turn = self._turn
+        for action in self._fire(event):
+            if turn is None:
+                continue
+            if action is Action.PAUSE:
+                await self._pause(turn)
+            elif action is Action.RESUME:
+                self._resume(turn)
+            elif action is Action.CANCEL:
+                await self._cut(turn, reason or event.value)
 
     def _emit(self, event: dict) -> None:
         if self.listener is None:
@@ -254,9 +164,14 @@ class Call(ListeningHandler):
     async def on_dtmf(self, digit: str) -> None:
         await self._caller_input(CallerInput(dtmf=digit))
 
+    def on_mark(self, name: str) -> None:
+        outcome = self.clock.echoed(name, self.time.now())
+        if outcome != "unknown" and self._turn is not None:
+            self._turn.notify()  # a wait for the turn to be heard looks again
+
     async def close(self, reason: str) -> None:
         self._closed.set()
-        self.state = CallState.ENDED
+        self._fire(Event.CLOSED)
         self._emit({"type": "ended", "reason": reason})
         if self._main is not None:
             self._main.cancel()
@@ -267,7 +182,19 @@ class Call(ListeningHandler):
                 with contextlib.suppress(Exception):
                     await closer.aclose()
 
-    # --- the call's own task --------------------------------------------------------------
+    async def on_caller_frames(self, frames: list[bytes]) -> None:
+        if frames:
+            self._arrivals.append((self.caller_ms + FRAME_MS * len(frames), time.monotonic()))
+        for frame in frames:
+            self.caller_ms += FRAME_MS
+            if self._stt is not None and self._ready.is_set():
+                await self._stt.send(frame)
+            else:
+                self._pending_audio.append(frame)
+        if frames and self._barge_pending_at is not None:
+            await self._check_pending_barge_in()
+
+    # --- the call's own tasks -------------------------------------------------------------
 
     async def _run(self) -> None:
         start = self.line.start
@@ -281,7 +208,7 @@ class Call(ListeningHandler):
             finally:
                 self._awaiting_answer = False
                 self._pending_audio.clear()
-                self._silent_since_ms = None
+                self._silent_since = None
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
@@ -293,66 +220,55 @@ class Call(ListeningHandler):
                     await self._stt.send(frame)
                 self._pending_audio.clear()
                 group.create_task(self._read_stt(), name="stt")
+                group.create_task(self._timers(), name="timers")
                 await self._closed.wait()
-                raise _TurnCancelled  # leave the group, cancelling what is left
-        except* _TurnCancelled:
+                raise _CallOver  # leave the group, cancelling what is left
+        except* _CallOver:
             pass
         except* Exception as errors:
             for exc in errors.exceptions:
                 self.log.exception("call engine failed: %r", exc)
+
+    async def _timers(self) -> None:
+        while True:
+            self._wake.clear()
+            now = self.time.now()
+            if self._interruption is not None:
+                await self._judge(self._interruption.tick(self._caller_speaking(), now))
+            if not (self._ending or self._awaiting_answer):
+                if (now - self.stats.start_at) * 1000 >= self.options.max_call_ms:
+                    self.log.info("call reached its time limit (%d ms)", self.options.max_call_ms)
+                    self._say_goodbye(self.options.time_limit_goodbye)
+                else:
+                    self._check_silence(now)
+            await self.time.wait(self._wake, until=now + TICK_S)
+
+    def _check_silence(self, now: float) -> None:
+        if self.state is not CallState.LISTENING or self._caller_speaking(default=False):
+            self._silent_since = None
+            return
+        if self._silent_since is None:
+            self._silent_since = now
+            return
+        if (now - self._silent_since) * 1000 < self.options.reprompt_after_ms:
+            return
+        self._silent_since = None
+        self._reprompts += 1
+        if self._reprompts > self.options.max_reprompts:
+            self.log.info("no answer after %d re-prompts", self.options.max_reprompts)
+            self._say_goodbye(self.options.goodbye)
+        elif self._brain is not None:
+            self.log.info("caller silent for %d ms: re-prompt %d", self.options.reprompt_after_ms, self._reprompts)
+            self._begin_turn(self._brain.respond(self._history(), CallerInput()))
+
+    def _caller_speaking(self, default: bool = True) -> bool:
+        return bool(getattr(self._stt, "speaking", default))
 
     def _arrival_of(self, at_ms: int) -> float | None:
         for ms, t in reversed(self._arrivals):
             if ms <= at_ms:
                 return t
         return None
-
-    async def on_caller_frames(self, frames: list[bytes]) -> None:
-        if frames:
-            self._arrivals.append((self.caller_ms + FRAME_MS * len(frames), time.monotonic()))
-        for frame in frames:
-            self.caller_ms += FRAME_MS
-            if self._stt is not None and self._ready.is_set():
-                await self._stt.send(frame)
-            else:
-                self._pending_audio.append(frame)
-        if frames:
-            if self._barge_pending_at is not None:
-                await self._check_pending_barge_in()
-            self._check_timers()
-
-    async def _check_pending_barge_in(self) -> None:
-        at_ms = self._barge_pending_at
-        if at_ms is None or self.caller_ms - at_ms < self.options.min_speech_ms:
-            return
-        self._barge_pending_at = None
-        if getattr(self._stt, "speaking", True):
-            await self._barge_in(at_ms)
-        else:
-            self.log.debug("speech at %d ms was shorter than %d ms: no barge-in", at_ms, self.options.min_speech_ms)
-
-    def _check_timers(self) -> None:
-        if self._ending or self._awaiting_answer:
-            return
-        if self.caller_ms >= self.options.max_call_ms:
-            self.log.info("call reached its time limit (%d ms)", self.options.max_call_ms)
-            self._say_goodbye(self.options.time_limit_goodbye)
-            return
-        turn = self._turn
-        if turn is not None and turn.audible:
-            self._silent_since_ms = None
-            return
-        if self._silent_since_ms is None:
-            self._silent_since_ms = self.caller_ms
-        elif self.caller_ms - self._silent_since_ms >= self.options.reprompt_after_ms:
-            self._silent_since_ms = None
-            self._reprompts += 1
-            if self._reprompts > self.options.max_reprompts:
-                self.log.info("no answer after %d re-prompts", self.options.max_reprompts)
-                self._say_goodbye(self.options.goodbye)
-            elif self._brain is not None:
-                self.log.info("caller silent for %d ms: re-prompt %d", self.options.reprompt_after_ms, self._reprompts)
-                self._begin_turn(self._brain.respond(self._history(), CallerInput()))
 
     # --- the caller -----------------------------------------------------------------------
 
@@ -368,13 +284,15 @@ class Call(ListeningHandler):
         turn_texts: list[str] = []
         async for event in self._stt:
             if isinstance(event, SpeechStarted):
-                self._silent_since_ms = None
+                self._silent_since = None
                 if self.options.min_speech_ms and self.caller_ms - event.at_ms < self.options.min_speech_ms:
                     self._barge_pending_at = event.at_ms
                 else:
-                    await self._barge_in(event.at_ms)
+                    await self._speech_over_bot(event.at_ms)
             elif isinstance(event, Final):
                 turn_texts.append(event.text)
+                if self._interruption is not None:
+                    await self._judge(self._interruption.heard(event.text, False, self._caller_speaking(False), self.time.now()))
             elif isinstance(event, EagerEndOfTurn):
                 self._speculate(event.text)
             elif isinstance(event, TurnResumed):
@@ -386,45 +304,51 @@ class Call(ListeningHandler):
                 self._pending_timing = TurnTiming(self._arrival_of(event.at_ms), time.monotonic())
                 await self._end_of_caller_turn(text)
 
+    async def _check_pending_barge_in(self) -> None:
+        at_ms = self._barge_pending_at
+        if at_ms is None or self.caller_ms - at_ms < self.options.min_speech_ms:
+            return
+        self._barge_pending_at = None
+        if self._caller_speaking():
+            await self._speech_over_bot(at_ms)
+        else:
+            self.log.debug("speech at %d ms was shorter than %d ms: no barge-in", at_ms, self.options.min_speech_ms)
+
     async def _end_of_caller_turn(self, text: str) -> None:
+        interruption = self._interruption
+        if interruption is not None:
+            verdict = interruption.heard(text, True, False, self.time.now())
+            await self._judge(verdict)
+            if verdict is Verdict.RESUME:
+                self._pending_timing = None
+                self._swallow_backchannel = False
+                return
+        elif self._swallow_backchannel:
+            self._swallow_backchannel = False
+            if is_backchannel(text, self._rules.backchannels):
+                self._pending_timing = None  # the murmur the bot already carried on over
+                return
         if text:
             self._emit({"type": "caller", "text": text})
-        interrupted = self._interrupted
-        if interrupted is not None and self._is_backchannel(text):
-            self._interrupted = None
-            if self.options.resume_after_false_interruption and interrupted.resumable:
-                self.log.info("false interruption (%r): resuming the cut sentence", text)
-                self._pending_timing = None
-                self._resume(interrupted)
-                return
         if not text:
             self._pending_timing = None
             return
-        self._interrupted = None
         self._reprompts = 0
         self.log.info("caller said: %s", text)
         await self._caller_input(CallerInput(text=text))
 
-    def _is_backchannel(self, text: str) -> bool:
-        # Punctuation is the recogniser's guess ("Okay." or "Okay?" for the same murmur): words only.
-        words = " ".join(_NOT_A_WORD.sub(" ", text.lower()).split())
-        if not words:
-            return True
-        return words in self._backchannels or all(w in self._backchannels for w in words.split())
-
     async def _caller_input(self, caller: CallerInput) -> None:
         if self._brain is None or self._ending:
             return
-        if self._turn is not None and self._turn.audible:
-            # The caller acts while the bot talks (keys, or barge-in off): stop the bot first.
-            await self._cut(self._turn, reason="caller input")
+        # The caller acts while the bot talks (keys, or barge-in off): the bot stops first.
+        self._interruption = None
+        await self._act(Event.CALLER_TURN, "caller input")
         history = self._history()
         speculation, self._speculation = self._speculation, None
         if caller.text:
             self.history.append(("caller", caller.text))
         elif caller.dtmf:
             self.history.append(("caller", f"[pressed {caller.dtmf}]"))
-        self.state = CallState.THINKING
         if speculation is not None and caller.text and speculation.matches(caller.text):
             self.log.debug("the turn ended as guessed: speaking the reply already begun")
             self._begin_turn(speculation.replay())
@@ -457,46 +381,77 @@ class Call(ListeningHandler):
                     turns.append(turn)
         return turns
 
-    # --- barge-in -------------------------------------------------------------------------
+    # --- speech over the bot: pause, then resume or cut --------------------------------------
 
-    async def _barge_in(self, at_ms: int) -> None:
-        turn = self._turn
-        if not self.options.barge_in or turn is None or not turn.audible or self._ending:
+    async def _speech_over_bot(self, at_ms: int) -> None:
+        if not self.options.barge_in or self._ending or self._turn is None or self._interruption is not None:
             return
-        self.stats.barge_ins += 1
-        self.log.info("barge-in at %d ms: clearing the bot's audio", at_ms)
-        self._interrupted = turn
-        await self._cut(turn, reason="barge-in")
-        metrics.observe_barge_in(self._arrival_of(at_ms), time.monotonic())
+        if self.state not in _TALKING:
+            return
+        arrived = self._arrival_of(at_ms)
+        self._interruption = Interruption(self._rules, self.time.now())
+        await self._act(Event.CALLER_SPEECH, "barge-in")
+        metrics.observe_barge_in(arrived, time.monotonic())
+        await self._judge(self._interruption.verdict if self._interruption else Verdict.WAIT)
+
+    async def _judge(self, verdict: Verdict) -> None:
+        if verdict is Verdict.WAIT or self._interruption is None:
+            return
+        self._interruption = None
+        if verdict is Verdict.RESUME:
+            self._swallow_backchannel = True
+            await self._act(Event.FALSE_ALARM)
+        else:
+            await self._act(Event.INTERRUPTED, "barge-in")
+
+    async def _pause(self, turn: BotTurn) -> None:
+        """Go quiet now, keeping the turn: drop the carrier's queue and step back to the frame
+        the caller was hearing, or (no clear) just stop feeding it."""
+        turn.paused = True
+        turn.notify()
+        self.stats.pauses += 1
+        now = self.time.now()
+        if self.has_clear and self.options.pause == "clear" and self.clock.queued(now) > 0:
+            await self.line.send_clear()
+            turn.listen()
+            cut = self.clock.cleared(now)
+            if cut is not None and cut.owner == turn.number:
+                turn.cursor = min(turn.cursor, cut.resume_pos)
+                turn.ledger.heard(turn.cursor)
+            # Marks of pieces not yet heard whole go out again as their frames do.
+            pieces = turn.ledger.pieces
+            turn.next_mark = next((i for i, p in enumerate(pieces) if not p.complete or p.end_frame > turn.cursor), len(pieces))
+            turn.resumes += 1
+        self.log.info("caller speech over the bot: paused turn %d at frame %d", turn.number, turn.cursor)
+
+    def _resume(self, turn: BotTurn) -> None:
+        self.stats.resumes += 1
+        self.log.info("false alarm: turn %d goes on from frame %d", turn.number, turn.cursor)
+        turn.paused = False
+        turn.notify()
 
     async def _cut(self, turn: BotTurn, reason: str) -> None:
-        """Stop a turn: no frame after this; Twilio drops what it buffered; work is cancelled."""
+        """Give a turn up: no frame after this; the carrier drops what it queued; work is cancelled."""
+        if not turn.gate_open:
+            return
         turn.gate_open = False
-        sent_audio = turn.first_audio_at is not None
-        if sent_audio:
+        turn.paused = False
+        turn.notify()
+        now = self.time.now()
+        turn.listen()
+        if self.has_clear and turn.first_audio_at is not None and self.clock.queued(now) > 0:
             await self.line.send_clear()
-        turn.ledger.cleared(time.monotonic())
+            self.clock.cleared(now)
+        turn.ledger.cut_short()
+        turn.settle()
+        if reason == "barge-in":
+            self.stats.barge_ins += 1
+            self.log.info("caller interrupted turn %d", turn.number)
         if self.listener is not None:
             self._emit(cut_event(turn, reason))
         if turn.task is not None and not turn.task.done():
             turn.task.cancel()
-        self.state = CallState.LISTENING
         self.log.debug("turn %d cut (%s)", turn.number, reason)
-
-    def _resume(self, turn: BotTurn) -> None:
-        """Say again what the caller did not hear of a cut turn: from its cut piece on."""
-        turn.ledger.heard_text()
-        rest = " ".join(p.text for p in turn.ledger.pieces[turn.ledger.first_unheard :] if p.text)
-        tools = list(turn.tools)
-
-        async def replay() -> AsyncIterator[BrainOutput]:
-            if rest:
-                yield TextDelta(rest)
-            for tool in tools:
-                yield tool
-
-        # The cut turn's history entry stays (what was heard); the resumed part is a new turn.
-        self._begin_turn(replay())
 
     # --- bot turns ------------------------------------------------------------------------
 
@@ -504,162 +459,49 @@ class Call(ListeningHandler):
         previous = self._turn
         if previous is not None and previous.task is not None and not previous.task.done():
             previous.gate_open = False
+            previous.notify()
             previous.task.cancel()
-        turn = BotTurn(next(self._turns))
+        number = next(self._turn_numbers)
+        turn = BotTurn(number, ear=lambda: self.clock.played(number, self.time.now()))
         self._turn = turn
+        self._interruption = None
         self.history.append(("bot", turn))
         if self._pending_timing is not None:
             turn.timing, self._pending_timing = self._pending_timing, None
             self.stats.answers.append(turn.timing)
-        self.state = CallState.GREETING if greeting else CallState.THINKING
+        if not greeting:
+            self._fire(Event.BOT_TURN)
         assert self._group is not None
-        turn.task = self._group.create_task(self._run_turn(turn, outputs, greeting), name=f"turn-{turn.number}")
+        turn.task = self._group.create_task(self._run_turn(turn, outputs), name=f"turn-{turn.number}")
         return turn
 
-    async def _run_turn(self, turn: BotTurn, outputs: AsyncIterator[BrainOutput], greeting: bool) -> None:
-        tts = None
-        tts_iter = None
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def add_piece(text: str) -> None:
-            nonlocal tts, tts_iter
-            index = len(turn.ledger.pieces)
-            turn.ledger.add(index, text)
-            self._emit({"type": "bot", "turn": turn.number, "piece": index, "mark": turn.mark_name(index), "text": text})
-            cached = self.cache.get(text)
-            tts_piece = -1
-            if cached is None:
-                if tts is None:
-                    tts = self.providers.tts.stream()
-                    tts_iter = tts.__aiter__()
-                # The TTS numbers only the pieces it is given; cached ones never reach it.
-                tts_piece = await tts.push(text)
-            await queue.put((index, cached, tts_piece))
-
-        async def feed() -> None:
-            splitter = TextSplitter(self.options.split)
-            try:
-                async for out in outputs:
-                    if turn.timing is not None and turn.timing.brain_first_at is None:
-                        turn.timing.brain_first_at = time.monotonic()
-                    if isinstance(out, TextDelta):
-                        for piece in splitter.push(out.text):
-                            await add_piece(piece)
-                    elif isinstance(out, ToolCall):
-                        turn.tools.append(out)
-                for piece in splitter.flush():
-                    await add_piece(piece)
-            finally:
-                with contextlib.suppress(Exception):
-                    await outputs.aclose()  # type: ignore[attr-defined]
-            if tts is not None:
-                await tts.end()
-            await queue.put(None)
-
-        async def speak() -> None:
-            while (item := await queue.get()) is not None:
-                index, cached, tts_piece = item
-                if cached is not None:
-                    for frame in cached:
-                        await self._send(turn, index, frame)
-                else:
-                    frames = await self._speak_piece(turn, index, tts_iter, tts_piece)
-                    if turn.gate_open:
-                        self.cache.put(turn.ledger.piece(index).text, frames)
-                if not turn.gate_open:
-                    return
-                mark = turn.mark_name(index)
-                turn.ledger.marked(index, mark, time.monotonic())
-                await self.line.send_mark(mark)
-
-        spoken = False
+    async def _run_turn(self, turn: BotTurn, outputs: AsyncIterator[BrainOutput]) -> None:
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(feed())
-                group.create_task(speak())
-            spoken = True
-            turn.done_generating = True
-            if turn.ledger.all_played or not turn.ledger.pieces:
-                turn.all_marked.set()
-            if turn.first_audio_at is not None:
-                self.state = CallState.SPEAKING
+            await self.speaker.speak(turn, outputs)
+            if turn is self._turn and turn.gate_open:
+                self._fire(Event.BOT_DONE)
             await self._run_tools(turn)
-            if self.state in (CallState.SPEAKING, CallState.THINKING, CallState.GREETING):
-                self.state = CallState.LISTENING
         except asyncio.CancelledError:
             raise
         except Exception:
             # A broken provider costs this turn, not the call: the caller can still speak.
             self.log.exception("bot turn %d failed", turn.number)
-            self.state = CallState.LISTENING
+            if turn is self._turn:
+                self._fire(Event.BOT_DONE)
         finally:
             turn.done_generating = True
-            if tts is not None and not spoken:
-                # Cut, failed or the call ended: free the TTS worker now (a cancelled task may
-                # still await here: the cancel is the cleanup itself).
-                with contextlib.suppress(Exception):
-                    await tts.cancel()
 
-    async def _speak_piece(self, turn: BotTurn, index: int, tts_iter, tts_piece: int) -> list[bytes]:
-        """Send one piece's audio as it is synthesised; returns its frames (for the cache)."""
-        frames: list[bytes] = []
-        encoder: PhoneEncoder | None = None
-        while True:
-            try:
-                chunk = await tts_iter.__anext__()
-            except StopAsyncIteration:
-                self.log.warning("the TTS stream ended before piece %d was complete", index)
-                break
-            if chunk.piece != tts_piece:
-                self.log.warning("TTS chunk for piece %d while speaking piece %d; dropped", chunk.piece, tts_piece)
-                continue
-            if chunk.audio:
-                if encoder is None:
-                    encoder = PhoneEncoder(8000 if chunk.encoding == "ulaw" else chunk.sample_rate)
-                out = encoder.push_ulaw(chunk.audio) if chunk.encoding == "ulaw" else encoder.push(chunk.audio)
-                # A chunk's word timings count once (with its first frame), not once per frame.
-                words = chunk.words
-                for frame in out:
-                    await self._send(turn, index, frame, words)
-                    words = ()
-                    frames.append(frame)
-            if chunk.last:
-                break
-        if encoder is not None:
-            for frame in encoder.flush():
-                await self._send(turn, index, frame)
-                frames.append(frame)
-        return frames
-
-    async def _send(self, turn: BotTurn, index: int, frame: bytes, words=()) -> None:
-        if not turn.gate_open:
-            raise asyncio.CancelledError  # the turn was cut while this frame was being made
-        now = time.monotonic()
-        if turn.first_audio_at is None:
-            turn.first_audio_at = now
-            self.state = CallState.SPEAKING
-            if turn.number == 1:
-                self.stats.greeting_first_audio_at = now
-                self._emit({"type": "latency", "turn": 1, "greeting": True, "total_ms": round((now - self.stats.start_at) * 1000, 1)})
-                metrics.GREETING_LATENCY.observe(now - self.stats.start_at)
-            elif turn.timing is not None:
-                turn.timing.first_audio_at = now
-                self._emit(latency_event(turn.number, turn.timing))
-                metrics.observe_answer(turn.timing)
-        turn.ledger.sent_audio(index, FRAME_MS, now, words)
-        await self.line.send_media(frame)
-
-    def on_mark(self, name: str) -> None:
-        turn = self._turn
-        now = time.monotonic()
-        if turn is not None and turn.ledger.echoed(name, now):
-            if turn.done_generating and turn.ledger.all_played:
-                turn.all_marked.set()
-            return
-        # A mark of an earlier turn (echoed late, or returned by a clear).
-        for role, item in reversed(self.history):
-            if role == "bot" and item is not turn and item.ledger.echoed(name, now):  # type: ignore[union-attr]
-                return
+    def _first_audio(self, turn: BotTurn, now: float) -> None:
+        turn.first_audio_at = now
+        self._fire(Event.BOT_AUDIO)
+        if turn.number == 1:
+            self.stats.greeting_first_audio_at = now
+            self._emit({"type": "latency", "turn": 1, "greeting": True, "total_ms": round((now - self.stats.start_at) * 1000, 1)})
+            metrics.GREETING_LATENCY.observe(now - self.stats.start_at)
+        elif turn.timing is not None:
+            turn.timing.first_audio_at = now
+            self._emit(latency_event(turn.number, turn.timing))
+            metrics.observe_answer(turn.timing)
 
     # --- tools ----------------------------------------------------------------------------
 
@@ -667,31 +509,16 @@ class Call(ListeningHandler):
         for tool in turn.tools:
             self._emit({"type": "tool", "turn": turn.number, "name": tool.name, "arguments": dict(tool.arguments)})
             if tool.name == "hangup":
-                await self._wait_heard(turn)
                 await self._hang_up()
             elif tool.name == "transfer":
-                await self._wait_heard(turn)
                 await self._transfer(str(tool.arguments.get("to", "")), str(tool.arguments.get("summary", "")))
             elif tool.name == "send_dtmf":
                 digits = str(tool.arguments.get("digits", ""))
                 self.log.info("sending DTMF %s", digits)
                 framer = Framer(FRAME_BYTES)
-                index = len(turn.ledger.pieces)
-                turn.ledger.add(index, "")
-                for frame in framer.push(dtmf_ulaw(digits)) + framer.flush():
-                    await self._send(turn, index, frame)
+                await self.speaker.say_more(turn, framer.push(dtmf_ulaw(digits)) + framer.flush())
             else:
                 self.log.info("custom tool %s(%s) requested; no handler is registered", tool.name, dict(tool.arguments))
-
-    async def _wait_heard(self, turn: BotTurn) -> None:
-        """Until the caller has heard the turn (its last mark is back), within a time limit."""
-        if not turn.ledger.pieces:
-            return
-        try:
-            async with asyncio.timeout(self.options.goodbye_timeout_ms / 1000):
-                await turn.all_marked.wait()
-        except TimeoutError:
-            self.log.warning("the bot's last words were not confirmed played; going on")
 
     def _say_goodbye(self, text: str) -> None:
         self._ending = True
@@ -711,7 +538,7 @@ class Call(ListeningHandler):
         if self._group is None:  # the engines never opened: nothing to say with
             await self._hang_up()
             return
-        if self._turn is not None and self._turn.audible:
+        if self._turn is not None and self.state in _TALKING:
             await self._cut(self._turn, reason="drain")
         self._ending = True
         summary = "The assistant's server restarted during the call."
@@ -725,7 +552,7 @@ class Call(ListeningHandler):
 
     async def _hang_up(self) -> None:
         self._ending = True
-        self.state = CallState.ENDING
+        self._fire(Event.HANG_UP)
         self.log.info("the bot ends the call")
         self.line.ended_by_bot = True
         if self.rest is not None:
@@ -739,7 +566,7 @@ class Call(ListeningHandler):
         if not target:
             self.log.warning("transfer requested without a target; ignored")
             return
-        self.state = CallState.TRANSFERRING
+        self._fire(Event.TRANSFER)
         self._ending = True
         doc = twiml.transfer_sip(target, summary) if target.startswith(("sip:", "sips:")) else twiml.transfer_number(target)
         self.log.info("transferring the call to %s", self.log.mask(target))

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from ivr.call.engine import BotTurn, TurnTiming
+    from ivr.call.turn import BotTurn, TurnTiming
 
 Listener = Callable[[dict], None]
 

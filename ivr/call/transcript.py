@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ivr.call.engine import BotTurn
+from ivr.call.turn import BotTurn
 
 
 def heard_by_mark(turns: Iterable[BotTurn]) -> dict[str, str]:
