@@ -82,6 +82,32 @@ async def test_mark_with_nothing_queued_is_echoed_at_once():
     assert mark.outcome == "played" and mark.echoed_ms == mark.sent_ms
 
 
+async def test_marks_late_are_echoed_that_much_after_their_audio_and_never_means_never():
+    from ivr.harness.emulator import MarkEchoes
+
+    async def behaviour(bot):
+        await bot.send_audio(tone_ulaw(400))
+        await bot.mark("m")
+        await bot.wait_media_ms(1200)
+
+    for marks in (MarkEchoes.parse("late:500"), MarkEchoes.parse("never")):
+        async with FakeBot(behaviour) as bot:
+            await run(plan_of(Hangup(After("at", 1.4))), bot.url, marks=marks)
+        session = bot.sessions[0]
+        last_ts, echoed_after = -1, None
+        for r in session.received:
+            if hasattr(r.event, "timestamp_ms"):
+                last_ts = r.event.timestamp_ms
+            elif getattr(r.event, "name", None) == "m":
+                echoed_after = last_ts
+        if marks.mode == "never":
+            assert echoed_after is None
+        else:  # due at ~400 ms of call time, echoed 500 ms later
+            assert echoed_after is not None and 900 - 40 <= echoed_after <= 900 + LATE_MS
+    with pytest.raises(ValueError, match="late:MS"):
+        MarkEchoes.parse("late:soon")
+
+
 async def test_clear_drops_queued_audio_and_returns_pending_marks_at_once():
     async def behaviour(bot):
         await bot.send_audio(tone_ulaw(3000))

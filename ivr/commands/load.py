@@ -65,7 +65,7 @@ async def _run(args: argparse.Namespace) -> int:
     freeze_startup_objects()  # the load generator's own pauses would read as the server's lag
     options = LoadOptions(
         url=args.url, calls=args.calls, ramp_s=args.ramp, duration_s=args.duration, speed=args.speed,
-        params=params, auth_token=args.auth_token, sign_url=args.sign_url,
+        params=params, auth_token=args.auth_token, sign_url=args.sign_url, marks=args.marks,
     )
     progress = None if args.no_progress else LoadProgress(options)
     if progress is not None:

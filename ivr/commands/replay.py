@@ -31,6 +31,19 @@ def add_call_options(p: argparse.ArgumentParser) -> None:
         help="sign the upgrade with X-Twilio-Signature using this token [TWILIO_AUTH_TOKEN]",
     )
     p.add_argument("--sign-url", help="the wss:// URL to sign, as written in the TwiML (default: --url)")
+    p.add_argument(
+        "--marks", default="on", type=mark_echoes, metavar="on|late:MS|never",
+        help="how marks are echoed: on time as Twilio does (default), MS late (a lossy link), or never (a carrier without marks)",
+    )
+
+
+def mark_echoes(text: str):
+    from ivr.harness.emulator import MarkEchoes
+
+    try:
+        return MarkEchoes.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,7 +100,7 @@ async def _run(args: argparse.Namespace) -> int:
     for call in args.calls:
         options = ReplayOptions(
             url=args.url, speed=args.speed, params=params, auth_token=args.auth_token,
-            sign_url=args.sign_url, max_call_s=args.max_call,
+            sign_url=args.sign_url, max_call_s=args.max_call, marks=args.marks,
         )
         try:
             outputs = await replay_file(

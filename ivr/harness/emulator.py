@@ -37,6 +37,30 @@ def _sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
 
+@dataclass(frozen=True)
+class MarkEchoes:
+    """How this Twilio echoes marks: on time (as Twilio does), `late` by `delay_ms` (a lossy or
+    slow link), or `never` (a carrier without marks)."""
+
+    mode: str = "on"
+    delay_ms: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> "MarkEchoes":
+        """'on', 'never' or 'late:MS'."""
+        kind, _, ms = text.strip().lower().partition(":")
+        if kind in ("on", "never") and not ms:
+            return cls(kind)
+        if kind == "late":
+            try:
+                delay = float(ms)
+            except ValueError:
+                delay = -1.0
+            if delay > 0:
+                return cls("late", delay)
+        raise ValueError(f"marks {text!r}: use on, never or late:MS (e.g. late:2500)")
+
+
 @dataclass
 class ReplayOptions:
     url: str
@@ -49,6 +73,7 @@ class ReplayOptions:
     connect_timeout_s: float = 10.0
     #: Hang up after this much call time whatever the plan says.
     max_call_s: float = 600.0
+    marks: MarkEchoes = field(default_factory=MarkEchoes)
     account_sid: str = field(default_factory=lambda: _sid("AC"))
     call_sid: str = field(default_factory=lambda: _sid("CA"))
     stream_sid: str = field(default_factory=lambda: _sid("MZ"))
@@ -100,6 +125,7 @@ class TwilioEmulator:
         #: Call time of the caller's hang-up, once known: no frame due at or after it is sent.
         self._hangup_at: float | None = None
         self._ended = asyncio.Event()
+        self._late_echoes: set[asyncio.Task] = set()
         self._stop_sent = False
         #: Bot conditions count what the bot said after this: the caller's last speech or DTMF.
         self._reference_ms = 0.0
@@ -138,6 +164,8 @@ class TwilioEmulator:
                 self.record.error(self.clock.now_ms(), "harness_error", f"{type(inner).__name__}: {inner}")
             self.record.ended_by = "error"
         finally:
+            for task in list(self._late_echoes):
+                task.cancel()
             if self._ws is not None:
                 await self._ws.close()
         self.playback.finish()
@@ -286,14 +314,32 @@ class TwilioEmulator:
             echoes = self.playback.on_clear(now)
             self._notify_bot_changed()
         for mark in echoes:
-            await self._ws.send(self.sender.mark(mark.name))
+            await self._echo(mark.name)
+
+    async def _echo(self, name: str) -> None:
+        marks = self.options.marks
+        if marks.mode == "never":
+            return
+        if marks.mode == "on":
+            await self._ws.send(self.sender.mark(name))
+            return
+        task = asyncio.create_task(self._echo_later(name, self.clock.now_ms() + marks.delay_ms))
+        self._late_echoes.add(task)
+        task.add_done_callback(self._late_echoes.discard)
+
+    async def _echo_later(self, name: str, at_ms: float) -> None:
+        try:
+            await self._sleep_until(at_ms)
+            await self._ws.send(self.sender.mark(name))
+        except (CallEnded, ConnectionClosed):
+            pass
 
     async def _echo_marks(self) -> None:
         try:
             while True:
                 self._marks_changed.clear()
                 for mark in self.playback.due_marks(self.clock.now_ms()):
-                    await self._ws.send(self.sender.mark(mark.name))
+                    await self._echo(mark.name)
                 due = self.playback.next_due_ms()
                 if due is None:
                     await self._marks_changed.wait()

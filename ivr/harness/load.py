@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from ivr.harness.clock import FramePacer
-from ivr.harness.emulator import ReplayOptions, TwilioEmulator
+from ivr.harness.emulator import MarkEchoes, ReplayOptions, TwilioEmulator
 from ivr.harness.plan import CallPlan
 from ivr.harness.report import build_report, percentiles
 
@@ -34,6 +34,7 @@ class LoadOptions:
     params: Mapping[str, str] = field(default_factory=dict)
     auth_token: str | None = None
     sign_url: str | None = None
+    marks: MarkEchoes = field(default_factory=MarkEchoes)
 
 
 @dataclass
@@ -112,6 +113,7 @@ async def run_load(
             replay = ReplayOptions(
                 url=options.url, speed=options.speed, params=options.params,
                 auth_token=options.auth_token, sign_url=options.sign_url, max_call_s=remaining_call_s,
+                marks=options.marks,
             )
             figures.started += 1
             figures.active += 1

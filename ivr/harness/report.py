@@ -13,7 +13,14 @@ Turn detection, latency and barge-in rules:
   while more bot audio is still playing); its latency runs
   from the caller's speech start to the first `clear` received; `frames_after_clear` counts
   bot audio (in 160-byte frames) received after that clear while the caller is still speaking:
-  audio from the interrupted turn that leaked through, which must be zero.
+  audio from the interrupted turn that leaked through, which must be zero. `audible_stop_ms` is
+  when the caller heard the bot go quiet (the end of the bot's voiced stretch that was playing
+  when they started, as played: a `clear` cuts it, a bot that stops feeding lets its queue run
+  out), `audible_stop_latency_ms` that minus the speech start, and `quiet_ms` how long the bot
+  then stayed quiet (until its next voiced audio, or the call's end): for a backchannel the
+  bot carries on, and that is the pause the caller heard;
+- `bot.repeated_ms`: voiced bot audio the caller heard twice within `REPEAT_WINDOW_MS` (a bot
+  that says a cut sentence again from its start); a prompt said again later is not counted.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from typing import Callable
 import numpy as np
 
 from ivr.audio import FRAME_BYTES
-from ivr.harness.playback import BotMedia, to_ms
+from ivr.harness.playback import BOT_VOICE_DBFS, BotMedia, to_ms
+from ivr.harness.speech import frame_levels_db, ulaw_pcm
 from ivr.harness.record import CallRecord
 
 FORMAT = "ivr.replay.report/1"
@@ -35,6 +43,8 @@ UNDERRUN_MAX_MS = 500.0
 KEY_RUN_MS = 2000.0
 #: A caller who starts in a pause shorter than this inside the bot's speech is barging in.
 SPURT_BRIDGE_MS = 500.0
+#: A voiced frame heard again within this long of its first play is a stutter, not a re-prompt.
+REPEAT_WINDOW_MS = 5000.0
 #: Bot audio arriving with less than this queued ahead of it is being paced in real time.
 PACED_LEAD_MS = 60.0
 
@@ -191,6 +201,10 @@ def _barge_in(record: CallRecord, turn: int, start: float, stop: float, next_sta
         leaked = sum(len(m.payload) for m in record.playback.media if clear < m.recv_ms <= stop)
     # How long the caller heard the bot talk over them.
     overlap = sum(max(0.0, min(b, next_start) - max(a, start)) for a, b in voiced if a < stop)
+    # The bot's voice the caller was hearing (or that began within the bridge): when it stopped.
+    playing = next(((a, b) for a, b in voiced if b > start and a < start + SPURT_BRIDGE_MS), None)
+    stop_at = None if playing is None else max(start, playing[1])
+    after = next((a for a, _ in voiced if stop_at is not None and a >= stop_at), record.end_ms)
     return {
         "turn": turn,
         "caller_speech_start_ms": ms(start),
@@ -199,7 +213,32 @@ def _barge_in(record: CallRecord, turn: int, start: float, stop: float, next_sta
         "bot_talked_over_ms": ms(overlap),
         "frames_after_clear": math.ceil(leaked / FRAME_BYTES),
         "bytes_after_clear": leaked,
+        "audible_stop_ms": ms(stop_at),
+        "audible_stop_latency_ms": ms(None if stop_at is None else stop_at - start),
+        "quiet_ms": ms(None if stop_at is None else after - stop_at),
     }
+
+
+def repeated_ms(media: list[BotMedia]) -> float:
+    """Voiced audio heard again soon after it was first heard (see REPEAT_WINDOW_MS)."""
+    first_heard: dict[bytes, float] = {}
+    repeated = 0.0
+    for item in sorted(media, key=lambda m: m.play_start):
+        if item.kept < FRAME_BYTES // 2:
+            continue
+        levels = frame_levels_db(ulaw_pcm(item.payload))
+        for k, level in enumerate(levels):
+            a = k * FRAME_BYTES
+            if level <= BOT_VOICE_DBFS or item.kept - a < FRAME_BYTES // 2:
+                continue
+            frame = item.payload[a : a + FRAME_BYTES]
+            at = to_ms(item.play_start + a)
+            seen = first_heard.get(frame)
+            if seen is not None and at - seen <= REPEAT_WINDOW_MS:
+                repeated += to_ms(min(FRAME_BYTES, item.kept - a))
+            else:
+                first_heard[frame] = at
+    return repeated
 
 
 def _bot(record: CallRecord, voiced: list[tuple[float, float]]) -> dict:
@@ -231,6 +270,7 @@ def _bot(record: CallRecord, voiced: list[tuple[float, float]]) -> dict:
         "lead_ms": percentiles([max(0.0, lead) for lead in leads]),
         "underruns": gaps,
         "underrun_ms": ms(gap_ms),
+        "repeated_ms": ms(repeated_ms(media)),
         "speech": [[ms(a), ms(b)] for a, b in voiced],
         "media": [
             {"recv_ms": ms(m.recv_ms), "play_ms": ms(to_ms(m.play_start)), "bytes": len(m.payload), "played_bytes": m.kept}
