@@ -1,7 +1,8 @@
-"""Replayed calls through the real server and the embedded engines (issue: conversation engine).
+"""Replayed calls through the real server and the embedded engines: the conversation engine.
 
-The harness plays Twilio; the fake Twilio REST API takes transfers and hang-ups. Assertions are on
-behaviour and order of events, never on wall-clock speed.
+The harness plays Twilio (marks echoed on time, late or never); the fake Twilio REST API takes
+transfers and hang-ups. Assertions are on behaviour and order of events on the call clock, never
+on wall-clock speed.
 """
 
 import asyncio
@@ -9,7 +10,7 @@ import asyncio
 import pytest
 
 from fakes.twilio_api import FakeTwilioApi
-from ivr.call import CallFactory
+from ivr.call import CallFactory, CallOptions
 from ivr.call.twilio_rest import TwilioRest
 from ivr.config import Settings
 from ivr.providers.registry import build
@@ -38,6 +39,27 @@ def stack(providers):
         app = create_app(Settings.from_env({}), handler_factory=factory)
         with serve(app) as base:
             yield base.replace("http", "ws") + "/media", factory, api
+
+
+@pytest.fixture(scope="module")
+def markless(providers):
+    """The same for a carrier without marks (IVR_MARKS=off), with quick re-prompts."""
+    api = FakeTwilioApi(ACCOUNT, TOKEN)
+    with serve(api.app) as api_url:
+        options = CallOptions(reprompt_after_ms=2500, max_reprompts=1)
+        factory = CallFactory(providers, options, rest=TwilioRest(ACCOUNT, TOKEN, base_url=api_url), marks=False)
+        app = create_app(Settings.from_env({"IVR_MARKS": "off"}), handler_factory=factory)
+        with serve(app) as base:
+            yield base.replace("http", "ws") + "/media", factory, api
+
+
+def voiced_end_before(report, t_ms: float) -> float:
+    return max(b for a, b in report["bot"]["speech"] if a < t_ms)
+
+
+def handover_ms(out, call) -> float:
+    """When the bot hung up or transferred, on the replay's call clock (same machine, same clock)."""
+    return (call.stats.handed_over_at - out.record.monotonic_start) * 1000
 
 
 def test_turn_order_and_hang_up_after_the_goodbye(stack, tmp_path):
@@ -90,6 +112,9 @@ def test_barge_in_clears_at_once_and_history_keeps_only_heard_words(stack, tmp_p
     barge = report["barge_ins"][0]
     assert barge["clear_ms"] is not None and barge["clear_ms"] >= barge["caller_speech_start_ms"]
     assert barge["frames_after_clear"] == 0
+    # The caller heard the bot stop when the clear arrived, not when its queue ran out.
+    assert barge["audible_stop_ms"] <= barge["clear_ms"] + 1
+    assert report["bot"]["repeated_ms"] == 0
     call = factory.recent[-1]
     turns = call._history()
     greeting = turns[0]
@@ -100,24 +125,28 @@ def test_barge_in_clears_at_once_and_history_keeps_only_heard_words(stack, tmp_p
     assert "market street" in turns[2].text.lower()
 
 
-def test_a_backchannel_does_not_take_the_turn(stack, tmp_path):
+@pytest.mark.parametrize("murmur", ["Okay.", "Uh-huh."])
+def test_a_backchannel_over_the_bot_neither_takes_the_turn_nor_repeats_a_word(stack, tmp_path, murmur):
     url, factory, _ = stack
-    path = script(tmp_path, """
+    path = script(tmp_path, f"""
         name: backchannel
         steps:
-          - say: "Okay."
+          - say: "{murmur}"
             after: bot_speaking 2.5
           - hangup:
             after: bot_silent 1.5
         """)
-    run(url, path, tmp_path / "out")
+    out = run(url, path, tmp_path / "out")
+    report = out.report
     call = factory.recent[-1]
     turns = call._history()
-    assert all(t.role == "bot" for t in turns), turns  # "okay" never became a caller turn
-    if call.stats.barge_ins:  # the VAD heard it and cut the bot: the bot resumed the cut sentence
-        assert turns[0].interrupted and len(turns) >= 2
-    bot_texts = " ".join(t.text for t in turns)
-    assert "press 1 for hours" in bot_texts.lower()  # the menu was said in full after all
+    assert [t.role for t in turns] == ["bot"], turns  # the murmur never became a caller turn
+    assert not turns[0].interrupted and "press 1 for hours" in turns[0].text.lower()  # said in full
+    assert report["bot"]["repeated_ms"] == 0  # not one frame heard twice
+    for barge in report["barge_ins"]:  # the VAD heard the murmur: the bot paused, then went on
+        assert barge["frames_after_clear"] == 0
+        assert barge["quiet_ms"] <= 1200, barge
+    assert call.stats.barge_ins == 0 and call.stats.resumes == call.stats.pauses
 
 
 def test_dtmf_zero_asks_the_twilio_api_for_a_transfer(stack, tmp_path):
@@ -137,3 +166,52 @@ def test_dtmf_zero_asks_the_twilio_api_for_a_transfer(stack, tmp_path):
     call = factory.recent[-1]
     assert call.state.value == "ended"
     assert any("putting you through" in t.text.lower() for t in call._history() if t.role == "bot")
+
+
+@pytest.mark.parametrize("marks", ["never", "late:2500"])
+def test_without_timely_marks_questions_are_not_barge_ins_and_a_transfer_follows_the_announcement(stack, tmp_path, marks):
+    url, factory, api = stack
+    api.updates.clear()
+    path = script(tmp_path, """
+        name: lossy-line
+        steps:
+          - audio: SAMPLES/where-are-you.wav
+            text: "Where are you located?"
+            after: bot_silent 0.8
+          - dtmf: "0"
+            after: bot_silent 0.8
+          - hangup:
+            after: bot_silent 10
+        """)
+    out = run(url, path, tmp_path / "out", marks=marks)
+    report = out.report
+    call = factory.recent[-1]
+    assert report["clears"] == [] and call.stats.pauses == 0  # no needless clear
+    said = [(t.role, t.text.lower()) for t in call._history()]
+    asked = next(i for i, (role, text) in enumerate(said) if role == "caller" and "located" in text)
+    assert any(role == "bot" and "market street" in text for role, text in said[asked:]), said
+    assert any("<Dial" in u.get("Twiml", "") for u in api.updates), api.updates
+    # The transfer went to Twilio within 2 s of the announcement's end, as the caller heard it.
+    transfer_at = handover_ms(out, call)
+    assert 0 <= transfer_at - voiced_end_before(report, transfer_at) <= 2000
+
+
+def test_a_carrier_without_marks_reprompts_a_silent_caller_and_hangs_up_after_the_goodbye(markless, tmp_path):
+    url, factory, api = markless
+    api.updates.clear()
+    path = script(tmp_path, """
+        name: silent
+        steps:
+          - hangup:
+            after: at 60
+        """)
+    out = run(url, path, tmp_path / "out", marks="never")
+    report = out.report
+    call = factory.recent[-1]
+    assert report["marks"] == []  # nothing asked of a carrier without marks
+    bot = [t for t in call._history() if t.role == "bot"]
+    assert len(bot) == 3 and "lost each other" in bot[-1].text.lower()  # greeting, re-prompt, goodbye
+    assert api.updates and api.updates[-1]["Status"] == "completed"
+    end = handover_ms(out, call)
+    assert report["call"]["ended_by"] == "bot" and end < 60000
+    assert 0 <= end - voiced_end_before(report, end) <= 2000

@@ -110,9 +110,9 @@ async def test_a_backchannel_resumes_from_the_cut_frame_with_no_frame_said_twice
     await line.wait_for(lambda: "clear" in line.kinds())
     clear_at = line.kinds().index("clear")
     assert greeting.cursor == 25  # back to the frame the caller was hearing
+    await time.advance(0.8)  # a long murmur: its words decide
     stt.speaking = False
-    await time.advance(0.4)
-    stt.push(Final(heard, 500, 800))
+    stt.push(Final(heard, 500, 1300))
     await line.wait_for(lambda: call.state.value == "speaking")
     await settle(line)
     resumed = media(line, clear_at)
@@ -128,16 +128,33 @@ async def test_a_backchannel_resumes_from_the_cut_frame_with_no_frame_said_twice
     assert call.stats.pauses == 1 and call.stats.resumes == 1 and call.stats.barge_ins == 0
 
 
-async def test_a_cough_with_no_words_resumes_once_the_caller_is_quiet():
+async def test_a_long_sound_with_no_words_resumes_once_the_caller_is_quiet():
     call, line, stt, time = await started()
     await time.advance(0.4)
     stt.push(SpeechStarted(at_ms=400))
     await line.wait_for(lambda: "clear" in line.kinds())
+    await time.advance(0.8)  # longer than a murmur
     stt.speaking = False
     await time.advance(0.8)
     assert call.state.value == "paused"
-    await time.advance(0.3)  # quiet for resume_after_ms (900 ms)
+    await time.advance(0.3)  # quiet for resume_after_ms (900 ms), give or take a timer tick
     assert call.state.value == "speaking"
+
+
+async def test_a_short_sound_resumes_at_once_and_words_that_follow_still_take_the_turn():
+    call, line, stt, time = await started()
+    greeting = call._turn
+    await time.advance(0.4)
+    stt.push(SpeechStarted(at_ms=400))
+    await line.wait_for(lambda: "clear" in line.kinds())
+    await time.advance(0.3)
+    stt.speaking = False
+    await time.advance(0.12)
+    assert call.state.value == "speaking"  # a murmur's length: no wait for its words
+    stt.push(EndOfTurn("Sunday?", 700))  # but it was a question after all
+    brain = call.providers.brain.sessions[0]
+    await line.wait_for(lambda: brain.inputs)
+    assert not greeting.gate_open and line.kinds().count("clear") == 2
 
 
 async def test_without_clear_a_pause_stops_feeding_and_the_lead_plays_out():

@@ -47,20 +47,25 @@ def test_clear_names_the_cut_frame_and_resume_neither_repeats_nor_skips_more_tha
     assert PlayoutClock().cleared(3.0) is None
 
 
-def test_an_echo_on_time_confirms_a_slightly_late_one_moves_the_clock_a_very_late_one_is_ignored():
-    c = PlayoutClock(margin_s=0.5)
+def test_echoes_late_by_their_round_trip_confirm_a_stalled_carrier_moves_the_clock_a_lost_one_is_ignored():
+    c = PlayoutClock(margin_s=0.5, tolerance_s=0.04)
     send(c, 0.0, 1, 0, 50)
     assert c.mark("a", 0.0) == pytest.approx(1.0)
     send(c, 0.0, 1, 50, 50)
     assert c.mark("b", 0.0) == pytest.approx(2.0)
-    assert c.busy(1.9) and c.settled_at() == pytest.approx(2.5)
-    assert c.echoed("a", 1.2) == "corrected"  # the carrier started 200 ms after we sent
-    assert c.played_out_at == pytest.approx(2.2)
-    assert c.playing(1.2) == (1, 50)  # the frame after the mark, later by the correction
-    assert c.played(1, 1.1) == 50
-    assert c.echoed("b", 5.0) == "late"  # a lossy link, not playback: the clock stays
-    assert c.played_out_at == pytest.approx(2.2) and c.late_echoes == 1
-    assert c.echoed("b", 5.1) == "unknown"
+    send(c, 0.0, 1, 100, 50)
+    assert c.mark("c", 0.0) == pytest.approx(3.0)
+    assert c.busy(2.9) and c.settled_at() == pytest.approx(3.5)
+    assert c.echoed("a", 1.03) == "on time"  # 30 ms: the round trip, nothing about playback
+    assert c.played_out_at == pytest.approx(3.0) and c.playing(1.0 + F / 2) == (1, 50)
+    assert c.echoed("b", 2.23) == "corrected"  # 200 ms more than the round trip: the carrier stalled
+    assert c.played_out_at == pytest.approx(3.2)
+    assert c.playing(2.1) is None and c.playing(2.2 + F / 2) == (1, 100)  # later by the stall
+    assert c.played(1, 2.1) == 100
+    assert c.echoed("c", 5.0) == "late"  # a lossy link, not playback: the clock stays
+    assert c.played_out_at == pytest.approx(3.2) and c.late_echoes == 1
+    assert c.echoed("c", 5.1) == "unknown"
+    assert c.corrections == 1
 
 
 def test_marks_never_echoed_are_overdue_after_the_margin_and_the_clock_goes_on():
@@ -71,6 +76,7 @@ def test_marks_never_echoed_are_overdue_after_the_margin_and_the_clock_goes_on()
     assert c.overdue(1.6) == ["t1-p0"]
     c.forget(c.overdue(1.6))
     assert not c.busy(1.6)
+    assert c.echoed("t1-p0", 3.5) == "late" and c.late_echoes == 1  # it came after all
 
 
 def test_clear_forgets_pending_marks_so_their_echoes_confirm_nothing():
@@ -101,9 +107,12 @@ def test_real_words_or_long_speech_cancel_and_a_wordless_sound_resumes_once_quie
     assert Interruption(InterruptionRules(BC), 0.0).heard("Wait, Sunday?", False, True, 0.5) is Verdict.CANCEL
     long = Interruption(InterruptionRules(BC, confirm_after_ms=1500), 0.0)
     assert long.tick(True, 1.0) is Verdict.WAIT and long.tick(True, 1.5) is Verdict.CANCEL
-    cough = Interruption(InterruptionRules(BC, resume_after_ms=900), 0.0)
-    assert cough.tick(False, 0.3) is Verdict.WAIT and cough.tick(False, 1.0) is Verdict.WAIT
-    assert cough.tick(False, 1.25) is Verdict.RESUME
+    cough = Interruption(InterruptionRules(BC, resume_after_ms=900, short_ms=700), 0.0)
+    assert cough.tick(True, 0.8) is Verdict.WAIT  # longer than a murmur: wait for its words
+    assert cough.tick(False, 1.0) is Verdict.WAIT and cough.tick(False, 1.5) is Verdict.WAIT
+    assert cough.tick(False, 1.95) is Verdict.RESUME
+    murmur = Interruption(InterruptionRules(BC, short_ms=700), 0.0)
+    assert murmur.tick(True, 0.3) is Verdict.WAIT and murmur.tick(False, 0.45) is Verdict.RESUME
     assert Interruption(InterruptionRules(BC), 0.0).heard("", True, False, 0.8) is Verdict.RESUME
     assert Interruption(InterruptionRules(BC, resume=False), 0.0).verdict is Verdict.CANCEL
 

@@ -11,6 +11,7 @@ from typing import Callable
 from ivr.call.engine import Call, CallOptions, CallState, PromptCache
 from ivr.call.events import Listener
 from ivr.call.splitter import SplitOptions, TextSplitter
+from ivr.call.timebase import WallTime, clock_rate
 from ivr.call.twilio_rest import TwilioRest
 from ivr.config import Settings
 from ivr.providers.base import CallContext, TextDelta
@@ -58,7 +59,11 @@ class CallFactory:
 
     def __call__(self, line: Line) -> Call:
         listener = self.listen(line) if self.listen is not None else None
-        call = Call(line, self.providers, self.options, self.cache, self.rest, listener=listener, marks=self.marks)
+        rate = clock_rate(line.parameters)
+        if rate != 1.0:
+            line.log.info("the caller's clock runs %g times real time (a replay): so does the bot's", rate)
+        call = Call(line, self.providers, self.options, self.cache, self.rest, listener=listener, marks=self.marks,
+                    time=WallTime(rate))
         call.before_greeting = self.before_greeting
         self.recent.append(call)
         return call

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
+from time import monotonic
 from collections import deque
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -88,10 +88,14 @@ class Call(ListeningHandler):
         self.has_marks = marks and getattr(line, "has_marks", True)
         self.has_clear = getattr(line, "has_clear", True)
         self.turns = TurnTaking()
-        self.stats = CallStats(start_at=self.time.now())
+        self.stats = CallStats(start_at=monotonic())  # figures are wall time, whatever the clock
+        self._started = self.time.now()
         self.history: list[tuple[str, str | BotTurn]] = []  # ("caller", text) | ("bot", turn)
+        # The lead guards against this process being late (wall time): a clock run faster than
+        # real time (a replay) keeps the same margin in wall time.
+        lead_s = o.playout_lead_ms / 1000 * getattr(self.time, "rate", 1.0)
         self.speaker = Speaker(line, self.clock, self.time, providers.tts, self.cache, o.split,
-                               o.playout_lead_ms / 1000, self.has_marks, o.goodbye_timeout_ms / 1000,
+                               lead_s, self.has_marks, o.goodbye_timeout_ms / 1000,
                                self._first_audio, self._emit, self.log)
         self._rules = InterruptionRules(frozenset(b.lower() for b in o.backchannels), o.confirm_after_ms,
                                         o.resume_after_ms, o.resume_after_false_interruption)
@@ -184,7 +188,7 @@ class Call(ListeningHandler):
 
     async def on_caller_frames(self, frames: list[bytes]) -> None:
         if frames:
-            self._arrivals.append((self.caller_ms + FRAME_MS * len(frames), time.monotonic()))
+            self._arrivals.append((self.caller_ms + FRAME_MS * len(frames), monotonic()))
         for frame in frames:
             self.caller_ms += FRAME_MS
             if self._stt is not None and self._ready.is_set():
@@ -236,7 +240,7 @@ class Call(ListeningHandler):
             if self._interruption is not None:
                 await self._judge(self._interruption.tick(self._caller_speaking(), now))
             if not (self._ending or self._awaiting_answer):
-                if (now - self.stats.start_at) * 1000 >= self.options.max_call_ms:
+                if (now - self._started) * 1000 >= self.options.max_call_ms:
                     self.log.info("call reached its time limit (%d ms)", self.options.max_call_ms)
                     self._say_goodbye(self.options.time_limit_goodbye)
                 else:
@@ -301,7 +305,7 @@ class Call(ListeningHandler):
                 self._barge_pending_at = None
                 text = (event.text or " ".join(turn_texts)).strip()
                 turn_texts.clear()
-                self._pending_timing = TurnTiming(self._arrival_of(event.at_ms), time.monotonic())
+                self._pending_timing = TurnTiming(self._arrival_of(event.at_ms), monotonic())
                 await self._end_of_caller_turn(text)
 
     async def _check_pending_barge_in(self) -> None:
@@ -391,7 +395,7 @@ class Call(ListeningHandler):
         arrived = self._arrival_of(at_ms)
         self._interruption = Interruption(self._rules, self.time.now())
         await self._act(Event.CALLER_SPEECH, "barge-in")
-        metrics.observe_barge_in(arrived, time.monotonic())
+        metrics.observe_barge_in(arrived, monotonic())
         await self._judge(self._interruption.verdict if self._interruption else Verdict.WAIT)
 
     async def _judge(self, verdict: Verdict) -> None:
@@ -491,7 +495,8 @@ class Call(ListeningHandler):
         finally:
             turn.done_generating = True
 
-    def _first_audio(self, turn: BotTurn, now: float) -> None:
+    def _first_audio(self, turn: BotTurn, _clock_now: float) -> None:
+        now = monotonic()
         turn.first_audio_at = now
         self._fire(Event.BOT_AUDIO)
         if turn.number == 1:
@@ -553,6 +558,7 @@ class Call(ListeningHandler):
     async def _hang_up(self) -> None:
         self._ending = True
         self._fire(Event.HANG_UP)
+        self.stats.handed_over_at = monotonic()
         self.log.info("the bot ends the call")
         self.line.ended_by_bot = True
         if self.rest is not None:
@@ -567,6 +573,7 @@ class Call(ListeningHandler):
             self.log.warning("transfer requested without a target; ignored")
             return
         self._fire(Event.TRANSFER)
+        self.stats.handed_over_at = monotonic()
         self._ending = True
         doc = twiml.transfer_sip(target, summary) if target.startswith(("sip:", "sips:")) else twiml.transfer_number(target)
         self.log.info("transferring the call to %s", self.log.mask(target))

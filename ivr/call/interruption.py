@@ -9,7 +9,11 @@ until the interruption is confirmed:
 - so does speech that goes on past `confirm_after_ms`, whatever the recogniser makes of it;
 - backchannel words, or none at all (a cough, noise) once the caller is quiet again for
   `resume_after_ms`, are a false alarm: the bot carries on from the exact frame where it went
-  quiet, so no word is said twice.
+  quiet, so no word is said twice;
+- a sound shorter than `short_ms` is taken for a murmur as soon as the caller is quiet, before
+  the recogniser has its words (that wait alone can pass a second on a busy machine): if the
+  words then turn out to be a real turn, the bot is stopped again and answers it, as for any
+  caller who speaks while it talks.
 
 How the bot goes quiet (measured with `ivr bench call`, local engines, loopback, 300 ms lead;
 see benchmarks/README.md):
@@ -37,9 +41,11 @@ import re
 from dataclasses import dataclass
 
 #: Not "yes" or "sure": cutting in with those usually answers the bot's question.
+#: Recognisers spell murmurs many ways ("Uh-huh." often comes out "Ah." or "Mm-hm."): alone,
+#: "ah", "oh", "uh" and "um" are no answer either.
 DEFAULT_BACKCHANNELS = (
-    "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "okay", "ok", "yeah", "yep", "right",
-    "i see", "got it", "alright", "all right",
+    "uh-huh", "uh huh", "mm-hmm", "mm-hm", "mhm", "mm", "hmm", "hm", "aha", "ah", "oh", "uh", "um",
+    "okay", "ok", "yeah", "yep", "right", "i see", "got it", "alright", "all right",
 )  # fmt: skip
 
 #: Everything but letters, digits, apostrophes and hyphens ("uh-huh"): backchannels ignore punctuation.
@@ -74,6 +80,8 @@ class InterruptionRules:
     resume_after_ms: int = 900
     #: False: any speech over the bot cancels the turn at once (nothing is resumed).
     resume: bool = True
+    #: Speech over the bot shorter than this resumes as soon as the caller is quiet.
+    short_ms: int = 700
 
 
 class Interruption:
@@ -108,6 +116,7 @@ class Interruption:
             return self.verdict
         if self._quiet_since is None:
             self._quiet_since = at
-        if (at - self._quiet_since) * 1000 >= self.rules.resume_after_ms:
-            self.verdict = Verdict.RESUME  # quiet again, and whatever it was had no words
+        short = (self._quiet_since - self.started_at) * 1000 < self.rules.short_ms
+        if short or (at - self._quiet_since) * 1000 >= self.rules.resume_after_ms:
+            self.verdict = Verdict.RESUME  # quiet again, and whatever it was had no words (yet)
         return self.verdict

@@ -9,12 +9,15 @@ reckoning, sans I/O and on plain numbers (seconds on any monotonic clock):
 - answers: "how much is queued at t" (the pacer keeps that under a small lead), "which frame is
   playing at t", "how many frames of `owner` the caller has heard by t", "which marks are overdue".
 
-Marks confirm the reckoning. An echo a little later than the clock expected (the carrier started
-playing later than we sent: network delay, its jitter buffer) moves every frame queued after the
-mark later by that much. An echo later than `margin_s` is not playback but a slow or lossy link:
-the clock ignores it, and never waits for a mark that it holds overdue by more than the margin.
-A carrier without marks (or a setting turning them off) gets the same clock with nothing to
-confirm it.
+Marks confirm the reckoning. Every echo comes back some transit time after its audio played, and
+a `clear` reaches the carrier after the same one-way delay as the media did, so the clock counts
+from the moment we send: it is right about the frame a clear cuts without knowing the network.
+What an echo can reveal is the carrier playing *later* than that (its queue stalled): an echo
+later than the earliest echo delay seen so far, by more than `tolerance_s`, moves every frame
+queued after the mark later by the excess. An echo later than `margin_s` is not playback but a
+slow or lossy link: the clock ignores it, and never waits for a mark that it holds overdue by more
+than the margin. A carrier without marks (or a setting turning them off) gets the same clock with
+nothing to confirm it.
 
 `owner` is any int the caller chooses (the engine uses the bot turn's number) and `pos` its own
 numbering of frames, so the answers come back in the sender's terms even after a clear and a
@@ -69,11 +72,15 @@ class Cut:
 
 
 class PlayoutClock:
-    def __init__(self, margin_s: float = 0.5, keep_runs: int = 256) -> None:
+    def __init__(self, margin_s: float = 0.5, tolerance_s: float = 0.04, keep_runs: int = 256) -> None:
         self.margin_s = margin_s
+        self.tolerance_s = tolerance_s
         self._runs: deque[_Run] = deque(maxlen=keep_runs)
         self._end = 0.0  # when everything sent so far has played
         self._marks: dict[str, _Mark] = {}
+        self._forgotten: deque[str] = deque(maxlen=64)
+        #: The smallest echo delay seen: the round trip, which says nothing about playback.
+        self._floor: float | None = None
         #: Marks echoed later than the clock expected but within the margin (the clock moved).
         self.corrections = 0
         #: Marks echoed after the margin or never: the link is slow or has no marks.
@@ -103,14 +110,20 @@ class PlayoutClock:
         for timing) or 'unknown' (not pending: returned by a clear, or not ours)."""
         mark = self._marks.pop(name, None)
         if mark is None:
+            if name in self._forgotten:
+                self.late_echoes += 1
+                return "late"
             return "unknown"
         delay = at - mark.due
-        if delay <= _EPS:
-            return "on time"
         if delay > self.margin_s:
             self.late_echoes += 1
             return "late"
-        self._shift(mark.due, delay)
+        if self._floor is None or delay < self._floor:
+            self._floor = delay
+        excess = delay - self._floor
+        if excess <= self.tolerance_s:
+            return "on time"
+        self._shift(mark.due, excess)
         self.corrections += 1
         return "corrected"
 
@@ -181,7 +194,8 @@ class PlayoutClock:
     def forget(self, names: list[str]) -> None:
         """Stop waiting for these marks (the engine has gone by the clock)."""
         for name in names:
-            self._marks.pop(name, None)
+            if self._marks.pop(name, None) is not None:
+                self._forgotten.append(name)
 
     # --- internals --------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import time
 from typing import AsyncIterator, Callable
 
 from ivr.audio import PhoneEncoder
@@ -102,7 +102,7 @@ class Speaker:
             try:
                 async for out in outputs:
                     if turn.timing is not None and turn.timing.brain_first_at is None:
-                        turn.timing.brain_first_at = self.time.now()
+                        turn.timing.brain_first_at = time.monotonic()
                     if isinstance(out, TextDelta):
                         for piece in splitter.push(out.text):
                             await add_piece(piece)

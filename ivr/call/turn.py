@@ -34,6 +34,8 @@ class CallStats:
     #: Times the bot went quiet for speech over it, and of those, false alarms it carried on from.
     pauses: int = 0
     resumes: int = 0
+    #: When the bot hung up or handed the call on (after its last words played).
+    handed_over_at: float | None = None
 
 
 class BotTurn:

@@ -26,7 +26,7 @@ from ivr.harness.plan import After, CallPlan, Dtmf, Hangup, Say, Wait
 from ivr.harness.record import CallRecord
 from ivr.harness.voice import CallerVoice, Utterance
 from ivr.harness.wsframe import send_text_now
-from ivr.telephony.twilio import OutClear, OutMark, OutMedia, ProtocolError, TwilioSender, parse_outbound
+from ivr.telephony.twilio import CLOCK_RATE_PARAMETER, OutClear, OutMark, OutMedia, ProtocolError, TwilioSender, parse_outbound
 
 
 #: Bot speech that stops this soon after the caller's speech or key ends was cut by it.
@@ -111,7 +111,7 @@ class TwilioEmulator:
             speed=options.speed,
             call_sid=options.call_sid,
             stream_sid=options.stream_sid,
-            params={**plan.params, **options.params},
+            params={**plan.params, **options.params, **({CLOCK_RATE_PARAMETER: f"{options.speed:g}"} if options.speed != 1 else {})},
             started_at="",
         )
         self.record.utterances = self.voice.utterances

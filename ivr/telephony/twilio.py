@@ -29,6 +29,11 @@ MULAW_ENCODING = "audio/x-mulaw"
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
+#: A <Parameter> the replay harness (ivr.harness) adds when it runs the call clock N times faster
+#: than real time, so that the bot's playout clock runs at the same rate as its playback.
+CLOCK_RATE_PARAMETER = "IvrClockRate"
+
+
 class ProtocolError(ValueError):
     """One inbound message broke the protocol. `kind` is a short stable label (used in metrics)."""
 
