@@ -5,7 +5,10 @@
 - greeting: `start` sent -> first `media` received, through a real server on loopback with the
   embedded engines (the greeting is cached at start-up);
 - barge-in: first caller frame that contains speech -> `clear` received, while the bot reads its
-  menu, with the embedded VAD;
+  menu, with the embedded VAD; and the audible stop: speech start -> the bot quiet as the caller
+  hears it (with `--pause starve` the bot stops feeding the line instead of clearing it);
+- backchannel: murmurs ("okay", "uh-huh") over the bot: the bot must carry on where it stopped,
+  so the figures are the audio heard twice and the longest pause, and how many became turns;
 - response: end of caller speech -> first bot audio received, with the embedded engines, and
   where the time goes (endpointing + STT, brain, TTS, sending).
 """
@@ -30,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calls", type=int, default=30, help="calls for the greeting figure (default 30)")
     p.add_argument("--barge-ins", type=int, default=20, help="barge-ins to measure (default 20)")
     p.add_argument("--answers", type=int, default=12, help="answers for the response figure (default 12)")
-    p.add_argument("--only", choices=["overhead", "greeting", "barge-in", "response"], action="append")
+    p.add_argument("--backchannels", type=int, default=8, help="murmurs over the bot to measure (default 8)")
+    p.add_argument("--pause", choices=["clear", "starve"], help="how the bot goes quiet for speech over it (default: the flow's, clear)")
+    p.add_argument("--only", choices=["overhead", "greeting", "barge-in", "backchannel", "response"], action="append")
 
 
 def _pct(values: list[float]) -> str:
@@ -165,24 +170,65 @@ def _sample(name: str) -> bytes:
     return read_ulaw(HERE / name)
 
 
-async def barge_in(url: str, n: int) -> list[float]:
+async def barge_in(url: str, n: int) -> tuple[list[float], list[float], int]:
     """Replayed calls that talk over the menu at varying points; the harness times speech start
-    (the first frame of the utterance above the noise floor) -> `clear` received."""
+    (the first frame of the utterance above the noise floor) -> `clear` received, and -> the bot
+    quiet as heard; and counts bot frames received after the clear."""
     from ivr.harness.emulator import ReplayOptions
     from ivr.harness.plan import After, CallPlan, Hangup, Say
     from ivr.harness.report import build_report
     from ivr.harness.run import replay
 
     speech = _sample("where-are-you.wav")
-    results = []
+    clears, stops, leaked = [], [], 0
     for i in range(n):
         plan = CallPlan(
             name=f"barge-in-{i}", kind="script", source="bench",
-            steps=[Say(speech, "Where are you located?", After("bot_speaking", 1.0 + 0.37 * (i % 8))), Hangup(After("now"))],
+            steps=[Say(speech, "Where are you located?", After("bot_speaking", 1.0 + 0.37 * (i % 8))), Hangup(After("pause", 1.0))],
         )
         report = build_report(await replay(plan, ReplayOptions(url=url, max_call_s=30)))
-        results += [b["latency_ms"] for b in report["barge_ins"] if b["latency_ms"] is not None]
-    return results
+        for b in report["barge_ins"][:1]:
+            if b["latency_ms"] is not None:
+                clears.append(b["latency_ms"])
+            if b["audible_stop_latency_ms"] is not None:
+                stops.append(b["audible_stop_latency_ms"])
+            leaked += b["frames_after_clear"]
+    return clears, stops, leaked
+
+
+MURMURS = ("Okay.", "Uh-huh.", "Yeah.", "Mm-hmm.")
+
+
+async def backchannel(url: str, n: int, factory) -> dict:
+    """Replayed calls that murmur over the menu at varying points (synthesised murmurs)."""
+    import tempfile
+    from pathlib import Path
+
+    from ivr.harness.emulator import ReplayOptions
+    from ivr.harness.report import build_report
+    from ivr.harness.run import replay
+    from ivr.harness.sources import load_script
+
+    repeated, pauses, stops, turns, paused = [], [], [], 0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            path = Path(tmp) / f"murmur-{i}.yaml"
+            path.write_text(
+                f"name: murmur-{i}\nsteps:\n  - say: \"{MURMURS[i % len(MURMURS)]}\"\n"
+                f"    after: bot_speaking {1.5 + 0.53 * (i % 7):.2f}\n  - hangup:\n    after: bot_silent 1.0\n"
+            )
+            known = set(map(id, factory.recent))
+            report = build_report(await replay(await load_script(path), ReplayOptions(url=url, max_call_s=40)))
+            repeated.append(report["bot"]["repeated_ms"])
+            for b in report["barge_ins"][:1]:
+                paused += 1
+                if b["quiet_ms"] is not None:
+                    pauses.append(b["quiet_ms"])
+                if b["audible_stop_latency_ms"] is not None:
+                    stops.append(b["audible_stop_latency_ms"])
+            for call in [c for c in factory.recent if id(c) not in known]:
+                turns += sum(1 for role, _ in call.history if role == "caller")
+    return {"repeated": repeated, "pauses": pauses, "stops": stops, "turns": turns, "paused": paused, "calls": n}
 
 
 async def response(url: str, n: int, factory) -> tuple[list[float], list]:
@@ -226,20 +272,34 @@ def run(args: argparse.Namespace) -> int:
     from ivr import logs
 
     logs.setup("warning")
-    only = set(args.only or ["overhead", "greeting", "barge-in", "response"])
+    only = set(args.only or ["overhead", "greeting", "barge-in", "backchannel", "response"])
     print("ivr bench call" + "".join(f" --only {o}" for o in args.only or []))
     if "overhead" in only:
         r = asyncio.run(overhead(args.turns))
         print(f"  overhead  end of turn -> first media frame (instant brain+TTS) : {_pct(r)}")
-    if only & {"greeting", "barge-in", "response"}:
+    if only & {"greeting", "barge-in", "backchannel", "response"}:
         server, url, factory = _start_server()
+        if args.pause:
+            from dataclasses import replace
+
+            factory.options = replace(factory.options, pause=args.pause)
+        print(f"  (bot pauses by {factory.options.pause}, lead {factory.options.playout_lead_ms} ms)")
         with server:
             if "greeting" in only:
                 r = asyncio.run(greeting(url, args.calls))
                 print(f"  greeting  start -> first media frame (embedded engines)    : {_pct(r)}")
             if "barge-in" in only:
-                r = asyncio.run(barge_in(url, args.barge_ins))
-                print(f"  barge-in  first speech frame -> clear (embedded VAD)       : {_pct(r)}")
+                clears, stops, leaked = asyncio.run(barge_in(url, args.barge_ins))
+                print(f"  barge-in  first speech frame -> clear (embedded VAD)       : {_pct(clears)}")
+                print(f"            first speech frame -> bot quiet, as heard        : {_pct(stops)}")
+                print(f"            bot frames after the clear                       : {leaked}")
+            if "backchannel" in only:
+                b = asyncio.run(backchannel(url, args.backchannels, factory))
+                print(f"  backchannel  murmur over the bot (embedded VAD+STT), {b['calls']} calls, {b['paused']} paused the bot")
+                print(f"            audio heard twice                                : total {sum(b['repeated']):.0f} ms, max {max(b['repeated'], default=0):.0f} ms in a call")
+                print(f"            pause, bot quiet -> bot speaking again            : {_pct(b['pauses'])}")
+                print(f"            first speech frame -> bot quiet, as heard        : {_pct(b['stops'])}")
+                print(f"            murmurs taken for a turn                         : {b['turns']}")
             if "response" in only:
                 r, timings = asyncio.run(response(url, args.answers, factory))
                 print(f"  response  end of speech -> first answer played (embedded)  : {_pct(r)}")
