@@ -37,7 +37,7 @@ GOODBYE_GRACE_SECONDS = 20.0
 
 
 class Drain:
-    """Drains one app's calls (`state` is its `ivr.server.IvrState`)."""
+    """Drains one app's calls (`state` is its `ivr.state.IvrState`)."""
 
     def __init__(self, state, seconds: float, goodbye: str, transfer_to: str = "",
                  grace: float = GOODBYE_GRACE_SECONDS) -> None:

@@ -30,6 +30,7 @@ from ivr.outbound import metrics
 from ivr.outbound.amd import AnswerBoard
 from ivr.outbound.place import NotPlaced, OutboundRequest, PlaceError, Placer, RateLimited
 from ivr.outbound.store import CallStore
+from ivr.state import signed_form
 
 log = logging.getLogger("ivr.outbound")
 
@@ -157,9 +158,7 @@ def view_json(v) -> dict:
 
 
 async def status_callback(request: Request) -> Response:
-    from ivr.server import _signed_form
-
-    form = await _signed_form(request, "outbound_status")
+    form = await signed_form(request, "outbound_status")
     if isinstance(form, Response):
         return form
     sid, status = form.get("CallSid", ""), form.get("CallStatus", "")
@@ -177,9 +176,7 @@ async def status_callback(request: Request) -> Response:
 
 
 async def amd_callback(request: Request) -> Response:
-    from ivr.server import _signed_form
-
-    form = await _signed_form(request, "outbound_amd")
+    form = await signed_form(request, "outbound_amd")
     if isinstance(form, Response):
         return form
     sid, answered_by = form.get("CallSid", ""), form.get("AnsweredBy", "unknown")

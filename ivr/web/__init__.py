@@ -15,8 +15,8 @@ from ivr.web.hub import EventHub
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
-    from ivr.server import IvrState
     from ivr.session import Line
+    from ivr.state import IvrState
 
 
 class WebPhone:
