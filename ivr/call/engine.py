@@ -245,7 +245,19 @@ class Call(ListeningHandler):
                     self._say_goodbye(self.options.time_limit_goodbye)
                 else:
                     self._check_silence(now)
-            await self.time.wait(self._wake, until=now + TICK_S)
+            await self.time.wait(self._wake, until=self._next_deadline(now))
+
+    def _next_deadline(self, now: float) -> float:
+        """When the timers must look again if nothing wakes them first (a state change, speech):
+        often only while a verdict is pending or a silence is being timed from its start."""
+        deadline = self._started + self.options.max_call_ms / 1000
+        if self._interruption is not None:
+            return min(deadline, now + TICK_S)
+        if self.state is CallState.LISTENING:
+            if self._silent_since is None:
+                return min(deadline, now + TICK_S)
+            return min(deadline, self._silent_since + self.options.reprompt_after_ms / 1000, now + 1.0)
+        return deadline
 
     def _check_silence(self, now: float) -> None:
         if self.state is not CallState.LISTENING or self._caller_speaking(default=False):
@@ -289,6 +301,7 @@ class Call(ListeningHandler):
         async for event in self._stt:
             if isinstance(event, SpeechStarted):
                 self._silent_since = None
+                self._wake.set()
                 if self.options.min_speech_ms and self.caller_ms - event.at_ms < self.options.min_speech_ms:
                     self._barge_pending_at = event.at_ms
                 else:
@@ -461,10 +474,13 @@ class Call(ListeningHandler):
 
     def _begin_turn(self, outputs: AsyncIterator[BrainOutput], greeting: bool = False) -> BotTurn:
         previous = self._turn
-        if previous is not None and previous.task is not None and not previous.task.done():
-            previous.gate_open = False
-            previous.notify()
-            previous.task.cancel()
+        if previous is not None:
+            if previous.task is not None and not previous.task.done():
+                previous.gate_open = False
+                previous.notify()
+                previous.task.cancel()
+            previous.settle()
+            previous.release()
         number = next(self._turn_numbers)
         turn = BotTurn(number, ear=lambda: self.clock.played(number, self.time.now()))
         self._turn = turn

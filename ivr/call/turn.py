@@ -84,6 +84,13 @@ class BotTurn:
         self.listen()
         self._settled = True
 
+    def release(self) -> None:
+        """A later turn has begun: this one's audio is never sent again, so let it go (a long
+        call would otherwise hold every frame the bot ever said)."""
+        self.gate_open = False
+        self.frames = []
+        self.cursor = 0
+
     def heard(self) -> Turn | None:
         """This turn as the caller heard it, for the history (None: nothing was said)."""
         self.listen()
