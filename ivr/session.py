@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Awaitable, Callable, Protocol
 
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ivr import metrics
 from ivr.audio import FRAME_BYTES, Framer, ulaw_silence
@@ -105,6 +105,13 @@ class Line:
         if self._capture is not None:
             self._capture.close()
             self._capture = None
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """A send failed because the caller's side of the stream is gone (it hung up meanwhile)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_disconnect(e) for e in exc.exceptions)
+    return isinstance(exc, WebSocketDisconnect)
 
 
 class CallHandler(Protocol):

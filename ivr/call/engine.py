@@ -52,7 +52,7 @@ from ivr.providers.base import (
     TurnResumed,
 )
 from ivr.providers.registry import Providers
-from ivr.session import Line, ListeningHandler
+from ivr.session import Line, ListeningHandler, is_disconnect
 from ivr.telephony import twiml
 
 __all__ = ["BotTurn", "Call", "CallOptions", "CallState", "CallStats", "PromptCache", "TurnTiming"]
@@ -503,7 +503,10 @@ class Call(ListeningHandler):
             await self._run_tools(turn)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            if is_disconnect(exc):
+                self.log.debug("the caller left while turn %d was speaking", turn.number)
+                return
             # A broken provider costs this turn, not the call: the caller can still speak.
             self.log.exception("bot turn %d failed", turn.number)
             if turn is self._turn:
