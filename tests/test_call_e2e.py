@@ -6,6 +6,7 @@ on wall-clock speed.
 """
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +216,31 @@ def test_a_carrier_without_marks_reprompts_a_silent_caller_and_hangs_up_after_th
     end = handover_ms(out, call)
     assert report["call"]["ended_by"] == "bot" and end < 60000
     assert 0 <= end - voiced_end_before(report, end) <= 2000
+
+
+def test_a_recorded_sentence_over_the_bot_interrupts_it_and_into_silence_is_no_barge_in(stack, tmp_path):
+    url, factory, _ = stack
+    recorded = Path(__file__).parent / "samples" / "arctic_a0009.wav"  # CMU ARCTIC, a real voice
+    path = script(tmp_path, f"""
+        name: recorded
+        steps:
+          - audio: {recorded}
+            text: "He turned sharply, and faced Gregson across the table."
+            after: bot_speaking 3.0
+          - audio: {recorded}
+            text: "He turned sharply, and faced Gregson across the table."
+            after: bot_silent 1.0
+          - hangup:
+            after: bot_silent 1.5
+        """)
+    out = run(url, path, tmp_path / "out")
+    report = out.report
+    call = factory.recent[-1]
+    assert len(report["barge_ins"]) == 1 and len(report["clears"]) == 1  # the second one had the floor
+    barge = report["barge_ins"][0]
+    assert barge["frames_after_clear"] == 0 and barge["audible_stop_ms"] <= barge["clear_ms"] + 1
+    assert call.stats.barge_ins == 1 and report["bot"]["repeated_ms"] == 0
+    turns = call._history()
+    assert turns[0].role == "bot" and turns[0].interrupted
+    callers = [t.text.lower() for t in turns if t.role == "caller"]
+    assert len(callers) == 2 and all("table" in c or "gregson" in c for c in callers), callers
