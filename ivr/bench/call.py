@@ -196,7 +196,9 @@ async def barge_in(url: str, n: int) -> tuple[list[float], list[float], int]:
     return clears, stops, leaked
 
 
-MURMURS = ("Okay.", "Uh-huh.", "Yeah.", "Mm-hmm.")
+#: Said by the harness's piper voice. Not "Mm-hmm.": piper reads it as a word ("MMO"), which is
+#: a turn to answer, not a murmur.
+MURMURS = ("Okay.", "Uh-huh.", "Yeah.", "Right.")
 
 
 async def backchannel(url: str, n: int, factory) -> dict:
