@@ -134,7 +134,7 @@ class Speaker:
                 group.create_task(feed())
                 group.create_task(render())
         finally:
-            turn.produced = True
+            turn.produced = turn.done_generating = True
             turn.notify()
 
     async def _render_piece(self, turn: BotTurn, index: int, tts_iter, tts_piece: int) -> list[bytes]:

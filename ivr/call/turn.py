@@ -60,6 +60,7 @@ class BotTurn:
         self.tools: list[ToolCall] = []
         self.first_audio_at: float | None = None
         self.started_at = time.monotonic()
+        #: Brain and TTS are done with this turn (it may still be playing).
         self.done_generating = False
         self.timing: TurnTiming | None = None
         self._ear = ear
