@@ -7,6 +7,8 @@ Tasks under one task group per call:
 - the timer task runs the clock's deadlines: re-prompts, the call-time limit, the verdict on a
   pause whose words never come. Timers run on the clock, not on caller frames.
 
+How the call ends or moves on (tools, goodbyes, drain) is in ivr.call.ending.
+
 Turn-taking is the table in ivr.call.turns; speech over the bot pauses it and the policy in
 ivr.call.interruption decides whether to carry on or give the turn up. What the caller heard of
 each bot turn (its `HeardLedger`, kept by the playout clock) is all the brain's history holds.
@@ -20,14 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from time import monotonic
 from collections import deque
+from time import monotonic
 from typing import AsyncIterator, Awaitable, Callable
 
 from ivr import metrics
-from ivr.audio import FRAME_BYTES, FRAME_MS, Framer
-from ivr.audio.dtmf import dtmf_ulaw
+from ivr.audio import FRAME_MS
 from ivr.call.cache import PromptCache
+from ivr.call.ending import Endings
 from ivr.call.events import Listener, cut_event, latency_event
 from ivr.call.interruption import Interruption, InterruptionRules, Verdict, is_backchannel
 from ivr.call.options import CallOptions
@@ -36,8 +38,8 @@ from ivr.call.speaker import Speaker
 from ivr.call.speculation import Speculation
 from ivr.call.timebase import Timebase, WallTime
 from ivr.call.turn import BotTurn, CallStats, TurnTiming
-from ivr.call.turns import Action, CallState, Event, TurnTaking
-from ivr.call.twilio_rest import TwilioRest, TwilioRestError
+from ivr.call.turns import BOT_HAS_FLOOR, Action, CallState, Event, TurnTaking
+from ivr.call.twilio_rest import TwilioRest
 from ivr.providers.base import (
     BrainOutput,
     CallContext,
@@ -46,28 +48,24 @@ from ivr.providers.base import (
     EndOfTurn,
     Final,
     SpeechStarted,
-    TextDelta,
-    ToolCall,
     Turn,
     TurnResumed,
 )
 from ivr.providers.registry import Providers
 from ivr.session import Line, ListeningHandler, is_disconnect
-from ivr.telephony import twiml
 
 __all__ = ["BotTurn", "Call", "CallOptions", "CallState", "CallStats", "PromptCache", "TurnTiming"]
 
 ARRIVALS_KEPT = 500  # 10 s of frames
 #: How often the timer task looks at the clock while nothing else wakes it.
 TICK_S = 0.1
-_TALKING = (CallState.GREETING, CallState.THINKING, CallState.SPEAKING, CallState.PAUSED)
 
 
 class _CallOver(Exception):
     pass
 
 
-class Call(ListeningHandler):
+class Call(Endings, ListeningHandler):
     """The call handler the server drives (see ivr.session.CallHandler)."""
 
     def __init__(self, line: Line, providers: Providers, options: CallOptions | None = None,
@@ -403,7 +401,7 @@ class Call(ListeningHandler):
     async def _speech_over_bot(self, at_ms: int) -> None:
         if not self.options.barge_in or self._ending or self._turn is None or self._interruption is not None:
             return
-        if self.state not in _TALKING:
+        if self.state not in BOT_HAS_FLOOR:
             return
         arrived = self._arrival_of(at_ms)
         self._interruption = Interruption(self._rules, self.time.now())
@@ -526,84 +524,3 @@ class Call(ListeningHandler):
             turn.timing.first_audio_at = now
             self._emit(latency_event(turn.number, turn.timing))
             metrics.observe_answer(turn.timing)
-
-    # --- tools ----------------------------------------------------------------------------
-
-    async def _run_tools(self, turn: BotTurn) -> None:
-        for tool in turn.tools:
-            self._emit({"type": "tool", "turn": turn.number, "name": tool.name, "arguments": dict(tool.arguments)})
-            if tool.name == "hangup":
-                await self._hang_up()
-            elif tool.name == "transfer":
-                await self._transfer(str(tool.arguments.get("to", "")), str(tool.arguments.get("summary", "")))
-            elif tool.name == "send_dtmf":
-                digits = str(tool.arguments.get("digits", ""))
-                self.log.info("sending DTMF %s", digits)
-                framer = Framer(FRAME_BYTES)
-                await self.speaker.say_more(turn, framer.push(dtmf_ulaw(digits)) + framer.flush())
-            else:
-                self.log.info("custom tool %s(%s) requested; no handler is registered", tool.name, dict(tool.arguments))
-
-    def _say_goodbye(self, text: str) -> None:
-        self._ending = True
-
-        async def goodbye() -> AsyncIterator[BrainOutput]:
-            yield TextDelta(text)
-            yield ToolCall("hangup", {}, "goodbye")
-
-        if self._group is not None:
-            self._begin_turn(goodbye())
-
-    async def drain(self, goodbye: str, transfer_to: str = "") -> None:
-        """The server is going away (ivr.drain): stop the bot, say `goodbye`, and once it has been
-        heard hang up, or transfer to `transfer_to`. A call already ending is left to end."""
-        if self._ending:
-            return
-        if self._group is None:  # the engines never opened: nothing to say with
-            await self._hang_up()
-            return
-        if self._turn is not None and self.state in _TALKING:
-            await self._cut(self._turn, reason="drain")
-        self._ending = True
-        summary = "The assistant's server restarted during the call."
-        last = ToolCall("transfer", {"to": transfer_to, "summary": summary}, "drain") if transfer_to else ToolCall("hangup", {}, "drain")
-
-        async def words() -> AsyncIterator[BrainOutput]:
-            yield TextDelta(goodbye)
-            yield last
-
-        self._begin_turn(words())
-
-    async def _hang_up(self) -> None:
-        self._ending = True
-        self._fire(Event.HANG_UP)
-        self.stats.handed_over_at = monotonic()
-        self.log.info("the bot ends the call")
-        self.line.ended_by_bot = True
-        if self.rest is not None:
-            try:
-                await self.rest.hang_up(self.line.start.call_sid)
-            except TwilioRestError as exc:
-                self.log.warning("%s; closing the stream instead", exc)
-        await self.line.hang_up()
-
-    async def _transfer(self, target: str, summary: str) -> None:
-        if not target:
-            self.log.warning("transfer requested without a target; ignored")
-            return
-        self._fire(Event.TRANSFER)
-        self.stats.handed_over_at = monotonic()
-        self._ending = True
-        doc = twiml.transfer_sip(target, summary) if target.startswith(("sip:", "sips:")) else twiml.transfer_number(target)
-        self.log.info("transferring the call to %s", self.log.mask(target))
-        metrics.TRANSFERS.labels("sip" if target.startswith(("sip:", "sips:")) else "number").inc()
-        self.line.transfer_twiml = doc
-        if self.rest is not None:
-            try:
-                await self.rest.update_twiml(self.line.start.call_sid, doc)
-                return
-            except TwilioRestError as exc:
-                self.log.warning("%s; handing the transfer to the stream's fallback instead", exc)
-        # Without the REST API: end the stream; Twilio then fetches /twiml/fallback, which
-        # serves this transfer (see ivr.server).
-        await self.line.hang_up()

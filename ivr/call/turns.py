@@ -44,6 +44,8 @@ class Action(enum.Enum):
 
 
 S, E, A = CallState, Event, Action
+#: The bot has the floor: it is talking, about to, or paused by the caller.
+BOT_HAS_FLOOR = (S.GREETING, S.THINKING, S.SPEAKING, S.PAUSED)
 _TALKING = (S.GREETING, S.THINKING, S.SPEAKING)
 
 TABLE: dict[tuple[CallState, Event], tuple[CallState, tuple[Action, ...]]] = {
