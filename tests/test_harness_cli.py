@@ -24,7 +24,7 @@ async def test_replay_writes_report_wav_and_page(tmp_path, capsys):
     async with FakeBot() as bot:
         status = await run_cli("replay", str(call), "--url", bot.url, "--speed", "8", "--out", str(tmp_path / "out"), "--param", "lang=en")
     assert status == 0
-    assert bot.sessions[0].start.custom_parameters == {"lang": "en"}
+    assert bot.sessions[0].start.custom_parameters == {"lang": "en", "IvrClockRate": "8"}  # --speed 8
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert len(report["turns"]) == 2 and report["call"]["kind"] == "recording"
     assert (tmp_path / "out" / "call.wav").stat().st_size > 40_000

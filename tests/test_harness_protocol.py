@@ -9,6 +9,7 @@ import pytest
 from fakebot import FakeBot, tone_ulaw
 from ivr.harness.emulator import ReplayOptions, TwilioEmulator
 from ivr.harness.plan import After, CallPlan, Hangup, Say
+from ivr.telephony.twilio import CLOCK_RATE_PARAMETER
 
 
 def plan_of(*steps, name="test") -> CallPlan:
@@ -29,7 +30,8 @@ async def test_handshake_sends_connected_start_then_media_every_20ms():
     async with FakeBot() as bot:
         record = await run(plan_of(Say(tone_ulaw(300)), Hangup(After("now"))), bot.url, params={"lang": "en"})
     session = bot.sessions[0]
-    assert session.start.custom_parameters == {"lang": "en"}
+    # And the clock rate, for a bot whose own playout clock follows the harness's.
+    assert session.start.custom_parameters == {"lang": "en", CLOCK_RATE_PARAMETER: f"{SPEED:g}"}
     assert session.start.call_sid == record.call_sid
     media = session.media()
     assert [m.timestamp_ms for m in media] == [20 * k for k in range(len(media))]
