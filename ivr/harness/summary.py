@@ -36,11 +36,14 @@ def format_summary(report: dict) -> str:
         else:
             events.append((turn["caller_speech_end_ms"], 2, "bot     (no answer before the next turn)"))
     for barge in report["barge_ins"]:
+        heard = ""
+        if barge["audible_stop_latency_ms"] is not None:
+            heard = f"; heard quiet after {barge['audible_stop_latency_ms']:.0f} ms, for {barge['quiet_ms']:.0f} ms"
         if barge["clear_ms"] is None:
-            events.append((barge["caller_speech_start_ms"], 1, "barge-in: the bot sent no clear"))
+            events.append((barge["caller_speech_start_ms"], 1, f"barge-in: the bot sent no clear{heard}"))
         else:
             leak = f", {barge['frames_after_clear']} frames after it" if barge["frames_after_clear"] else ""
-            events.append((barge["clear_ms"], 1, f"clear   barge-in stopped after {barge['latency_ms']:.0f} ms{leak}"))
+            events.append((barge["clear_ms"], 1, f"clear   barge-in stopped after {barge['latency_ms']:.0f} ms{leak}{heard}"))
     for d in report["dtmf"]:
         events.append((d["ms"], 0, f"dtmf    {d['digit']}"))
     for e in report["errors"]:
@@ -51,6 +54,8 @@ def format_summary(report: dict) -> str:
         played = sum(m["outcome"] == "played" for m in marks)
         cleared = sum(m["outcome"] == "cleared" for m in marks)
         lines.append(f"  marks: {len(marks)} ({played} played, {cleared} cleared, {len(marks) - played - cleared} pending)")
+    if report["bot"]["repeated_ms"]:
+        lines.append(f"  bot audio heard twice: {report['bot']['repeated_ms']:.0f} ms")
     lag = report["caller"]["frame_lag_ms"]
     if lag["n"]:
         lines.append(f"  caller frames: {lag['n']}, send lag p50 {lag['p50']} ms, p99 {lag['p99']} ms")
