@@ -37,6 +37,11 @@ def _sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
 
+def _clock_rate(speed: float) -> dict[str, str]:
+    """Told to the bot when the call clock is not real time (see CLOCK_RATE_PARAMETER)."""
+    return {CLOCK_RATE_PARAMETER: f"{speed:g}"} if speed != 1 else {}
+
+
 @dataclass(frozen=True)
 class MarkEchoes:
     """How this Twilio echoes marks: on time (as Twilio does), `late` by `delay_ms` (a lossy or
@@ -111,7 +116,7 @@ class TwilioEmulator:
             speed=options.speed,
             call_sid=options.call_sid,
             stream_sid=options.stream_sid,
-            params={**plan.params, **options.params, **({CLOCK_RATE_PARAMETER: f"{options.speed:g}"} if options.speed != 1 else {})},
+            params={**plan.params, **options.params, **_clock_rate(options.speed)},
             started_at="",
         )
         self.record.utterances = self.voice.utterances
