@@ -314,6 +314,9 @@ async def test_hanging_up_mid_sentence_frees_the_tts_at_once():
             self.n += 1
             return self.n - 1
 
+        async def end(self):  # and never finished
+            pass
+
     class StallingTts(InstantTts):
         def stream(self):
             s = StallingStream(self.ms_per_char)

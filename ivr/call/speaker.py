@@ -54,19 +54,17 @@ class Speaker:
     async def speak(self, turn: BotTurn, outputs: AsyncIterator[BrainOutput]) -> None:
         """Make and send the turn; return once it has played out (raises if it was cut)."""
         tts_state: list = []
-        done = False
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._produce(turn, outputs, tts_state))
                 group.create_task(self._play(turn))
-            done = True
         finally:
-            turn.done_generating = True
-            if tts_state and not done:
+            if tts_state and not turn.made_whole:
                 # Cut, failed or the call ended: free the TTS worker now (a cancelled task may
                 # still await here: the cancel is the cleanup itself).
                 with contextlib.suppress(Exception):
                     await tts_state[0].cancel()
+            turn.done_generating = True
         await self.played_out(turn)
 
     async def say_more(self, turn: BotTurn, frames: list[bytes]) -> None:
@@ -133,6 +131,7 @@ class Speaker:
             async with asyncio.TaskGroup() as group:
                 group.create_task(feed())
                 group.create_task(render())
+            turn.made_whole = True
         finally:
             turn.produced = turn.done_generating = True
             turn.notify()

@@ -54,7 +54,8 @@ class BotTurn:
         self.resumes = 0
         self.gate_open = True
         self.paused = False
-        self.produced = False  # every frame of the turn is in `frames`
+        self.produced = False  # making frames has stopped: every frame there will be is in `frames`
+        self.made_whole = False  # and it stopped because the turn was made to its end
         self.changed = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.tools: list[ToolCall] = []
