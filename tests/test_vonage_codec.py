@@ -86,3 +86,44 @@ def test_what_the_bot_sends_reads_back_as_vonage_would():
     assert parse_outbound(writer.clear()) == OutClear()
     assert parse_outbound(writer.mark("t3p0")) == OutNotify({"ivr_mark": "t3p0"})
     assert orjson.loads(writer.mark("t3p0")) == {"action": "notify", "payload": {"ivr_mark": "t3p0"}}
+
+
+def test_answer_ncco_connects_a_websocket_at_8khz_with_the_calls_headers():
+    from ivr.telephony.vonage import answer
+
+    ncco = orjson.loads(answer("wss://bot.example.com/media/vonage", {"call_uuid": "u1", "ivr_token": "t"}))
+    endpoint = ncco[0]["endpoint"][0]
+    assert ncco[0]["action"] == "connect" and endpoint["type"] == "websocket"
+    assert endpoint["content-type"] == "audio/l16;rate=8000"
+    assert endpoint["headers"] == {"call_uuid": "u1", "ivr_token": "t"}
+
+
+def test_signed_webhooks_as_vonage_signs_them():
+    import hashlib
+    import time
+
+    import jwt
+    from vonage_jwt.verify_jwt import verify_signature
+
+    from ivr.telephony.vonage import verify_webhook
+
+    secret = "a-signature-secret-of-some-length-for-hs256"
+    body = b'{"uuid":"u1","from":"447700900000"}'
+    token = jwt.encode({"iat": int(time.time()), "payload_hash": hashlib.sha256(body).hexdigest()}, secret, algorithm="HS256")
+    assert verify_signature(token, secret)  # the SDK agrees the token is Vonage's
+    assert verify_webhook(secret, f"Bearer {token}", body)
+    assert not verify_webhook(secret, f"Bearer {token}", body + b"x")
+    assert not verify_webhook("another-secret-of-some-length-too!!", f"Bearer {token}", body)
+    assert not verify_webhook(secret, None, body)
+    bare = jwt.encode({"iat": int(time.time())}, secret, algorithm="HS256")
+    assert verify_webhook(secret, f"Bearer {bare}")  # a GET answer URL has no body to hash
+
+
+def test_stream_tokens():
+    from ivr.telephony import stream_token
+
+    token = stream_token.mint("s3cret", "call-1")
+    assert stream_token.valid("s3cret", "call-1", token)
+    assert not stream_token.valid("s3cret", "call-2", token)
+    assert not stream_token.valid("other", "call-1", token)
+    assert not stream_token.valid("s3cret", "call-1", "")

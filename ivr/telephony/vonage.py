@@ -15,11 +15,18 @@ both ways; control travels in TEXT messages:
 The call ends when the socket closes; a hang-up or transfer from the bot goes through the Voice
 API's REST `PUT /v1/calls/{uuid}` (not spoken here).
 
+Authentication: Vonage signs its webhooks (the answer URL included, with signed webhooks on)
+with a JWT in `Authorization: Bearer`, HS256 with the account's signature secret
+(`VONAGE_SIGNATURE_SECRET`), carrying a `payload_hash` (SHA-256 of the body) when there is a
+body. The WebSocket is not signed: the answer NCCO passes a per-call token in its `headers`
+(`ivr.telephony.stream_token`), and the socket's first message must bring it back.
+
 ivr's NCCO asks for `audio/l16;rate=8000`, which needs no resampling; a 16 kHz stream is accepted
 and converted to and from 8 kHz with the project's resampler.
 
-Checked against Vonage's "WebSockets" guide and concept page (developer.vonage.com, Voice API)
-and the NCCO reference for `connect`. Not confirmed against Vonage itself (not reachable here):
+Checked against Vonage's "WebSockets" guide and concept page (developer.vonage.com, Voice API),
+the NCCO reference for `connect`, and `vonage_jwt.verify_signature` in Vonage's `vonage-jwt`
+package (HS256 with the signature secret). Not confirmed against Vonage itself (not reachable here):
 whether pending notifies are sent back on `clear` (the guide does not say; this codec assumes
 they are not, as Asterisk's and Plivo's are not, and the engine's clock covers both cases), and
 the exact fields of `websocket:cleared`.
@@ -194,6 +201,32 @@ class VonageWriter:
     @staticmethod
     def clear() -> str:
         return '{"action":"clear"}'
+
+
+def answer(stream_url: str, headers: dict[str, str]) -> str:
+    """The NCCO that connects a call to ivr: a WebSocket at 8 kHz with the call's data in its headers."""
+    return orjson.dumps([{
+        "action": "connect",
+        "endpoint": [{"type": "websocket", "uri": stream_url, "content-type": "audio/l16;rate=8000", "headers": headers}],
+    }]).decode()
+
+
+def verify_webhook(signature_secret: str, authorization: str | None, body: bytes = b"") -> bool:
+    """True when the request carries Vonage's JWT, signed with the secret, for this body."""
+    import hashlib
+
+    import jwt
+
+    if not authorization or not authorization.lower().startswith("bearer "):
+        return False
+    try:
+        claims = jwt.decode(authorization[7:].strip(), signature_secret, algorithms=["HS256"])
+    except jwt.PyJWTError:
+        return False
+    expected = claims.get("payload_hash")
+    if body or expected is not None:
+        return isinstance(expected, str) and expected.lower() == hashlib.sha256(body).hexdigest()
+    return True
 
 
 # --- Vonage's side (used by the replay harness and tests) ------------------------------------
