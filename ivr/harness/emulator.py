@@ -1,4 +1,6 @@
-"""The Twilio side of a call, over a real WebSocket: the caller's media out, the bot's played back.
+"""The carrier's side of a call (Twilio's by default), over a real WebSocket or Asterisk's
+AudioSocket TCP: the caller's media out, the bot's played back. `ivr.harness.carriers` holds
+what each carrier writes and reads; the clock, the plan and the playout model are the same.
 
 Four tasks share one call clock:
 - frames: media frame k goes out at k * 20 ms, whatever the caller is saying (silence between),
@@ -21,12 +23,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidURI
 
 from ivr.audio import FRAME_BYTES, FRAME_MS
+from ivr.harness.carriers import SIDES, CarrierSide, Hangup as BotHangup
 from ivr.harness.clock import CallClock, FramePacer
 from ivr.harness.plan import After, CallPlan, Dtmf, Hangup, Say, Wait
 from ivr.harness.record import CallRecord
 from ivr.harness.voice import CallerVoice, Utterance
-from ivr.harness.wsframe import send_text_now
-from ivr.telephony.twilio import CLOCK_RATE_PARAMETER, OutClear, OutMark, OutMedia, ProtocolError, TwilioSender, parse_outbound
+from ivr.harness.wsframe import send_now
+from ivr.telephony.twilio import CLOCK_RATE_PARAMETER, OutClear, OutMark, OutMedia, ProtocolError
 
 
 #: Bot speech that stops this soon after the caller's speech or key ends was cut by it.
@@ -79,6 +82,9 @@ class ReplayOptions:
     #: Hang up after this much call time whatever the plan says.
     max_call_s: float = 600.0
     marks: MarkEchoes = field(default_factory=MarkEchoes)
+    #: Whose side of the call to play (ivr.harness.carriers.CARRIERS); `audiosocket` takes a
+    #: tcp://host:port URL.
+    carrier: str = "twilio"
     account_sid: str = field(default_factory=lambda: _sid("AC"))
     call_sid: str = field(default_factory=lambda: _sid("CA"))
     stream_sid: str = field(default_factory=lambda: _sid("MZ"))
@@ -106,7 +112,10 @@ class TwilioEmulator:
         self._pacer = pacer or FramePacer()
         #: True when the frames stopped as the call ended or hung up, False if the socket went.
         self._frames_done: asyncio.Future[bool] | None = None
-        self.sender = TwilioSender(options.stream_sid, options.call_sid, options.account_sid)
+        params = {**plan.params, **options.params, **_clock_rate(options.speed)}
+        if options.carrier not in SIDES:
+            raise ValueError(f"carrier {options.carrier!r}: one of {', '.join(SIDES)}")
+        self.side: CarrierSide = SIDES[options.carrier](options.call_sid, options.stream_sid, options.account_sid, params)
         self.voice = CallerVoice()
         self.record = CallRecord(
             name=plan.name,
@@ -114,9 +123,9 @@ class TwilioEmulator:
             source=plan.source,
             url=options.url,
             speed=options.speed,
-            call_sid=options.call_sid,
-            stream_sid=options.stream_sid,
-            params={**plan.params, **options.params, **_clock_rate(options.speed)},
+            call_sid=self.side.call_id,
+            stream_sid=self.side.stream_id,
+            params=params,
             started_at="",
         )
         self.record.utterances = self.voice.utterances
@@ -151,8 +160,8 @@ class TwilioEmulator:
         self.record.monotonic_start = self.clock.monotonic_at(0.0)
         self.record.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         try:
-            await self._ws.send(self.sender.connected())
-            await self._ws.send(self.sender.start(self.record.params))
+            for message in self.side.opening():
+                await self._ws.send(message)
             async with asyncio.TaskGroup() as tg:
                 # The plan starts first, so audio it queues at call time 0 goes out in frame 0.
                 drive = tg.create_task(self._drive())
@@ -181,9 +190,12 @@ class TwilioEmulator:
         return self.record
 
     async def _connect(self) -> None:
+        if self.side.transport == "tcp":
+            self._ws = await TcpConnection.open(self.options.url, self.options.connect_timeout_s)
+            return
         self._ws = await connect(
             self.options.url,
-            additional_headers=signature_headers(self.options),
+            additional_headers=signature_headers(self.options) if self.side.name == "twilio" else {},
             user_agent_header="ivr-replay (Twilio Media Streams emulator)",
             compression=None,  # Twilio does not negotiate permessage-deflate
             open_timeout=self.options.connect_timeout_s,
@@ -207,7 +219,9 @@ class TwilioEmulator:
         self.record.end_ms = self._hangup_at if self._hangup_at is not None else self.clock.now_ms()
         self._stop_sent = True
         try:
-            await self._ws.send(self.sender.stop())
+            stop = self.side.stop()
+            if stop is not None:
+                await self._ws.send(stop)
             await self._ws.close()
         except ConnectionClosed:
             pass
@@ -225,7 +239,7 @@ class TwilioEmulator:
                 done.set_result(True)
                 return None
             frame = self.voice.next_frame(k * FRAME_BYTES)
-            if not send_text_now(self._ws, self.sender.media(frame, due)):
+            if not send_now(self._ws, self.side.media(frame, due)):
                 done.set_result(False)  # the connection is closing
                 return None
             # Early by less than the timer resolution counts as on time.
@@ -302,31 +316,38 @@ class TwilioEmulator:
             return  # Twilio has stopped listening
         now = self.clock.now_ms()
         try:
-            event = parse_outbound(message, self.options.stream_sid)
+            events = self.side.parse(message)
         except ProtocolError as exc:
             self.record.error(now, exc.kind, exc.detail)
             return
-        if isinstance(event, OutMedia):
-            self.playback.on_media(now, event.payload)
-            if self._bot_changed is not None:
+        for event in events:
+            if isinstance(event, OutMedia):
+                self.playback.on_media(now, event.payload)
+                if self._bot_changed is not None:
+                    self._notify_bot_changed()
+                continue
+            if isinstance(event, BotHangup):
+                await self._ws.close()  # the carrier ends the call the bot asked it to end
+                return
+            if isinstance(event, OutMark):
+                echoes = self.playback.on_mark(now, event.name)
+                self._marks_changed.set()
+            else:
+                assert isinstance(event, OutClear)
+                echoes = self.playback.on_clear(now)
                 self._notify_bot_changed()
-            return
-        if isinstance(event, OutMark):
-            echoes = self.playback.on_mark(now, event.name)
-            self._marks_changed.set()
-        else:
-            assert isinstance(event, OutClear)
-            echoes = self.playback.on_clear(now)
-            self._notify_bot_changed()
-        for mark in echoes:
-            await self._echo(mark.name)
+                if not self.side.echoes_on_clear:
+                    continue  # this carrier drops the pending marks with the audio
+            for mark in echoes:
+                await self._echo(mark.name)
 
     async def _echo(self, name: str) -> None:
         marks = self.options.marks
-        if marks.mode == "never":
+        echo = self.side.mark(name)
+        if marks.mode == "never" or echo is None:
             return
         if marks.mode == "on":
-            await self._ws.send(self.sender.mark(name))
+            await self._ws.send(echo)
             return
         task = asyncio.create_task(self._echo_later(name, self.clock.now_ms() + marks.delay_ms))
         self._late_echoes.add(task)
@@ -335,7 +356,7 @@ class TwilioEmulator:
     async def _echo_later(self, name: str, at_ms: float) -> None:
         try:
             await self._sleep_until(at_ms)
-            await self._ws.send(self.sender.mark(name))
+            await self._ws.send(self.side.mark(name))
         except (CallEnded, ConnectionClosed):
             pass
 
@@ -396,7 +417,7 @@ class TwilioEmulator:
         for i, digit in enumerate(step.digits):
             if i:  # each key at its own time from the first, so one late key does not delay the rest
                 await self._sleep_until(start_ms + i * step.gap_s * 1000)
-            await self._ws.send(self.sender.dtmf(digit))
+            await self._ws.send(self.side.dtmf(digit))
             now = self.clock.now_ms()
             self.record.dtmf.append((digit, now))
             self._reference_ms = now
@@ -457,3 +478,57 @@ class TwilioEmulator:
         if self.playback.speaking_at(now):
             return None
         return stretches[-1][1] + wait_ms
+
+
+class TcpConnection:
+    """Asterisk's AudioSocket end of a call: a TCP connection with the few methods the emulator
+    uses of a WebSocket (send, send_now, iterate what arrives, close)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, url: str, timeout_s: float) -> "TcpConnection":
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme != "tcp" or not parts.hostname or not parts.port:
+            raise InvalidURI(url, "AudioSocket takes tcp://host:port")
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        return cls(reader, writer)
+
+    def send_now(self, data: bytes) -> bool:
+        if self._writer.is_closing():
+            return False
+        self._writer.write(data)
+        return True
+
+    async def send(self, data: bytes) -> None:
+        if not self.send_now(data):
+            raise ConnectionClosedError(None, None)
+        try:
+            await self._writer.drain()
+        except OSError:  # reset by the bot: as a WebSocket would report it
+            raise ConnectionClosedError(None, None) from None
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            data = await self._reader.read(65536)
+        except OSError:
+            data = b""
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+    async def close(self) -> None:
+        if not self._writer.is_closing():
+            self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except OSError:
+            pass

@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
 
 _OP_TEXT_FIN = 0x81
+_OP_BINARY_FIN = 0x82
 _MASKED = 0x80
 _MASK_BATCH = 4096
 
@@ -44,15 +45,15 @@ class MaskSource:
         return self._pool[pos : pos + 4]
 
 
-def client_text_frame(payload: bytes, mask: bytes) -> bytes:
-    """One unfragmented, masked text frame carrying `payload` (UTF-8)."""
+def client_text_frame(payload: bytes, mask: bytes, opcode: int = _OP_TEXT_FIN) -> bytes:
+    """One unfragmented, masked text (or binary) frame carrying `payload`."""
     n = len(payload)
     if n < 126:
-        header = bytes((_OP_TEXT_FIN, _MASKED | n))
+        header = bytes((opcode, _MASKED | n))
     elif n < 1 << 16:
-        header = struct.pack("!BBH", _OP_TEXT_FIN, _MASKED | 126, n)
+        header = struct.pack("!BBH", opcode, _MASKED | 126, n)
     else:
-        header = struct.pack("!BBQ", _OP_TEXT_FIN, _MASKED | 127, n)
+        header = struct.pack("!BBQ", opcode, _MASKED | 127, n)
     return header + mask + apply_mask(payload, mask)
 
 
@@ -68,4 +69,19 @@ def send_text_now(ws: ClientConnection, text: str) -> bool:
     if ws.protocol.state is not State.OPEN or transport.is_closing():
         return False
     transport.write(client_text_frame(text.encode(), _masks.next()))
+    return True
+
+
+def send_now(connection, message: str | bytes) -> bool:
+    """`send_text_now` for any carrier's frame: text, binary (Vonage, Asterisk), or bytes on
+    AudioSocket's TCP connection (which has a `send_now` of its own)."""
+    own = getattr(connection, "send_now", None)
+    if own is not None:
+        return own(message)
+    if isinstance(message, str):
+        return send_text_now(connection, message)
+    transport = connection.transport
+    if connection.protocol.state is not State.OPEN or transport.is_closing():
+        return False
+    transport.write(client_text_frame(message, _masks.next(), _OP_BINARY_FIN))
     return True
