@@ -70,6 +70,20 @@ class Settings:
     )
     # Secrets come from their vendors' usual variables, not IVR_*.
     twilio_auth_token: str = field(default="", repr=False, metadata={"env": "TWILIO_AUTH_TOKEN", "secret": True})
+    # Carriers beyond Twilio (ivr.telephony.carriers). Each one's secret, when set, is checked
+    # on its webhooks and streams; unset, its routes take anyone (a warning at start-up says so).
+    audiosocket_port: int = field(
+        default=0, metadata={"help": "TCP port for Asterisk's AudioSocket() calls (0: off)"}
+    )
+    telnyx_public_key: str = field(default="", repr=False, metadata={"env": "TELNYX_PUBLIC_KEY", "secret": True})
+    telnyx_stream_token: str = field(default="", repr=False, metadata={"secret": True,
+        "help": "the stream_auth_token set on Telnyx streams, checked on /media/telnyx"})
+    plivo_auth_token: str = field(default="", repr=False, metadata={"env": "PLIVO_AUTH_TOKEN", "secret": True})
+    vonage_signature_secret: str = field(default="", repr=False, metadata={"env": "VONAGE_SIGNATURE_SECRET", "secret": True})
+    exotel_basic_auth: str = field(default="", repr=False, metadata={"secret": True,
+        "help": "user:password written in the Voicebot applet's URL, checked on /media/exotel"})
+    asterisk_basic_auth: str = field(default="", repr=False, metadata={"secret": True,
+        "help": "user:password of the websocket_client.conf entry, checked on /media/asterisk"})
     # Providers and the embedded engines (ivr.providers.registry builds them from these).
     stt: str = field(
         default="", metadata={"help": "speech-to-text provider: local or deepgram (empty: deepgram if DEEPGRAM_API_KEY is set, else local)"}

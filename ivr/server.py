@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from typing import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,12 +24,15 @@ from ivr import metrics
 from ivr.config import Settings
 from ivr.heap import freeze_startup_objects
 from ivr.logs import CallLog
-from ivr.session import HandlerFactory, Line
+from ivr.carrier_routes import CARRIER_NOTICES, AudioSocketServer, describe_notice, stream_refusal
+from ivr.carrier_routes import install as install_carriers
+from ivr.session import HandlerFactory, Line, Transport, WebSocketTransport
 from ivr.state import IvrState
 from ivr.state import signed_form as _signed_form
 from ivr.state import state_of as _state
 from ivr.telephony import twiml
-from ivr.telephony.twilio import DroppedMedia, Media, ProtocolError, Start, Stop, StreamParser
+from ivr.telephony.carriers import CARRIERS, Carrier
+from ivr.telephony.twilio import DroppedMedia, Media, ProtocolError, Start, Stop
 from ivr.web import install as install_web
 from ivr.outbound.routes import install as install_outbound
 
@@ -144,37 +148,72 @@ async def _deny(websocket: WebSocket) -> None:
         await websocket.close(code=1008)
 
 
-async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
-    parser = StreamParser(max_message_bytes=state.settings.max_message_bytes)
+async def _receive_ws(websocket: WebSocket) -> str | bytes | None:
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        return None
+    raw = message.get("text")
+    return raw if raw is not None else (message.get("bytes") or b"")
+
+
+async def _run_stream(state: IvrState, websocket: WebSocket | None, carrier: Carrier = CARRIERS["twilio"],
+                      transport: Transport | None = None, receive=None, key: str = "") -> None:
+    """One call's stream, whichever carrier: raw messages in, events to the call's handler.
+
+    A WebSocket carrier passes its socket; AudioSocket passes its TCP `transport` and a
+    `receive()` that returns the next bytes read (None at the end)."""
+    parser = carrier.parser(state.settings.max_message_bytes)
+    # AudioSocket's parser takes a byte stream and returns a list; the others one event a message.
+    byte_stream = hasattr(parser, "feed")
+    decode = parser.feed if byte_stream else parser.parse
+    receive = receive or (lambda: _receive_ws(websocket))
+    transport = transport or WebSocketTransport(websocket)
+    capture_dir = state.settings.capture_dir if carrier.name == "twilio" else ""
     calllog = CallLog(log)
-    key = f"ws-{id(websocket):x}"
+    key = key or f"ws-{id(websocket):x}"
     line: Line | None = None
     handler = None
     admitted = False
     t0 = time.monotonic()
     end_reason = "hangup"
     early: list[tuple[str | bytes, int]] = []  # messages before `start`, for the capture
+    backlog: deque = deque()
     try:
         while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                end_reason = "disconnect"
-                break
-            raw = message.get("text")
-            if raw is None:
-                raw = message.get("bytes") or b""
-            t_ms = int((time.monotonic() - t0) * 1000)
-            if line is not None:
-                line.capture(raw, t_ms)
-            elif len(early) < MAX_EARLY_MESSAGES:
-                early.append((raw, t_ms))
-            try:
-                event = parser.parse(raw)
-            except ProtocolError as exc:
-                metrics.PROTOCOL_ERRORS.labels(exc.kind).inc()
-                calllog.protocol_error(exc)
-                continue
+            if backlog:
+                event = backlog.popleft()
+            else:
+                raw = await receive()
+                if raw is None:
+                    end_reason = "disconnect"
+                    break
+                t_ms = int((time.monotonic() - t0) * 1000)
+                if line is not None:
+                    line.capture(raw, t_ms)
+                elif len(early) < MAX_EARLY_MESSAGES:
+                    early.append((raw, t_ms))
+                try:
+                    decoded = decode(raw)
+                except ProtocolError as exc:
+                    metrics.PROTOCOL_ERRORS.labels(exc.kind).inc()
+                    calllog.protocol_error(exc)
+                    if not byte_stream:
+                        continue
+                    end_reason = "protocol"  # a byte stream's framing is lost after a bad header
+                    break
+                if type(decoded) is list:
+                    if not decoded:
+                        continue
+                    backlog.extend(decoded[1:])  # several AudioSocket messages in one read
+                    decoded = decoded[0]
+                event = decoded
             if isinstance(event, Start):
+                refused = stream_refusal(state.settings, carrier.name, event, parser)
+                if refused:
+                    metrics.SIGNATURE_FAILURES.labels(carrier.name).inc()
+                    calllog.warning("refused %s stream: %s", carrier.name, refused)
+                    end_reason = "refused"
+                    break
                 calllog.bind(event.call_sid, event.stream_sid)
                 if not await state.admission.enter(key, event.call_sid):
                     metrics.CALLS.labels("refused").inc()
@@ -184,8 +223,13 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
                 admitted = True
                 metrics.ACTIVE_CALLS.inc()
                 metrics.CALLS.labels("accepted").inc()
-                line = Line(websocket, event, calllog, state.settings.capture_dir, t0)
+                line = Line(transport, event, calllog, capture_dir, t0, writer=carrier.writer(event, parser),
+                            has_clear=carrier.has_clear, has_marks=carrier.has_marks)
                 line.before_close = _outcome_saver(state, line)
+                if carrier.max_lead_ms is not None:
+                    line.max_lead_ms = carrier.max_lead_ms
+                if carrier.name != "twilio":
+                    line.rest = None  # Twilio's REST API does not reach another carrier's calls
                 for early_raw, early_ms in early:
                     line.capture(early_raw, early_ms)
                 state.index_call(line)
@@ -198,6 +242,9 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
                 )
             elif isinstance(event, DroppedMedia):
                 metrics.MEDIA_ANOMALIES.labels(event.reason).inc()
+                continue
+            elif isinstance(event, CARRIER_NOTICES):
+                calllog.info("%s says: %s", carrier.name, describe_notice(event))
                 continue
             elif handler is None:
                 continue  # `connected`: nothing to do yet
@@ -236,11 +283,11 @@ async def _run_stream(state: IvrState, websocket: WebSocket) -> None:
                 "call ended (%s) after %.1f s: %d sequence gaps, %d lost chunks",
                 end_reason,
                 time.monotonic() - t0,
-                parser.sequence_gaps,
-                parser.lost_chunks,
+                getattr(parser, "sequence_gaps", 0),
+                getattr(parser, "lost_chunks", 0),
             )
     with contextlib.suppress(Exception):
-        await websocket.close()
+        await transport.close()
 
 
 def _outcome_saver(state: IvrState, line: Line):
@@ -299,9 +346,19 @@ def create_app(settings: Settings | None = None, handler_factory: HandlerFactory
             state.ready = True
         else:
             warming = asyncio.create_task(_warm_up(state, startup), name="warm-up")
+<<<<<<< HEAD
         loop_lag = metrics.LoopLagMonitor().start()
         yield
         loop_lag.stop()
+=======
+        audiosocket = None
+        if settings.audiosocket_port:
+            audiosocket = AudioSocketServer(state, _run_stream)
+            await audiosocket.start(settings.host, settings.audiosocket_port)
+        yield
+        if audiosocket is not None:
+            await audiosocket.stop()
+>>>>>>> 7780995 (Carriers on ivr serve: one stream loop for every carrier (WebSocket or AudioSocket TCP), routes /media/telnyx|plivo|exotel|vonage|asterisk, answer documents at /telnyx/texml, /plivo/answer, /vonage/answer with their signatures, AudioSocket on --audiosocket-port; a carrier with no clear takes a small lead; calls over each carrier through the harness)
         if warming is not None:
             warming.cancel()
         state.ready = False
@@ -316,6 +373,7 @@ def create_app(settings: Settings | None = None, handler_factory: HandlerFactory
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             WebSocketRoute("/media", media),
+            *install_carriers(state, _run_stream),
             *install_web(state),
             *install_outbound(state),
         ],

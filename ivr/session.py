@@ -29,10 +29,16 @@ class Line:
     has_clear = True
     has_marks = True
 
-    def __init__(self, websocket: WebSocket, start: Start, calllog: CallLog, capture_dir: str, t0: float) -> None:
+    def __init__(self, websocket: WebSocket | "Transport", start: Start, calllog: CallLog, capture_dir: str, t0: float,
+                 writer=None, has_clear: bool = True, has_marks: bool = True) -> None:
         self.start = start
         self.log = calllog
-        self.writer = StreamWriter(start.stream_sid)
+        #: Twilio's by default; another carrier's writer has the same media/mark/clear methods
+        #: (ivr.telephony.carriers), returning text or bytes, or None for audio it gathers.
+        self.writer = writer or StreamWriter(start.stream_sid)
+        self.has_clear = has_clear
+        self.has_marks = has_marks
+        self._flush = getattr(self.writer, "flush", None)
         self.closed = False
         #: Set by the call engine: the bot ended the call, or handed it to this transfer TwiML.
         #: Without REST credentials the stream's end runs /twiml/fallback, which serves them.
@@ -41,7 +47,7 @@ class Line:
         #: Set by the server: run before our side closes the stream (Twilio may ask any pod
         #: for /twiml/fallback the moment it closes).
         self.before_close: Callable[[], Awaitable[None]] | None = None
-        self._ws = websocket
+        self._ws = websocket if isinstance(websocket, Transport) else WebSocketTransport(websocket)
         self._t0 = t0
         self._capture = None
         if capture_dir:
@@ -58,23 +64,25 @@ class Line:
             self._capture.write(t_ms, raw)
 
     async def send_media(self, ulaw_frame: bytes) -> None:
-        text = self.writer.media(ulaw_frame)
-        if self._capture is not None:
-            self._capture_out(text)
-        await self._ws.send_text(text)
+        message = self.writer.media(ulaw_frame)
         metrics.FRAMES_OUT.inc()
+        if message is not None:
+            await self._send(message)
 
     async def send_mark(self, name: str) -> None:
-        text = self.writer.mark(name)
-        if self._capture is not None:
-            self._capture_out(text)
-        await self._ws.send_text(text)
+        if self._flush is not None:  # audio a writer gathers goes out before the mark after it
+            pending = self._flush()
+            if pending is not None:
+                await self._send(pending)
+        await self._send(self.writer.mark(name))
 
     async def send_clear(self) -> None:
-        text = self.writer.clear()
+        await self._send(self.writer.clear())
+
+    async def _send(self, message: str | bytes) -> None:
         if self._capture is not None:
-            self._capture_out(text)
-        await self._ws.send_text(text)
+            self._capture_out(message)
+        await self._ws.send(message)
 
     def _capture_out(self, text: str) -> None:
         # What we sent, on the capture's clock: the call viewer rebuilds playback from it.
@@ -94,11 +102,18 @@ class Line:
             self._capture.write_event((time.monotonic() - self._t0) * 1000, event)
 
     async def hang_up(self) -> None:
-        """End the stream from our side (the call's own REST hang-up is the caller's business)."""
+        """End the stream from our side (the call's own REST hang-up is the caller's business).
+        A carrier that hangs up on request (Asterisk) is asked first."""
         if not self.closed:
             self.closed = True
             if self.before_close is not None:
                 await self.before_close()
+            hangup = getattr(self.writer, "hangup", None)
+            if hangup is not None:
+                try:
+                    await self._ws.send(hangup())
+                except Exception:  # already gone: closing is all that is left
+                    pass
             await self._ws.close()
 
     def close(self) -> None:
@@ -107,11 +122,38 @@ class Line:
             self._capture = None
 
 
+class Transport:
+    """Where a line's messages go: a WebSocket, or Asterisk's AudioSocket TCP connection."""
+
+    async def send(self, message: str | bytes) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class WebSocketTransport(Transport):
+    __slots__ = ("_ws",)
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._ws = websocket
+
+    async def send(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            await self._ws.send_text(message)
+        else:
+            await self._ws.send_bytes(message)
+
+    async def close(self) -> None:
+        await self._ws.close()
+
+
 def is_disconnect(exc: BaseException) -> bool:
     """A send failed because the caller's side of the stream is gone (it hung up meanwhile)."""
     if isinstance(exc, BaseExceptionGroup):
         return all(is_disconnect(e) for e in exc.exceptions)
-    return isinstance(exc, WebSocketDisconnect)
+    # A TCP line (AudioSocket) reports the same as a reset or a broken pipe.
+    return isinstance(exc, (WebSocketDisconnect, ConnectionError))
 
 
 class CallHandler(Protocol):

@@ -62,7 +62,9 @@ class CallFactory:
         rate = clock_rate(line.parameters)
         if rate != 1.0:
             line.log.info("the caller's clock runs %g times real time (a replay): so does the bot's", rate)
-        call = Call(line, self.providers, self.options, self.cache, self.rest, listener=listener, marks=self.marks,
+        # A line of another carrier says it has no Twilio REST API (line.rest = None).
+        rest = getattr(line, "rest", self.rest)
+        call = Call(line, self.providers, self.options, self.cache, rest, listener=listener, marks=self.marks,
                     time=WallTime(rate))
         call.before_greeting = self.before_greeting
         self.recent.append(call)

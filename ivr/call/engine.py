@@ -91,7 +91,9 @@ class Call(Endings, ListeningHandler):
         self.history: list[tuple[str, str | BotTurn]] = []  # ("caller", text) | ("bot", turn)
         # The lead guards against this process being late (wall time): a clock run faster than
         # real time (a replay) keeps the same margin in wall time.
-        lead_s = o.playout_lead_ms / 1000 * getattr(self.time, "rate", 1.0)
+        # A carrier with no queue to clear plays whatever it is sent: it takes only a small lead.
+        lead_ms = min(o.playout_lead_ms, getattr(line, "max_lead_ms", o.playout_lead_ms))
+        lead_s = lead_ms / 1000 * getattr(self.time, "rate", 1.0)
         self.speaker = Speaker(line, self.clock, self.time, providers.tts, self.cache, o.split,
                                lead_s, self.has_marks, o.goodbye_timeout_ms / 1000,
                                self._first_audio, self._emit, self.log)

@@ -13,7 +13,8 @@ log = logging.getLogger("ivr.serve")
 #: messages between the two are skipped as protocol errors and the call goes on.
 HARD_LIMIT_FACTOR = 16
 #: Settings that also have a command-line option.
-OPTIONS = ("host", "port", "public_url", "max_calls", "capture_dir", "log_level", "log_format", "drain_seconds")
+OPTIONS = ("host", "port", "public_url", "max_calls", "capture_dir", "log_level", "log_format", "drain_seconds",
+           "audiosocket_port")
 #: After the drain (ivr.drain), how long uvicorn waits for the last connections before closing them.
 SHUTDOWN_SECONDS = 5
 

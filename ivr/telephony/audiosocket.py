@@ -69,6 +69,9 @@ class Capabilities(NamedTuple):
 
 
 CAPABILITIES = Capabilities(clear=False, marks=False)
+#: Asterisk writes each audio message to the call as it arrives, with no queue of its own to
+#: absorb a burst: ivr sends at most two frames ahead, which is also all a barge-in can't recall.
+MAX_LEAD_MS = 40
 
 
 class AudioSocketError(NamedTuple):
