@@ -32,9 +32,20 @@ def add_call_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--sign-url", help="the wss:// URL to sign, as written in the TwiML (default: --url)")
     p.add_argument(
+        "--carrier", default="twilio", choices=carrier_names(),
+        help="whose side of the call to play (default twilio); the URL is that carrier's route on the bot "
+             "(e.g. ws://HOST:PORT/media/telnyx), or tcp://HOST:PORT for audiosocket",
+    )
+    p.add_argument(
         "--marks", default="on", type=mark_echoes, metavar="on|late:MS|never",
         help="how marks are echoed: on time as Twilio does (default), MS late (a lossy link), or never (a carrier without marks)",
     )
+
+
+def carrier_names() -> tuple[str, ...]:
+    from ivr.harness.carriers import CARRIERS
+
+    return CARRIERS
 
 
 def mark_echoes(text: str):
@@ -100,7 +111,7 @@ async def _run(args: argparse.Namespace) -> int:
     for call in args.calls:
         options = ReplayOptions(
             url=args.url, speed=args.speed, params=params, auth_token=args.auth_token,
-            sign_url=args.sign_url, max_call_s=args.max_call, marks=args.marks,
+            sign_url=args.sign_url, max_call_s=args.max_call, marks=args.marks, carrier=args.carrier,
         )
         try:
             outputs = await replay_file(
