@@ -346,11 +346,7 @@ def create_app(settings: Settings | None = None, handler_factory: HandlerFactory
             state.ready = True
         else:
             warming = asyncio.create_task(_warm_up(state, startup), name="warm-up")
-<<<<<<< HEAD
         loop_lag = metrics.LoopLagMonitor().start()
-        yield
-        loop_lag.stop()
-=======
         audiosocket = None
         if settings.audiosocket_port:
             audiosocket = AudioSocketServer(state, _run_stream)
@@ -358,7 +354,7 @@ def create_app(settings: Settings | None = None, handler_factory: HandlerFactory
         yield
         if audiosocket is not None:
             await audiosocket.stop()
->>>>>>> 7780995 (Carriers on ivr serve: one stream loop for every carrier (WebSocket or AudioSocket TCP), routes /media/telnyx|plivo|exotel|vonage|asterisk, answer documents at /telnyx/texml, /plivo/answer, /vonage/answer with their signatures, AudioSocket on --audiosocket-port; a carrier with no clear takes a small lead; calls over each carrier through the harness)
+        loop_lag.stop()
         if warming is not None:
             warming.cancel()
         state.ready = False
