@@ -47,9 +47,11 @@ HOURS = """
       - audio: SAMPLES/hours-question.wav
         text: "Hi. What time are you open?"
         after: bot_silent 0.8
+        timeout: 60
       - audio: SAMPLES/no-thanks.wav
         text: "No thanks, that's all."
         after: bot_silent 0.8
+        timeout: 60
       - hangup:
         after: bot_silent 5.0
     """
