@@ -67,7 +67,10 @@ async def test_metrics_move_during_a_replayed_call(providers):
             assert await asyncio.to_thread(answered.wait, 120), "the bot never answered"
             during = scrape((await http.get("/metrics")).text)
             record = await call
-            after = scrape((await http.get("/metrics")).text)
+            # The harness returns once the socket closes; the server finishes the call just after.
+            async with asyncio.timeout(10):
+                while value(after := scrape((await http.get("/metrics")).text), "ivr_active_calls") != 0.0:
+                    await asyncio.sleep(0.02)
 
     assert record.ended_by in ("caller", "bot") and not record.errors, record.errors
     assert value(during, "ivr_active_calls") == 1.0  # scraped while the call was on
