@@ -154,3 +154,12 @@ class LoopLagMonitor:
         self._arm(now)
         if self.on_lag is not None:
             self.on_lag(lag)
+
+
+# The embedded speech-to-text (ivr.providers.local_stt).
+STT_REDECODES = Counter(
+    "ivr_stt_redecodes_total",
+    "Stretches of speech the embedded STT decoded again over Whisper's full window: "
+    "short (far fewer words than the speech holds) or loop (the text repeated itself)",
+    ["reason"],
+)

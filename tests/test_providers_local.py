@@ -231,6 +231,49 @@ async def collect_events(session) -> list:
     return [e async for e in session]
 
 
+# --- words a caller must not lose ----------------------------------------------------------------
+
+
+def turn_text(events) -> str:
+    return " ".join(e.text for e in events if isinstance(e, EndOfTurn))
+
+
+async def test_a_spoken_question_does_not_shrink_to_one_word(stt):
+    # A short encoder window once decoded this 2.4 s question as "I".
+    sample = next(s for s in load_samples(SAMPLES) if s.name == "espeak_saturday.ulaw")
+    events, _, _ = await asyncio.wait_for(transcribe_call(stt, sample.ulaw), WAIT)
+    text = turn_text(events)
+    errors, words = word_errors(sample.text, text)
+    assert len(text.split()) >= 6 and errors <= 2, text
+
+
+@pytest.mark.parametrize(
+    "name, digits",
+    [
+        ("allison_digits_5550123.ulaw", "5550123"),  # "five five five, zero one two three"
+        ("allison_digits_4729.ulaw", "4729"),
+        ("cmu_digits_2934z.ulaw", "29340"),
+    ],
+)
+async def test_recorded_spoken_digits_reach_the_flows_digits_slot(stt, name, digits):
+    from dataclasses import replace
+
+    from ivr.flows import load_flow, prompt_words
+    from ivr.providers.base import CallerInput
+    from ivr.providers.flow import FlowBrain
+
+    # The engine as a call on the example flow has it: primed with the flow's words.
+    engine = WhisperStt(vad=stt.vad, options=replace(stt.options, prompt=prompt_words(load_flow())), workers=2)
+    sample = next(s for s in load_samples(SAMPLES / "recorded") if s.name == name)
+    events, _, _ = await asyncio.wait_for(transcribe_call(engine, sample.ulaw), WAIT)
+    heard = turn_text(events)
+    session = await FlowBrain().open()
+    session.step(CallerInput(text="I'd like to check my order"))
+    assert session.node.id == "check_order"
+    session.step(CallerInput(text=heard))
+    assert session.slots.get("order_number") == digits, heard
+
+
 async def test_tts_word_timings_follow_the_audio(tts):
     text = "Thanks for calling Sunrise Bakery. We open at seven, and close at three."
     stream = tts.stream()

@@ -42,16 +42,33 @@ class Sample:
     ulaw: bytes  # 8 kHz mu-law, as from a phone line
 
 
+#: Written forms a recogniser may choose for a spoken word (as Whisper's own English normaliser).
+SPELLINGS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "ok": "okay"}
+
+
 def normalize_words(text: str) -> list[str]:
-    """Lower-case words without punctuation; numerals spelled digit by digit ("4572" -> four five
-    seven two), so that "4572" and "four five seven two" compare equal."""
+    """Lower-case words without punctuation; a number, in words or numerals, becomes its digits,
+    one word each ("4572", "four five seven two" and "forty five seventy two" -> four five seven
+    two; "10" and "ten" -> one zero), so that the way a number is written is no error."""
+    from ivr.flows.digits import TEENS, TENS, UNITS, spoken_digits
+
+    number_words = {*UNITS, *TEENS, *TENS, "hundred", "thousand"} - {"o", "oh"}
     words: list[str] = []
+    run: list[str] = []  # a number being read
+
+    def flush() -> None:
+        if run:
+            words.extend(DIGIT_WORDS[int(d)] for d in spoken_digits(" ".join(run)))
+            run.clear()
+
     for token in re.findall(r"[a-z0-9']+", text.lower().replace("-", " ")):
         token = token.strip("'")
-        if token.isdigit():
-            words += [DIGIT_WORDS[int(d)] for d in token]
+        if token.isdigit() or token in number_words:
+            run.append(token)
         elif token:
-            words.append(token)
+            flush()
+            words.append(SPELLINGS.get(token, token))
+    flush()
     return words
 
 
@@ -116,6 +133,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-calls", type=int, default=16, help="stop the capacity search here")
     parser.add_argument("--rounds", type=int, default=3, help="utterances per simulated caller")
     parser.add_argument("--skip-capacity", action="store_true", help="skip the concurrent-calls search")
+    parser.add_argument(
+        "--stt-variants",
+        nargs="?",
+        const="all",
+        default=None,
+        metavar="NAMES",
+        help="WER and latency of other decoding choices and models (comma list, or all): " + ", ".join(STT_VARIANTS),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,8 +165,14 @@ async def _main(args: argparse.Namespace) -> int:
     samples = _samples(args.samples, tts)
     print(f"samples: {len(samples)} ({sum(len(s.ulaw) for s in samples) / 8000:.1f} s of speech)")
 
-    await _bench_wer(stt, samples)
+    sets = _stt_sets(args.samples)
+    for name, speech in sets.items():
+        await _bench_wer(stt, speech, name)
+    if not sets:
+        await _bench_wer(stt, samples)
     await _bench_stt_latency(stt, samples)
+    if args.stt_variants:
+        await _bench_stt_variants(stt, sets or {"samples": samples}, args.stt_variants)
     await _bench_tts(tts)
     if vad is not None:
         _bench_vad(vad, samples, args.samples)
@@ -165,17 +196,106 @@ def _turn_text(events) -> str:
     return " ".join(e.text for e in events if isinstance(e, EndOfTurn) and e.text)
 
 
-async def _bench_wer(stt, samples: list[Sample]) -> None:
+async def _bench_wer(stt, samples: list[Sample], label: str = "") -> None:
+    errors, words, elapsed = await _wer(stt, samples)
+    audio_s = sum(len(s.ulaw) for s in samples) / 8000
+    what = f"{label}, {len(samples)} clips, " if label else ""
+    print(f"STT WER ({what}phone line, 8 kHz mu-law): {100 * errors / max(words, 1):.1f} % ({errors}/{words} words)")
+    print(f"STT RTF (fed as fast as it goes): {elapsed / audio_s:.3f}")
+
+
+async def _wer(stt, samples: list[Sample], show_errors: bool = False) -> tuple[int, int, float]:
     errors = words = 0
     start = time.perf_counter()
     for sample in samples:
         events, _, _ = await transcribe_call(stt, sample.ulaw)
-        e, n = word_errors(sample.text, _turn_text(events))
+        text = _turn_text(events)
+        e, n = word_errors(sample.text, text)
         errors, words = errors + e, words + n
-    elapsed = time.perf_counter() - start
-    audio_s = sum(len(s.ulaw) for s in samples) / 8000
-    print(f"STT WER (phone line, 8 kHz mu-law): {100 * errors / max(words, 1):.1f} % ({errors}/{words} words)")
-    print(f"STT RTF (fed as fast as it goes): {elapsed / audio_s:.3f}")
+        if e and show_errors:
+            print(f"      {sample.name}: {sample.text!r} -> {text!r}")
+    return errors, words, time.perf_counter() - start
+
+
+def _stt_sets(directory: str) -> dict[str, list[Sample]]:
+    from ivr.bench.stt_sets import stt_sets
+
+    return stt_sets(directory) if Path(directory).is_dir() else {}
+
+
+#: Decoding choices and models measured side by side by --stt-variants: name -> (model, options).
+#: "today" is the decoder before short transcripts were decoded again.
+STT_VARIANTS: dict[str, tuple[str | None, dict]] = {
+    "today": (None, {"min_words_per_s": 0, "prompt": "", "pre_roll_into_silence": False}),
+    "default": (None, {}),
+    "noprompt": (None, {"prompt": ""}),
+    "flowprompt": (None, {"prompt": "FLOW"}),
+    "beam5": (None, {"beam_size": 5}),
+    "fallback": (None, {"fallback_temperatures": (0.2, 0.4, 0.6, 0.8, 1.0)}),
+    "window30s": (None, {"window_pad_ms": 0}),
+    "pad3s": (None, {"window_pad_ms": 3000}),
+    "preroll400": (None, {"pre_roll_ms": 400}),
+    "base": ("base", {}),
+    "base-beam5": ("base", {"beam_size": 5}),
+}
+
+
+async def _bench_stt_variants(stt, sets: dict[str, list[Sample]], names: str) -> None:
+    """Each variant on every set (WER, fed as fast as it goes) and on a few clips in real time
+    (end of speech -> final transcript), the default measured in the same run for comparison."""
+    from dataclasses import replace
+
+    from ivr.providers.local_stt import WhisperStt
+
+    chosen = list(STT_VARIANTS) if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in STT_VARIANTS]
+    if unknown:
+        print(f"unknown STT variants: {', '.join(unknown)} (known: {', '.join(STT_VARIANTS)})")
+        return
+    timed = [s for speech in sets.values() for s in speech[:3]]
+    print(f"STT variants (WER per set; end of speech -> final transcript over {len(timed)} clips fed in real time):")
+    for name in chosen:
+        model, overrides = STT_VARIANTS[name]
+        if overrides.get("prompt") == "FLOW":
+            overrides = dict(overrides, prompt=flow_prompt())
+        try:
+            engine = WhisperStt(
+                model_path=model or stt.model_path,
+                vad=stt.vad,
+                options=replace(stt.options, **overrides),
+                workers=stt.workers,
+                cpu_threads=stt.cpu_threads,
+            )
+            await engine.load()
+        except Exception as error:  # a model whose package is not installed
+            print(f"  {name:11s} not measured: {error}")
+            continue
+        figures = []
+        for set_name, speech in sets.items():
+            errors, words, _ = await _wer(engine, speech, show_errors=os.environ.get("IVR_BENCH_SHOW_ERRORS") == "1")
+            figures.append(f"{set_name} {100 * errors / max(words, 1):.1f} % ({errors}/{words})")
+        to_final = []
+        for sample in timed:
+            to_final += _final_latency(*await transcribe_call(engine, sample.ulaw, realtime=True))
+        latency = f"final p50 {1000 * statistics.median(to_final):.0f} ms" if to_final else "no finals"
+        redecodes = sum(engine.redecodes.values())
+        print(f"  {name:11s} " + "; ".join(figures) + f"; {latency}; re-decoded {redecodes}")
+
+
+def flow_prompt() -> str:
+    from ivr.flows import load_flow, prompt_words
+
+    return prompt_words(load_flow())
+
+
+def _final_latency(events, stamps, started) -> list[float]:
+    from ivr.providers.base import EndOfTurn, Final
+
+    turns = [e for e in events if isinstance(e, EndOfTurn)]
+    finals = [s for e, s in zip(events, stamps) if isinstance(e, Final)]
+    if not (turns and finals):
+        return []
+    return [finals[-1] - (started + turns[0].at_ms / 1000)]
 
 
 async def _bench_stt_latency(stt, samples: list[Sample]) -> None:

@@ -405,3 +405,18 @@ def _check_targets(flow: Flow) -> None:
 def normalize(text: str) -> str:
     """Lower case, words only: how caller speech and match phrases are compared."""
     return " ".join(re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower()))
+
+
+def prompt_words(flow: Flow) -> str:
+    """What callers of this flow are likely to say, as text a recogniser may be primed with
+    (Whisper's initial prompt): the bot's name, every route's phrases and the slots' names."""
+    seen: dict[str, None] = {}
+    routes = [r for node in flow.nodes.values() for r in node.routes] + list(flow.anywhere)
+    for route in routes:
+        for phrase in route.phrases:
+            seen.setdefault(phrase, None)
+    for node in flow.nodes.values():
+        if node.collect is not None:
+            seen.setdefault(node.collect.slot.replace("_", " "), None)
+    words = ", ".join(seen)
+    return f"{flow.name}. {words}." if flow.name else f"{words}."

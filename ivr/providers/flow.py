@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import string
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 from ivr.flows import Action, Collect, Flow, FlowError, Node, Route, example_path, load_flow, normalize
+from ivr.flows.digits import spoken_digits
 from ivr.providers.base import BrainOutput, CallContext, CallerInput, TextDelta, ToolCall, Turn
 
 log = logging.getLogger("ivr.flow")
 
-SPOKEN_DIGITS = {
-    "zero": "0", "oh": "0", "o": "0", "one": "1", "two": "2", "three": "3", "four": "4",
-    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9",
-}  # fmt: skip
-REPEATS = {"double": 2, "triple": 3}
 #: A transfer or tool must not chain into itself forever through `next`.
 MAX_STEPS = 20
 
@@ -248,22 +243,6 @@ class _Formatter(string.Formatter):
             # "4572" -> "4 5 7 2": read back one digit at a time, as people do with numbers.
             return " ".join(str(value))
         return super().format_field(value, format_spec)
-
-
-def spoken_digits(text: str) -> str:
-    """Digits in what the caller said: "four five seven two", "4572", "double three one"."""
-    digits = []
-    repeat = 1
-    for word in re.findall(r"[a-z]+|[0-9]+", text.lower()):
-        if word.isdigit():
-            digits.append(word * repeat if len(word) == 1 else word)
-            repeat = 1
-        elif word in SPOKEN_DIGITS:
-            digits.append(SPOKEN_DIGITS[word] * repeat)
-            repeat = 1
-        elif word in REPEATS:
-            repeat = REPEATS[word]
-    return "".join(digits)
 
 
 def flow_from_mapping(data: Mapping) -> Flow:

