@@ -104,9 +104,9 @@ class Settings:
                   "base: Whisper base from the stt-base extra, more accurate, slower)"},
     )
     stt_prompt: str = field(
-        default="flow",
-        metadata={"help": "words to prime the embedded recogniser with: flow (the call flow's route phrases "
-                  "and slots, with IVR_BRAIN=flow), none, or any text"},
+        default="none",
+        metadata={"help": "words to prime the embedded recogniser with: none, flow (the call flow's route "
+                  "phrases and slots, with IVR_BRAIN=flow), or any text"},
     )
     stt_threads: int = field(default=0, metadata={"help": "CPU threads per transcription (0: cores, at most 4)"})
     stt_beam_size: int = field(default=1, metadata={"help": "Whisper beam size (1 is fastest)"})

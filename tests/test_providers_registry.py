@@ -118,3 +118,12 @@ def test_ivr_tts_writes_what_the_phone_plays(tmp_path, monkeypatch):
         assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (8000, 2, 1)
         frames = w.getnframes()
     assert frames > 8000 and frames % 160 == 0  # whole 20 ms phone frames, over a second of speech
+
+
+def test_the_recogniser_may_be_primed_with_the_flows_words():
+    assert build(Settings.from_env({})).stt.options.prompt == ""
+    primed = build(Settings.from_env({"IVR_STT_PROMPT": "flow"})).stt.options.prompt
+    assert primed.startswith("Sunrise Bakery.") and "pickup" in primed and "order number" in primed
+    assert build(Settings.from_env({"IVR_STT_PROMPT": "Acme, widgets"})).stt.options.prompt == "Acme, widgets"
+    # Another brain has no flow to take words from.
+    assert build(Settings.from_env({"IVR_STT_PROMPT": "flow", "IVR_BRAIN": "openai", "OPENAI_API_KEY": "k"})).stt.options.prompt == ""

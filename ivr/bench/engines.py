@@ -226,7 +226,8 @@ def _stt_sets(directory: str) -> dict[str, list[Sample]]:
 #: Decoding choices and models measured side by side by --stt-variants: name -> (model, options).
 #: "today" is the decoder before short transcripts were decoded again.
 STT_VARIANTS: dict[str, tuple[str | None, dict]] = {
-    "today": (None, {"min_words_per_s": 0, "prompt": "", "pre_roll_into_silence": False}),
+    "today": (None, {"min_words_per_s": 0, "prompt": "", "pre_roll_into_silence": False, "pad_with_silence": False}),
+    "featurepad": (None, {"pad_with_silence": False}),
     "default": (None, {}),
     "noprompt": (None, {"prompt": ""}),
     "flowprompt": (None, {"prompt": "FLOW"}),

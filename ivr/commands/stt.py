@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", help="WAV, FLAC, or headerless 8 kHz mu-law (.ulaw)")
     p.add_argument("--realtime", action="store_true", help="feed the audio at the pace of a call")
     p.add_argument("--end-of-turn-ms", type=int, default=None, metavar="MS", help="[IVR_STT_END_OF_TURN_MS]")
-    p.add_argument("--model", default=None, help="faster-whisper model directory or name [IVR_STT_MODEL]")
+    p.add_argument("--model", default=None, help="faster-whisper model directory or name, or base [IVR_STT_MODEL]")
+    p.add_argument("--prompt", default=None, help="flow, none, or words to prime the recogniser with [IVR_STT_PROMPT]")
     p.add_argument("-v", "--verbose", action="store_true", help="log engine loading")
     p.set_defaults(func=run)
 
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from ivr.providers.registry import build
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
-    overrides = {"stt_end_of_turn_ms": args.end_of_turn_ms, "stt_model": args.model}
+    overrides = {"stt_end_of_turn_ms": args.end_of_turn_ms, "stt_model": args.model, "stt_prompt": args.prompt}
     try:
         settings = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
         stt = build(settings).stt
@@ -119,5 +120,7 @@ async def _transcribe(stt, ulaw: bytes, realtime: bool) -> int:
     started = await feed_call_audio(session, audio, realtime)
     await printer
     elapsed = time.perf_counter() - started
-    print(f"{len(ulaw) / 8000:.2f} s of audio in {elapsed:.2f} s", file=sys.stderr)
+    redecodes = getattr(stt, "redecodes", {})
+    again = ", ".join(f"{n} {why}" for why, n in redecodes.items() if n)
+    print(f"{len(ulaw) / 8000:.2f} s of audio in {elapsed:.2f} s" + (f"; decoded again: {again}" if again else ""), file=sys.stderr)
     return 0

@@ -102,6 +102,8 @@ class SttOptions:
     #: Fewer words than this per second of speech is a transcript that lost words: decode again
     #: over the full window. 0: never.
     min_words_per_s: float = 1.0
+    #: Pad the encoder's window with silent audio (True) or with zero features (faster-whisper).
+    pad_with_silence: bool = True
     #: A stretch's pre-roll may reach back into the silence that closed the stretch before it.
     pre_roll_into_silence: bool = True
     #: Whisper's temperature fallback on the full-window decode: sampled again at these
@@ -199,14 +201,20 @@ class WhisperStt:
         import ctranslate2
 
         opts = self.options
-        features = model.feature_extractor(audio)
         if full_window:
             frames = 3000
         else:
             frames = min(3000, len(audio) // 160 + opts.window_pad_ms // 10)
             frames += frames % 2  # the encoder's convolution halves the frame count
+        if opts.pad_with_silence:
+            # The window's rest is silence, as OpenAI's Whisper pads its input: a log-mel of zeros
+            # audio, not faster-whisper's zeros in feature space (a level of noise to the model,
+            # after which it often reads the speech again instead of ending).
+            padding = max(0, frames * 160 - len(audio))
+            features = model.feature_extractor(np.pad(audio, (0, padding)), padding=0)
+        else:
+            features = model.feature_extractor(audio)
         if features.shape[1] < frames:
-            # Zero padding in feature space, as faster-whisper pads to its 30 s window.
             features = np.pad(features, ((0, 0), (0, frames - features.shape[1])))
         features = np.ascontiguousarray(features[None, :, :frames], dtype=np.float32)
         encoded = model.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
