@@ -159,7 +159,7 @@ class LoopLagMonitor:
 # The embedded speech-to-text (ivr.providers.local_stt).
 STT_REDECODES = Counter(
     "ivr_stt_redecodes_total",
-    "Stretches of speech the embedded STT decoded again over Whisper's full window: "
+    "Stretches of speech the embedded STT decoded again over a longer window: "
     "short (far fewer words than the speech holds) or loop (the text repeated itself)",
     ["reason"],
 )
