@@ -228,6 +228,7 @@ def _stt_sets(directory: str) -> dict[str, list[Sample]]:
 STT_VARIANTS: dict[str, tuple[str | None, dict]] = {
     "today": (None, {"min_words_per_s": 0, "prompt": "", "pre_roll_into_silence": False, "pad_with_silence": False}),
     "featurepad": (None, {"pad_with_silence": False}),
+    "redecode30s": (None, {"redecode_window_ms": 0}),
     "default": (None, {}),
     "noprompt": (None, {"prompt": ""}),
     "flowprompt": (None, {"prompt": "FLOW"}),

@@ -16,7 +16,7 @@ Each stretch is decoded once, greedily, over a window just longer than the speec
 `window_pad_ms`). That shorter window is what keeps the decode fast, and it is also what Whisper
 was not trained on: now and then it stops after a word ("Hi, what time do you open on Saturday?"
 -> "I") or loops ("five five five" -> "5 5 5 5 5 ..."). A transcript with far fewer words than
-the stretch has speech for, or that loops, is decoded again over the full 30 s window, and the
+the stretch has speech for, or that loops, is decoded again over a longer window (10 s), and the
 longer reading is kept (counted in `ivr_stt_redecodes_total`).
 """
 
@@ -101,8 +101,11 @@ class SttOptions:
     #: as the text before the speech: it then spells "pickup" and "4572" as the flow expects.
     prompt: str = ""
     #: Fewer words than this per second of speech is a transcript that lost words: decode again
-    #: over the full window. 0: never.
+    #: over a longer window. 0: never.
     min_words_per_s: float = 1.0
+    #: The window of that second decode (ms; 0: Whisper's full 30 s). 10 s ends the loops and
+    #: lost words seen on short windows at about a third of the full window's encoder time.
+    redecode_window_ms: int = 10000
     #: Pad the encoder's window with silent audio (True) or with zero features (faster-whisper).
     pad_with_silence: bool = True
     #: A stretch's pre-roll may reach back into the silence that closed the stretch before it.
@@ -184,15 +187,15 @@ class WhisperStt:
             return first_reading(text) or text
         self.redecodes[reason] += 1
         STT_REDECODES.labels(reason).inc()
-        again = self._decode(model, audio, full_window=True)
+        again = self._decode(model, audio, full_window=True, window_ms=opts.redecode_window_ms)
         log.info("re-decoded %d ms of speech (%s): %r -> %r", len(pcm8) // BYTES_PER_MS, reason, text, again)
         if reason == "loop" or len(again.split()) > len(text.split()):
             return again
         return text
 
-    def _decode(self, model, audio: np.ndarray, full_window: bool) -> str:
-        """One decode of one stretch, over the 30 s window Whisper was trained on or a window just
-        longer than the speech.
+    def _decode(self, model, audio: np.ndarray, full_window: bool, window_ms: int = 0) -> str:
+        """One decode of one stretch, over the 30 s window Whisper was trained on (or `window_ms`)
+        or a window just longer than the speech.
 
         What faster-whisper's transcribe() does for one window with our options (no timestamps,
         no previous text but the prompt, temperature 0 then the fallback's), but the short window
@@ -203,7 +206,8 @@ class WhisperStt:
 
         opts = self.options
         if full_window:
-            frames = 3000
+            frames = max(len(audio) // 160 + 50, window_ms // 10) if window_ms else 3000
+            frames = min(3000, frames + frames % 2)
         else:
             frames = min(3000, len(audio) // 160 + opts.window_pad_ms // 10)
             frames += frames % 2  # the encoder's convolution halves the frame count
