@@ -310,18 +310,10 @@ def lost_words(text: str, speech_ms: int, min_words_per_s: float) -> str | None:
     if min_words_per_s > 0:
         speech_s = speech_ms / 1000
         # A loop that began on a word the speech says several times ("five five five") reads
-        # as one word; a real repeat of the reading fits the speech densely. Callers repeat
-        # digits, seldom other words: "Hi, hi, hi, ..." for a short "Hi" is one reading.
-        if word_count(once) < 2 * min_words_per_s * speech_s and (word_count(once) > 1 or _is_number(once)):
+        # as one word; a real repeat of the reading fits the speech densely.
+        if word_count(once) < 2 * min_words_per_s * speech_s:
             return "loop"
     return "repeated"
-
-
-def _is_number(word: str) -> bool:
-    from ivr.flows.digits import TEENS, TENS, UNITS
-
-    word = re.sub(r"[^a-z0-9]", "", word.lower())
-    return word.isdigit() or word in UNITS or word in TEENS or word in TENS
 
 
 def looks_repeated(text: str) -> bool:
