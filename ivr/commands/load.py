@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
     if args.calls < 1 or args.duration <= 0 or args.ramp < 0:
         print("ivr load: --calls must be at least 1, --duration positive, --ramp not negative")
         return 2
+    if args.carrier != "twilio":
+        # Its frames are written straight to the socket in Twilio's format (ivr.harness.wsframe).
+        print(f"ivr load: --carrier {args.carrier}: load runs speak Twilio only; replay other carriers with ivr replay --carrier")
+        return 2
     # uvloop where it is installed (it comes with uvicorn[standard], as the server uses it): the
     # load generator runs a timer, a send and a receive per caller frame, and the pure-Python
     # loop's own bookkeeping was a large share of its CPU.
