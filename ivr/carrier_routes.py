@@ -194,7 +194,7 @@ class TcpTransport(Transport):
         self._writer.write(message)
         await self._writer.drain()
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "") -> None:
         if not self._writer.is_closing():
             self._writer.close()
         try:

@@ -10,9 +10,11 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from ivr.errors import UserError
 
-class ConfigError(ValueError):
-    pass
+
+class ConfigError(UserError, ValueError):
+    """A setting is wrong: the message names its variable (or option)."""
 
 
 def _env_name(name: str) -> str:
@@ -30,6 +32,10 @@ class Settings:
     )
     max_calls: int = field(default=100, metadata={"help": "concurrent calls; more get a busy message"})
     max_message_bytes: int = field(default=64 * 1024, metadata={"help": "largest inbound WebSocket message"})
+    stream_idle_seconds: float = field(
+        default=10.0,
+        metadata={"help": "close a media stream that sends no start, or once started no audio, for this long (Twilio sends audio every 20 ms); its line is freed"},
+    )
     forwarded_allow_ips: str = field(
         default="127.0.0.1", metadata={"help": "proxies trusted for X-Forwarded-* headers (comma list, or *)"}
     )
@@ -45,6 +51,10 @@ class Settings:
         default=300, metadata={"help": "how far ahead of the caller's ear the bot's audio is sent (jitter margin)"}
     )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    log_transcripts: bool = field(
+        default=False,
+        metadata={"help": "1: log what callers say and the keys they press (personal data; off: only their length)"},
+    )
     webphone: bool = field(
         default=False,
         metadata={"help": "serve the web phone (/phone) and call viewer (/calls) on a non-loopback "
@@ -234,6 +244,8 @@ class Settings:
             raise ConfigError("IVR_WEBPHONE_TOKEN: use at least 16 random characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
         if self.log_format not in ("auto", "json", "text"):
             raise ConfigError(f"IVR_LOG_FORMAT: {self.log_format!r} is not auto, json or text")
+        if not self.stream_idle_seconds > 0:
+            raise ConfigError(f"IVR_STREAM_IDLE_SECONDS: {self.stream_idle_seconds} must be more than 0")
         if self.drain_seconds < 0:
             raise ConfigError(f"IVR_DRAIN_SECONDS: {self.drain_seconds} is negative")
         if self.drain_transfer_to and not self.drain_transfer_to.startswith(("+", "sip:", "sips:")):

@@ -26,6 +26,22 @@ _call_ids: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextV
 
 #: E.164 numbers, and digit-only SIP users, anywhere in a message (a safety net behind `mask`).
 _NUMBER = re.compile(r"(?<![\w+])\+\d{7,15}\b|(?<=sips:)\d{7,15}(?=@)|(?<=sip:)\d{7,15}(?=@)")
+#: A number as a URL query value (`?From=%2B15551234567&To=15557654321`, in our lines and in
+#: uvicorn's access log): the `+` is percent-encoded there, or missing.
+_QUERY_NUMBER = re.compile(r"(?<=[?&;])([^=&#\s\"]{1,64}=)(%2B|\+)?(\d{7,15})(?=[&#\s\"]|$)", re.IGNORECASE)
+
+
+def mask_numbers(text: str) -> str:
+    """`text` with every phone number in it masked (see `mask_number`)."""
+    text = _NUMBER.sub(lambda m: mask_number(m.group(0)), text)
+    if "=" in text:
+        text = _QUERY_NUMBER.sub(_mask_query_value, text)
+    return text
+
+
+def _mask_query_value(m: re.Match) -> str:
+    plus = m.group(2) or ""
+    return m.group(1) + plus + mask_number("+" + m.group(3))[1:]
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:
@@ -48,7 +64,7 @@ class CallContextFilter(logging.Filter):
             if ids is not None:
                 record.call_sid, record.stream_sid = ids
         message = record.getMessage()
-        masked = _NUMBER.sub(lambda m: mask_number(m.group(0)), message)
+        masked = mask_numbers(message)
         if masked != message:
             record.msg, record.args = masked, None
         return True
@@ -95,10 +111,15 @@ def mask_number(number: str) -> str:
 
 
 class CallLog:
-    """A logger for one call: every line carries call_sid and stream_sid once they are known."""
+    """A logger for one call: every line carries call_sid and stream_sid once they are known.
 
-    def __init__(self, logger: logging.Logger) -> None:
+    What the caller says and the keys they press are personal data (a card number keyed in, a
+    name, an address): unless `transcripts` (IVR_LOG_TRANSCRIPTS=1), `caller_said` and
+    `caller_pressed` log only their length, never the words or the digits."""
+
+    def __init__(self, logger: logging.Logger, transcripts: bool = False) -> None:
         self._logger = logger
+        self.transcripts = transcripts
         self.call_sid = "-"
         self.stream_sid = "-"
         self._error_counts: dict[str, int] = {}
@@ -136,9 +157,30 @@ class CallLog:
     def exception(self, msg: str, *args: object) -> None:
         self._log(logging.ERROR, msg, *args, exc_info=True)
 
+    def caller_said(self, text: str) -> None:
+        if self.transcripts:
+            self.info("caller said: %s", text)
+        else:
+            self.info("caller said %d word(s) (IVR_LOG_TRANSCRIPTS=1 logs the words)", len(text.split()))
+
+    def caller_pressed(self, digit: str) -> None:
+        if self.transcripts:
+            self.info("caller pressed %s", digit)
+        else:
+            self.debug("caller pressed a key")
+
+    def private(self, text: str) -> str:
+        """`text` (words of the call) if transcripts are logged, else only its length."""
+        return text if self.transcripts else f"<{len(text)} characters>"
+
     def protocol_error(self, exc: ProtocolError) -> None:
         """Log a skipped message, without letting a flood of bad frames flood the log."""
-        n = self._error_counts.get(exc.kind, 0) + 1
-        self._error_counts[exc.kind] = n
+        self.anomaly(exc.kind, "skipped a malformed message (%s): %s", exc.kind, exc.detail)
+
+    def anomaly(self, kind: str, msg: str, *args: object) -> None:
+        """A warning that a sender can repeat at will: the first few of each kind, then one in
+        ERROR_LOG_EVERY, each with its running count."""
+        n = self._error_counts.get(kind, 0) + 1
+        self._error_counts[kind] = n
         if n <= ERROR_LOG_BURST or n % ERROR_LOG_EVERY == 0:
-            self.warning("skipped a malformed message (%s, %d of this kind so far): %s", exc.kind, n, exc.detail)
+            self.warning(msg + " [%d of this kind so far]", *args, n)

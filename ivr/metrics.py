@@ -12,8 +12,15 @@ FRAMES_OUT = Counter("ivr_frames_out_total", "Bot media messages sent")
 PROTOCOL_ERRORS = Counter("ivr_protocol_errors_total", "Inbound messages skipped as malformed", ["kind"])
 MEDIA_ANOMALIES = Counter(
     "ivr_media_anomalies_total",
-    "Media frames lost (filled with silence), repeated, late or on another track",
+    "Media frames lost (filled with silence), repeated, late or on another track; long_gap: a jump in chunk or "
+    "timestamp too long to fill (over 2 s)",
     ["kind"],
+)
+STREAMS_TIMED_OUT = Counter(
+    "ivr_streams_timed_out_total",
+    "Media streams closed for silence: no_start (no start in IVR_STREAM_IDLE_SECONDS), no_media (a started "
+    "stream's audio stopped that long), evicted (silent for seconds while every line was taken)",
+    ["reason"],
 )
 WEBHOOKS = Counter("ivr_webhooks_total", "Twilio webhook requests", ["route", "outcome"])
 SIGNATURE_FAILURES = Counter("ivr_signature_failures_total", "Requests refused for a bad X-Twilio-Signature", ["route"])
@@ -72,7 +79,8 @@ BARGE_INS = Counter("ivr_barge_ins_total", "Bot turns cut by the caller speaking
 TRANSFERS = Counter("ivr_transfers_total", "Calls handed on by the bot", ["kind"])  # number | sip
 CALL_ENDINGS = Counter(
     "ivr_call_endings_total",
-    "Media streams ended, by how: caller (Twilio stopped the stream), bot, transfer, disconnect (lost), refused",
+    "Media streams ended, by how: caller (Twilio stopped the stream), bot, transfer, disconnect (lost), refused, "
+    "no_media or evicted (the caller's audio stopped)",
     ["how"],
 )
 DRAINING = Gauge("ivr_draining", "1 while the server drains (refusing new calls) before it exits")

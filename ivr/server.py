@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ivr import metrics
 from ivr.config import Settings
 from ivr.heap import freeze_startup_objects
+from ivr.idle import IdleWatch
 from ivr.logs import CallLog
 from ivr.carrier_routes import CARRIER_NOTICES, AudioSocketServer, describe_notice, stream_refusal
 from ivr.carrier_routes import install as install_carriers
@@ -32,7 +33,7 @@ from ivr.state import signed_form as _signed_form
 from ivr.state import state_of as _state
 from ivr.telephony import twiml
 from ivr.telephony.carriers import CARRIERS, Carrier
-from ivr.telephony.twilio import DroppedMedia, Media, ProtocolError, Start, Stop
+from ivr.telephony.twilio import MAX_GAP_MS, DroppedMedia, Media, ProtocolError, Start, Stop
 from ivr.web import install as install_web
 from ivr.outbound.routes import install as install_outbound
 
@@ -42,6 +43,9 @@ TWIML = "application/xml"
 #: Twilio's statuses of a call that is over.
 CALL_OVER = ("completed", "busy", "no-answer", "failed", "canceled")
 MAX_EARLY_MESSAGES = 16
+#: With every line taken, a started stream silent this long (or half IVR_STREAM_IDLE_SECONDS,
+#: if less) gives its line to a new call.
+EVICT_AFTER_SECONDS = 2.0
 
 
 async def voice(request: Request) -> Response:
@@ -50,7 +54,9 @@ async def voice(request: Request) -> Response:
         return form
     state = _state(request)
     call_sid = form.get("CallSid", "")
-    if not await state.admission.reserve(call_sid):
+    if not await state.admission.reserve(call_sid) and not (
+        not state.admission.draining and _free_a_line(state) and await state.admission.reserve(call_sid)
+    ):
         metrics.WEBHOOKS.labels("voice", "busy").inc()
         log.warning(
             "call %s answered busy: %s",
@@ -169,7 +175,7 @@ async def _run_stream(state: IvrState, websocket: WebSocket | None, carrier: Car
     receive = receive or (lambda: _receive_ws(websocket))
     transport = transport or WebSocketTransport(websocket)
     capture_dir = state.settings.capture_dir if carrier.name == "twilio" else ""
-    calllog = CallLog(log)
+    calllog = CallLog(log, transcripts=state.settings.log_transcripts)
     key = key or f"ws-{id(websocket):x}"
     line: Line | None = None
     handler = None
@@ -178,8 +184,16 @@ async def _run_stream(state: IvrState, websocket: WebSocket | None, carrier: Car
     end_reason = "hangup"
     early: list[tuple[str | bytes, int]] = []  # messages before `start`, for the capture
     backlog: deque = deque()
+    task = asyncio.current_task()
+    assert task is not None
+    watch = IdleWatch(state.settings.stream_idle_seconds, task)
+    state.watches[key] = watch
+    now = t0
     try:
         while True:
+            if watch.expired:  # its cancellation was swallowed inside the handler
+                task.uncancel()
+                break
             if backlog:
                 event = backlog.popleft()
             else:
@@ -187,7 +201,8 @@ async def _run_stream(state: IvrState, websocket: WebSocket | None, carrier: Car
                 if raw is None:
                     end_reason = "disconnect"
                     break
-                t_ms = int((time.monotonic() - t0) * 1000)
+                now = time.monotonic()
+                t_ms = int((now - t0) * 1000)
                 if line is not None:
                     line.capture(raw, t_ms)
                 elif len(early) < MAX_EARLY_MESSAGES:
@@ -215,17 +230,23 @@ async def _run_stream(state: IvrState, websocket: WebSocket | None, carrier: Car
                     end_reason = "refused"
                     break
                 calllog.bind(event.call_sid, event.stream_sid)
-                if not await state.admission.enter(key, event.call_sid):
+                if not await _enter(state, key, event.call_sid):
                     metrics.CALLS.labels("refused").inc()
-                    calllog.warning("refused: no free line (IVR_MAX_CALLS=%d)", state.settings.max_calls)
+                    if state.admission.draining:
+                        calllog.warning("refused: the server is draining (shutting down) and takes no new calls")
+                    else:
+                        calllog.warning("refused: no free line (IVR_MAX_CALLS=%d)", state.settings.max_calls)
                     end_reason = "refused"
                     break
                 admitted = True
+                watch.start(now)
                 metrics.ACTIVE_CALLS.inc()
                 metrics.CALLS.labels("accepted").inc()
                 line = Line(transport, event, calllog, capture_dir, t0, writer=carrier.writer(event, parser),
                             has_clear=carrier.has_clear, has_marks=carrier.has_marks)
                 line.before_close = _outcome_saver(state, line)
+                if hasattr(parser, "expect_marks") and hasattr(line.writer, "pending_marks"):
+                    parser.expect_marks(line.writer.pending_marks)
                 if carrier.max_lead_ms is not None:
                     line.max_lead_ms = carrier.max_lead_ms
                 if carrier.name != "twilio":
@@ -249,10 +270,18 @@ async def _run_stream(state: IvrState, websocket: WebSocket | None, carrier: Car
             elif handler is None:
                 continue  # `connected`: nothing to do yet
             if handler is not None:
-                if getattr(event, "gap_bytes", 0):
-                    metrics.MEDIA_ANOMALIES.labels("lost").inc()
                 if isinstance(event, Media):
+                    watch.last_media = now
                     metrics.FRAMES_IN.inc()
+                    if event.gap_bytes:
+                        metrics.MEDIA_ANOMALIES.labels("lost").inc()
+                    elif event.skipped_ms:
+                        metrics.MEDIA_ANOMALIES.labels("long_gap").inc()
+                        calllog.anomaly(
+                            "long_gap",
+                            "media chunk %d jumps %d ms past the audio before it: not filled with silence (lost frames are filled up to %d ms)",
+                            event.chunk, event.skipped_ms, MAX_GAP_MS,
+                        )
                 try:
                     await handler.on_event(event)
                 except Exception:
@@ -262,7 +291,15 @@ async def _run_stream(state: IvrState, websocket: WebSocket | None, carrier: Car
                 break
     except WebSocketDisconnect:
         end_reason = "disconnect"
+    except asyncio.CancelledError:
+        if not watch.claimed():
+            raise
     finally:
+        watch.close()
+        state.watches.pop(key, None)
+        if watch.expired:
+            end_reason = watch.reason
+            _report_idle(watch, calllog)
         state.handlers.pop(key, None)
         if handler is not None:
             try:
@@ -280,14 +317,59 @@ async def _run_stream(state: IvrState, websocket: WebSocket | None, carrier: Car
         state.admission.leave(key)
         if parser.start is not None:
             calllog.info(
-                "call ended (%s) after %.1f s: %d sequence gaps, %d lost chunks",
+                "call ended (%s) after %.1f s: %d sequence gaps, %d lost chunks, %d jumps not filled",
                 end_reason,
                 time.monotonic() - t0,
                 getattr(parser, "sequence_gaps", 0),
                 getattr(parser, "lost_chunks", 0),
+                getattr(parser, "long_gaps", 0),
             )
     with contextlib.suppress(Exception):
-        await transport.close()
+        await transport.close(reason=CLOSE_REASONS.get(end_reason, ""))
+
+
+#: The close reason of streams the server ends for silence (see ivr.idle).
+CLOSE_REASONS = {
+    "no_start": "no start message in time",
+    "no_media": "no audio in time",
+    "evicted": "no audio, and the line was needed",
+}
+
+
+def _report_idle(watch: IdleWatch, calllog: CallLog) -> None:
+    metrics.STREAMS_TIMED_OUT.labels(watch.reason).inc()
+    if watch.reason == "no_start":
+        log.info("closed a media socket that sent no start within %.0f s (IVR_STREAM_IDLE_SECONDS)", watch.seconds)
+    elif watch.reason == "evicted":
+        calllog.warning(
+            "ended: no audio for %.1f s while every line is taken; its line goes to a new call",
+            watch.idle_for(time.monotonic()),
+        )
+    else:
+        calllog.warning("ended: no audio from the caller for %.0f s (IVR_STREAM_IDLE_SECONDS)", watch.seconds)
+
+
+async def _enter(state: IvrState, key: str, call_sid: str) -> bool:
+    """Admit a stream, ending a silent one for it if every line is taken (see _free_a_line)."""
+    if await state.admission.enter(key, call_sid):
+        return True
+    return not state.admission.draining and _free_a_line(state) and await state.admission.enter(key, call_sid)
+
+
+def _free_a_line(state: IvrState) -> bool:
+    """Every line is taken: end the started stream silent the longest, if it has been silent
+    for EVICT_AFTER_SECONDS (a live one sends audio every 20 ms), so that streams that went
+    quiet never make a real caller hear "busy". True if a line was freed."""
+    now = time.monotonic()
+    after = min(EVICT_AFTER_SECONDS, state.settings.stream_idle_seconds / 2)
+    quiet = [(w.last_media, key) for key, w in state.watches.items()
+             if w.started and not w.expired and w.idle_for(now) >= after]
+    if not quiet:
+        return False
+    key = min(quiet)[1]
+    state.watches[key].expire("evicted")
+    state.admission.leave(key)  # at once: its task ends on the loop's next turn
+    return True
 
 
 def _outcome_saver(state: IvrState, line: Line):

@@ -7,11 +7,12 @@ line (media, mark, clear, hang up).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Awaitable, Callable, Protocol
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from ivr import metrics
 from ivr.audio import FRAME_BYTES, Framer, ulaw_silence
@@ -40,6 +41,8 @@ class Line:
         self.has_marks = has_marks
         self._flush = getattr(self.writer, "flush", None)
         self.closed = False
+        #: The caller hung up (or the socket died) while we were sending: later sends are dropped.
+        self.gone = False
         #: Set by the call engine: the bot ended the call, or handed it to this transfer TwiML.
         #: Without REST credentials the stream's end runs /twiml/fallback, which serves them.
         self.ended_by_bot = False
@@ -82,7 +85,18 @@ class Line:
     async def _send(self, message: str | bytes) -> None:
         if self._capture is not None:
             self._capture_out(message)
-        await self._ws.send(message)
+        if self.gone:
+            return
+        try:
+            await self._ws.send(message)
+        except Exception as exc:
+            if not (is_disconnect(exc) or isinstance(exc, WebSocketDisconnected)):
+                raise
+            # The caller hung up while the bot was talking: a normal end of a call, not a
+            # failure. The stream's reader sees the close next and ends the call.
+            if not self.closed:
+                self.log.info("the caller hung up while the bot was speaking")
+            self.gone = True
 
     def _capture_out(self, text: str) -> None:
         # What we sent, on the capture's clock: the call viewer rebuilds playback from it.
@@ -109,12 +123,14 @@ class Line:
             if self.before_close is not None:
                 await self.before_close()
             hangup = getattr(self.writer, "hangup", None)
-            if hangup is not None:
+            if hangup is not None and not self.gone:
                 try:
                     await self._ws.send(hangup())
                 except Exception:  # already gone: closing is all that is left
                     pass
-            await self._ws.close()
+            if not self.gone:
+                with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, OSError):
+                    await self._ws.close()
 
     def close(self) -> None:
         if self._capture is not None:
@@ -128,7 +144,8 @@ class Transport:
     async def send(self, message: str | bytes) -> None:
         raise NotImplementedError
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "") -> None:
+        """`reason`: why our side ends the stream, for carriers that can say so."""
         raise NotImplementedError
 
 
@@ -144,8 +161,8 @@ class WebSocketTransport(Transport):
         else:
             await self._ws.send_bytes(message)
 
-    async def close(self) -> None:
-        await self._ws.close()
+    async def close(self, reason: str = "") -> None:
+        await self._ws.close(reason=reason)
 
 
 def is_disconnect(exc: BaseException) -> bool:
@@ -187,7 +204,7 @@ class ListeningHandler:
         elif isinstance(event, Mark):
             self.on_mark(event.name)
         elif isinstance(event, Dtmf):
-            self.line.log.info("caller pressed %s", event.digit)
+            self.line.log.caller_pressed(event.digit)
             await self.on_dtmf(event.digit)
         elif isinstance(event, Start):
             await self.on_start()

@@ -41,6 +41,8 @@ class IvrState:
         self.calls: set[asyncio.Task] = set()
         #: The call handler of each connected stream, for ivr.drain to end them politely.
         self.handlers: dict[str, object] = {}
+        #: The idle watch of each connected stream (ivr.idle).
+        self.watches: dict = {}
         self._background: set[asyncio.Task] = set()
 
     def index_call(self, line: Line) -> None:

@@ -8,12 +8,27 @@ import os
 import sys
 from typing import Callable
 
+import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from live_server import free_port
 
 Line = dict
 Predicate = Callable[[Line], bool]
+
+
+def scrape(text: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of a Prometheus text exposition."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples, name, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 class ServeProcess:
@@ -77,6 +92,10 @@ class ServeProcess:
                 if self._reader is not None and self._reader.done():
                     raise AssertionError("ivr serve exited:\n" + "\n".join(self.raw[-30:]))
                 await changed.wait()
+
+    async def metrics(self) -> dict[tuple[str, tuple], float]:
+        async with httpx.AsyncClient(base_url=self.base) as http:
+            return scrape((await http.get("/metrics")).text)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.call import CallFactory
 from ivr.config import Settings
@@ -20,24 +19,12 @@ from ivr.harness.sources import load_call
 from ivr.providers.registry import build
 from ivr.server import create_app
 from live_server import serve
+from ops_server import scrape, value
 
 SAMPLES = Path(__file__).resolve().parent.parent / "ivr" / "harness" / "samples"
 LOCAL = {"IVR_STT": "local", "IVR_TTS": "local", "IVR_BRAIN": "flow"}
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def scrape(text: str) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} of a Prometheus text exposition."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples, name, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 @pytest.fixture(scope="module")

@@ -252,8 +252,8 @@ def test_active_calls_gauge_follows_the_call():
         with client.websocket_connect("/media") as ws:
             ws.send_text(tm.start())
             ws.send_text(tm.media(2, 1, 0))
-            ws.send_text(tm.mark(3, "sync"))  # a round trip through the server
-            while not Recorder.instances or not Recorder.instances[0].marks_played:
+            ws.send_text(tm.dtmf(3, "1"))  # a round trip through the server
+            while not Recorder.instances or not Recorder.instances[0].digits:
                 pass
             assert metric("ivr_active_calls") == base + 1
             ws.send_text(tm.stop(4))
@@ -264,8 +264,8 @@ def test_stream_over_max_calls_is_closed_without_a_handler():
     with make_client(max_calls=1) as client:
         with client.websocket_connect("/media") as first:
             first.send_text(tm.start())
-            first.send_text(tm.mark(2, "up"))
-            while not Recorder.instances or not Recorder.instances[0].marks_played:
+            first.send_text(tm.dtmf(2, "1"))
+            while not Recorder.instances or not Recorder.instances[0].digits:
                 pass
             with client.websocket_connect("/media") as second:
                 second.send_text(tm.start(stream_sid="MZsecond"))

@@ -53,7 +53,7 @@ class CallFactory:
         try:
             flow = load_flow(settings.flow or None)
         except FlowError as exc:
-            raise ConfigError(f"IVR_FLOW: {exc}") from None
+            raise ConfigError(f"IVR_FLOW: {exc}", hint=f"{exc.hint}; or unset IVR_FLOW for the example bot") from None
         options = replace(call_options(flow.extra), playout_lead_ms=settings.playout_lead_ms)
         return cls(build(settings), options, rest=TwilioRest.from_env(), marks=settings.marks)
 

@@ -36,11 +36,11 @@ class Endings:
                 await self._transfer(str(tool.arguments.get("to", "")), str(tool.arguments.get("summary", "")))
             elif tool.name == "send_dtmf":
                 digits = str(tool.arguments.get("digits", ""))
-                self.log.info("sending DTMF %s", digits)
+                self.log.info("sending DTMF %s", self.log.private(digits))
                 framer = Framer(FRAME_BYTES)
                 await self.speaker.say_more(turn, framer.push(dtmf_ulaw(digits)) + framer.flush())
             else:
-                self.log.info("custom tool %s(%s) requested; no handler is registered", tool.name, dict(tool.arguments))
+                self.log.info("custom tool %s(%s) requested; no handler is registered", tool.name, self.log.private(str(dict(tool.arguments))))
 
     def _say_goodbye(self, text: str) -> None:
         self._ending = True

@@ -351,7 +351,7 @@ class Call(Endings, ListeningHandler):
             self._pending_timing = None
             return
         self._reprompts = 0
-        self.log.info("caller said: %s", text)
+        self.log.caller_said(text)
         await self._caller_input(CallerInput(text=text))
 
     async def _caller_input(self, caller: CallerInput) -> None:

@@ -21,8 +21,8 @@ import sys
 from dataclasses import dataclass
 from typing import Mapping
 
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]*\.sip(\.[a-z0-9-]+)?\.twilio\.com$")
+E164 = re.compile(r"\+[1-9]\d{6,14}")
+DOMAIN = re.compile(r"[a-z0-9][a-z0-9-]*\.sip(\.[a-z0-9-]+)?\.twilio\.com")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -160,10 +160,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"ivr twilio setup: --url must be the server's https:// base URL with no path, not {args.url!r} "
               "(Twilio opens the Media Stream with wss:// on the same host)", file=sys.stderr)
         return 2
-    if args.number and not E164.match(args.number):
+    if args.number and not E164.fullmatch(args.number):
         print(f"ivr twilio setup: --number must be E.164, like +15551234567, not {args.number!r}", file=sys.stderr)
         return 2
-    if args.sip_domain and not DOMAIN.match(args.sip_domain):
+    if args.sip_domain and not DOMAIN.fullmatch(args.sip_domain):
         print(f"ivr twilio setup: --sip-domain must look like name.sip.twilio.com, not {args.sip_domain!r}", file=sys.stderr)
         return 2
     if not (args.number or args.sip_domain or args.twiml_bin):

@@ -69,6 +69,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from ivr.errors import UserError
+
 RESERVED_TOP_LEVEL = ("barge_in", "silence", "voice", "llm", "system_prompt", "tools", "transfers")
 TOP_LEVEL = ("name", "greeting", "start", "nodes", "variables", "fallback", "anywhere", "outbound")
 OUTBOUND_KEYS = ("greeting", "start", "voicemail")
@@ -78,10 +80,10 @@ ROUTE_KEYS = ("match", "dtmf") + ACTION_KEYS
 COLLECT_KEYS = ("slot", "type", "min", "max", "terminator", "next", "goto", "say")
 FALLBACK_KEYS = ("say", "silence", "retries", "then")
 DTMF_KEYS = set("0123456789*#ABCD")
-PHONE_TARGET = re.compile(r"^(\+?[0-9]{3,15}|sips?:\S+|\{[A-Za-z_][A-Za-z0-9_]*\})$")
+PHONE_TARGET = re.compile(r"\+?[0-9]{3,15}|sips?:\S+|\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
-class FlowError(ValueError):
+class FlowError(UserError, ValueError):
     pass
 
 
@@ -186,11 +188,25 @@ def parse_flow(text: str, source: str = "<flow>") -> Flow:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise FlowError(f"{source}: not valid YAML: {error}") from None
+        raise FlowError(f"{source}: not valid YAML: {_yaml_problem(error)}") from None
     try:
         return _flow(data)
     except FlowError as error:
         raise FlowError(f"{source}: {error}") from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's several-line message with a caret drawing, as one line."""
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return " ".join(str(error).split())
+    mark = error.problem_mark
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    if error.context:
+        text += f" ({error.context}"
+        if error.context_mark is not None:
+            text += f" at line {error.context_mark.line + 1}, column {error.context_mark.column + 1}"
+        text += ")"
+    return text
 
 
 # --- checking and building ---------------------------------------------------------------------
@@ -224,7 +240,7 @@ def _transfer(value: Any, where: str) -> Transfer:
     data = _mapping(value, where)
     _keys(data, ("to", "summary"), where)
     to = _text(data.get("to"), where + ".to")
-    if not PHONE_TARGET.match(to):
+    if not PHONE_TARGET.fullmatch(to):
         raise FlowError(f"{where}.to: {to!r} is not a phone number (+15551234567), a sip: URI or a {{variable}}")
     return Transfer(to=to, summary=_text(data.get("summary"), where + ".summary"))
 

@@ -24,10 +24,11 @@ from ivr.telephony.twiml import stream_url_for
 
 log = logging.getLogger("ivr.outbound")
 
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-TARGET = re.compile(r"^(\+[1-9]\d{6,14}|sips?:[^\s<>\"]+|client:[A-Za-z0-9_.-]+)$")
-PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-FLOW_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+E164 = re.compile(r"\+[1-9]\d{6,14}")
+TARGET = re.compile(r"\+[1-9]\d{6,14}|sips?:[^\s<>\"]+|client:[A-Za-z0-9_.-]+")
+CLIENT = re.compile(r"client:[A-Za-z0-9_.-]+")
+PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+FLOW_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 #: Names the server itself sets on the stream: a request cannot forge them.
 RESERVED_PARAMS = frozenset({"From", "To", "CallSid", "AnsweredBy"})
 RESERVED_PREFIX = "Ivr"
@@ -68,16 +69,16 @@ class OutboundRequest:
     ring_timeout: int = 30
 
     def check(self) -> "OutboundRequest":
-        if not TARGET.match(self.to):
+        if not TARGET.fullmatch(self.to):
             raise PlaceError(f"to: {mask_number(self.to)!r} is not an E.164 number (+15551234567) or a sip: URI")
-        if not E164.match(self.from_) and not self.from_.startswith("client:"):
+        if not (E164.fullmatch(self.from_) or CLIENT.fullmatch(self.from_)):
             raise PlaceError("from: needs an E.164 number of the Twilio account (or set IVR_CALLER_ID)")
-        if self.flow and not FLOW_NAME.match(self.flow):
+        if self.flow and not FLOW_NAME.fullmatch(self.flow):
             raise PlaceError(f"flow: {self.flow!r} must be a flow file name (letters, digits, . _ -)")
         if len(self.params) > MAX_PARAMS:
             raise PlaceError(f"params: at most {MAX_PARAMS}")
         for name, value in self.params.items():
-            if not isinstance(name, str) or not PARAM_NAME.match(name):
+            if not isinstance(name, str) or not PARAM_NAME.fullmatch(name):
                 raise PlaceError(f"params: {name!r} is not a name (letters, digits, _)")
             if name in RESERVED_PARAMS or name.startswith(RESERVED_PREFIX):
                 raise PlaceError(f"params: {name!r} is set by the server")

@@ -47,7 +47,7 @@ DEFAULT_PROMPT = (
 DEFAULT_FALLBACK = "Sorry, I'm having trouble right now. Could you say that again?"
 DEFAULT_APOLOGY = "I'm sorry, I'm having some trouble on my side right now."
 LLM_KEYS = ("model", "temperature", "max_tokens", "first_token_timeout", "fallback", "apology", "greeting")
-PHONE_TARGET = re.compile(r"^(\+?[0-9]{3,15}|sips?:\S+)$")
+PHONE_TARGET = re.compile(r"\+?[0-9]{3,15}|sips?:\S+")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def llm_config(extra: Mapping[str, Any], greeting: str = "", variables: Mapping[
     resolved: dict[str, str] = {}
     for name, target in transfers.items():
         target = _fill(str(target), variables or {})
-        if not PHONE_TARGET.match(target):
+        if not PHONE_TARGET.fullmatch(target):
             raise ConfigError(f"flow: transfers.{name}: {target!r} is not a phone number (+15551234567) or a sip: URI")
         resolved[str(name)] = target
     tools = []

@@ -25,6 +25,11 @@ from ivr.audio.framing import SAMPLE_RATE
 MAX_MESSAGE_BYTES = 64 * 1024
 #: Largest audio payload accepted in one `media` message: one second of 8 kHz mu-law.
 MAX_PAYLOAD_BYTES = SAMPLE_RATE
+#: Longest hole in the caller's audio (lost frames, judged by `chunk` and `timestamp`) that is
+#: filled with silence. A longer jump comes from a broken or hostile sender, not from lost
+#: packets: it is reported (`Media.skipped_ms`) and not filled, so no per-call work grows with a
+#: number the sender chose.
+MAX_GAP_MS = 2000
 MULAW_ENCODING = "audio/x-mulaw"
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
@@ -74,6 +79,7 @@ class Media(NamedTuple):
 
     `gap_bytes` is how much audio went missing just before this piece (lost frames, judged by
     `chunk` and `timestamp`): the receiver inserts that much silence so time stays true.
+    `skipped_ms` is a jump too long to be lost frames (over MAX_GAP_MS): not filled, only reported.
     """
 
     sequence: int
@@ -82,6 +88,7 @@ class Media(NamedTuple):
     track: str
     payload: bytes
     gap_bytes: int = 0
+    skipped_ms: int = 0
 
 
 class DroppedMedia(NamedTuple):
@@ -155,14 +162,23 @@ class StreamParser:
     ) -> None:
         self.max_message_bytes = max_message_bytes
         self.max_payload_bytes = max_payload_bytes
+        self.max_gap_bytes = MAX_GAP_MS * SAMPLE_RATE // 1000
         self.start: Start | None = None
         self.stopped = False
         self._last_sequence = 0
         self._last_chunk = 0
         self._next_timestamp_ms: int | None = None
-        #: Messages whose sequenceNumber skipped ahead, and media chunks lost (filled with silence).
+        #: Messages whose sequenceNumber skipped ahead, media chunks lost (filled with silence),
+        #: and jumps in the media too long to fill (see MAX_GAP_MS).
         self.sequence_gaps = 0
         self.lost_chunks = 0
+        self.long_gaps = 0
+        self._pending_marks: set[str] | None = None
+
+    def expect_marks(self, pending: set[str]) -> None:
+        """Check each `mark` echo against `pending`, the names sent and not yet echoed (the set a
+        `StreamWriter` keeps): an echo of any other name raises ProtocolError("unknown_mark")."""
+        self._pending_marks = pending
 
     @property
     def stream_sid(self) -> str | None:
@@ -191,7 +207,13 @@ class StreamParser:
             return self._start(msg)
         if event == "mark":
             seq = self._common(msg, "mark")
-            return Mark(sequence=seq, name=_str(_obj(msg, "mark", "mark"), "name", "mark.mark"))
+            name = _str(_obj(msg, "mark", "mark"), "name", "mark.mark")
+            pending = self._pending_marks
+            if pending is not None:
+                if name not in pending:
+                    raise ProtocolError("unknown_mark", f"mark: {name!r:.40} was never sent, or was echoed already")
+                pending.discard(name)
+            return Mark(sequence=seq, name=name)
         if event == "dtmf":
             seq = self._common(msg, "dtmf")
             body = _obj(msg, "dtmf", "dtmf")
@@ -295,7 +317,7 @@ class StreamParser:
         last = self._last_chunk
         if chunk <= last:
             return DroppedMedia(sequence=seq, chunk=chunk, reason="duplicate" if chunk == last else "out_of_order")
-        gap_bytes = 0
+        gap_bytes = skipped_ms = 0
         if chunk > last + 1 and last:
             self.lost_chunks += chunk - last - 1
             expected_ts = self._next_timestamp_ms
@@ -303,21 +325,29 @@ class StreamParser:
                 gap_bytes = (timestamp - expected_ts) * SAMPLE_RATE // 1000
             else:  # no usable clock: assume the lost chunks were as long as this one
                 gap_bytes = (chunk - last - 1) * len(payload)
+            if gap_bytes > self.max_gap_bytes:
+                self.long_gaps += 1
+                skipped_ms, gap_bytes = gap_bytes * 1000 // SAMPLE_RATE, 0
         self._last_chunk = chunk
         self._next_timestamp_ms = timestamp + len(payload) * 1000 // SAMPLE_RATE
-        return Media(sequence=seq, chunk=chunk, timestamp_ms=timestamp, track=track, payload=payload, gap_bytes=gap_bytes)
+        return Media(sequence=seq, chunk=chunk, timestamp_ms=timestamp, track=track, payload=payload,
+                     gap_bytes=gap_bytes, skipped_ms=skipped_ms)
 
 
 # --- building outbound messages -------------------------------------------------------------
 
 
 class StreamWriter:
-    """Builds the messages we send on one stream. The streamSid is escaped once, not per frame."""
+    """Builds the messages we send on one stream. The streamSid is escaped once, not per frame.
 
-    __slots__ = ("stream_sid", "_media_prefix", "_sid_json")
+    `pending_marks` holds the names of the marks built and not yet echoed: give it to the
+    stream's `StreamParser.expect_marks` so that echoes of names never sent are caught."""
+
+    __slots__ = ("stream_sid", "pending_marks", "_media_prefix", "_sid_json")
 
     def __init__(self, stream_sid: str) -> None:
         self.stream_sid = stream_sid
+        self.pending_marks: set[str] = set()
         self._sid_json = orjson.dumps(stream_sid).decode()
         self._media_prefix = '{"event":"media","streamSid":' + self._sid_json + ',"media":{"payload":"'
 
@@ -328,6 +358,7 @@ class StreamWriter:
         return self._media_prefix + binascii.b2a_base64(ulaw, newline=False).decode("ascii") + '"}}'
 
     def mark(self, name: str) -> str:
+        self.pending_marks.add(name)
         return '{"event":"mark","streamSid":' + self._sid_json + ',"mark":{"name":' + orjson.dumps(name).decode() + "}}"
 
     def clear(self) -> str:
