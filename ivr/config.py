@@ -99,7 +99,7 @@ class Settings:
         default="", metadata={"help": "speech-to-text provider: local or deepgram (empty: deepgram if DEEPGRAM_API_KEY is set, else local)"}
     )
     tts: str = field(
-        default="", metadata={"help": "text-to-speech provider: local or elevenlabs (empty: elevenlabs if ELEVENLABS_API_KEY is set, else local)"}
+        default="", metadata={"help": "text-to-speech provider: local, elevenlabs, openai or azure (empty: elevenlabs if ELEVENLABS_API_KEY is set, else local)"}
     )
     brain: str = field(
         default="", metadata={"help": "what answers the caller: flow or openai (empty: openai if OPENAI_API_KEY is set, else flow)"}

@@ -10,7 +10,10 @@ caller off mid-sentence. `DrainingServer` therefore drains *before* handing over
 3. At that deadline each remaining call is ended politely: the bot stops, says
    `IVR_DRAIN_GOODBYE` and hangs up once it has been heard (or transfers to
    `IVR_DRAIN_TRANSFER_TO`), within `GOODBYE_GRACE_SECONDS`.
-4. uvicorn's shutdown then runs as usual (lifespan shutdown, exit code 0).
+4. uvicorn's shutdown then runs as usual (lifespan shutdown), and the process ends by the signal
+   it was sent, which uvicorn re-raises once it is done: exit status 143 for SIGTERM (128 + 15,
+   as a shell or a container runtime reports it), 130 for Ctrl-C. A supervisor thus sees a
+   process that stopped because it was told to, as it would without the drain.
 
 A second signal skips the rest of the wait and goes to step 3; a second Ctrl-C forces uvicorn out.
 Kubernetes: terminationGracePeriodSeconds must cover the preStop delay + IVR_DRAIN_SECONDS +

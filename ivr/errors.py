@@ -16,18 +16,20 @@ FAILURE = 1
 
 
 class UserError(Exception):
-    """A mistake the user can fix: `str()` names what is wrong; `hint`, when given, the fix."""
+    """A mistake the user can fix: `str()` names what is wrong; `hint`, when given, the fix;
+    `status`, the command's exit status."""
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", status: int = USAGE) -> None:
         super().__init__(message)
         self.hint = hint
+        self.status = status
 
 
 def explain(exc: BaseException, command: str) -> tuple[list[str], int]:
     """The lines to print (without a traceback) and the exit status for `exc`."""
     prefix = f"ivr {command}: " if command else "ivr: "
     if isinstance(exc, UserError):
-        return _lines(prefix + one_line(str(exc)), exc.hint), USAGE
+        return _lines(prefix + one_line(str(exc)), exc.hint), exc.status
     missing = _file_error(exc)
     if missing is not None:
         return _lines(prefix + missing, "check the path (relative paths start from the current directory)"), USAGE

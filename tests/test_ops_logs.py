@@ -78,6 +78,15 @@ def test_numbers_are_masked_in_any_message(captured):
     assert second["msg"] == "failed for +4*********50" and "ValueError: boom" in second["exc"]
 
 
+def test_numbers_in_query_strings_are_masked(captured):
+    logger, lines = captured
+    logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "POST", "/twiml/voice?From=%2B15550100123&To=15550100999&x=1", "1.1", 403)
+    logger.info("not valid for https://bot.example.com/twiml/voice?to=+15550100123")
+    first, second = lines()
+    assert first["msg"] == '127.0.0.1:5 - "POST /twiml/voice?From=%2B1********23&To=1********99&x=1 HTTP/1.1" 403'
+    assert second["msg"] == "not valid for https://bot.example.com/twiml/voice?to=+1********23"
+
+
 def test_call_sids_and_times_are_not_taken_for_numbers(captured):
     logger, lines = captured
     logger.info("call CA0123456789 ended after 12345678 ms at 2026-11-22")

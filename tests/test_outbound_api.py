@@ -129,6 +129,13 @@ def test_unsigned_or_forged_callbacks_are_refused(stack):
     ({"to": TO, "params": {"bad name": "x"}}, "not a name"),
     ({"to": TO, "flow": "../../etc/passwd"}, "flow"),
     ({"to": TO, "flow": "nosuchflow"}, "no flow named"),
+    ({"to": TO + "\n"}, "E.164"),  # a pattern ending in $ would take the newline
+    ({"to": "sip:alice@example.com\n"}, "E.164"),
+    ({"to": TO, "from": FROM + "\n"}, "from"),
+    ({"to": TO, "from": "client:alice\n"}, "from"),
+    ({"to": [TO]}, "to: expected a string"),
+    ({"to": TO, "amd": "no"}, "amd"),
+    ({"to": TO, "params": {"name": [[["Sam"]]]}}, "params.name"),
 ])
 def test_bad_requests_are_refused_before_twilio(stack, body, fragment):
     base, api, _ = stack
@@ -144,3 +151,54 @@ def test_twilio_refusal_is_reported_and_recorded(stack):
     assert reply.status_code == 422 and "21211" in reply.json()["error"]
     [view] = store.calls()
     assert view.not_placed and view.outcome == "not-placed"
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("body", [
+    '{"to": ' + nested(8000) + "}",  # deeper than the parser follows (and within the size limit)
+    '{"to": ' + nested(1000) + "}",  # within the parser's limit, too deep to turn into text
+    '{"to": "+15550002222", "params": {"name": ' + nested(1000) + "}}",
+])
+def test_deeply_nested_json_is_a_bad_request(stack, body):
+    base, api, _ = stack
+    reply = httpx.post(f"{base}/calls", content=body, timeout=30,
+                       headers={"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"})
+    assert reply.status_code == 400, reply.text
+    assert api.created == []
+
+
+async def send_head_and_part(base: str, head: str, part: bytes) -> bytes:
+    """Send a request's head and only part of its body; the status line of the answer."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(head.encode() + part)
+        await writer.drain()
+        # The rest of the body never comes: only a server that stops reading at its limit answers.
+        return await asyncio.wait_for(reader.readline(), 20)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_large_body_is_refused_without_reading_it_all(stack, framing):
+    from ivr.outbound.routes import MAX_BODY
+
+    base, api, _ = stack
+    auth = f"Authorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\n"
+    if framing == "content-length":
+        head = f"POST /calls HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {100 * 1024 * 1024}\r\n\r\n"
+        part = b" " * 1024
+    else:
+        head = f"POST /calls HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n\r\n"
+        chunk = b" " * 4096
+        part = (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * (MAX_BODY // len(chunk) + 2)
+    status = await send_head_and_part(base, head, part)
+    assert status.startswith(b"HTTP/1.1 413"), status
+    assert api.created == []

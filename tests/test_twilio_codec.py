@@ -148,6 +148,40 @@ def test_gap_follows_the_timestamps_when_frames_vary_in_size():
     assert ev.gap_bytes == 160
 
 
+@pytest.mark.parametrize("chunk, timestamp, skipped_ms", [
+    (3, 3_600_000, 3_599_980),  # the clock jumps an hour
+    (10**17, 20, (10**17 - 2) * 20),  # the chunk counter jumps, the clock says nothing was lost
+])
+def test_a_jump_too_long_to_be_lost_frames_is_reported_not_filled(chunk, timestamp, skipped_ms):
+    p = started()
+    p.parse(tm.media(2, 1, 0))
+    ev = p.parse(tm.media(3, chunk, timestamp))
+    assert isinstance(ev, Media) and ev.gap_bytes == 0 and ev.skipped_ms == skipped_ms
+    assert p.long_gaps == 1
+    ev = p.parse(tm.media(4, chunk + 1, timestamp + 20))
+    assert ev.gap_bytes == 0 and ev.skipped_ms == 0  # the stream goes on from there
+
+
+def test_a_gap_up_to_the_limit_is_still_filled():
+    from ivr.telephony.twilio import MAX_GAP_MS
+
+    p = started()
+    p.parse(tm.media(2, 1, 0))
+    ev = p.parse(tm.media(3, 3, 20 + MAX_GAP_MS))
+    assert ev.gap_bytes == MAX_GAP_MS * 8 and ev.skipped_ms == 0
+
+
+def test_mark_echoes_are_checked_against_the_marks_sent():
+    p = started()
+    writer = StreamWriter(tm.STREAM_SID)
+    p.expect_marks(writer.pending_marks)
+    writer.mark("t1-p0")
+    assert p.parse(tm.mark(2, "t1-p0")) == Mark(sequence=2, name="t1-p0")
+    bad(p, tm.mark(3, "t1-p0"), "unknown_mark")  # echoed already
+    bad(p, tm.mark(4, "never-sent"), "unknown_mark")
+    assert writer.pending_marks == set()
+
+
 def test_late_and_repeated_frames_are_dropped_not_played():
     p = started()
     p.parse(tm.media(2, 1, 0))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         print("ivr call: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET)", file=sys.stderr)
         return 2
     store = CallStore(args.store or None)
+    if args.to:  # a failure is said once, below, not also as a log line
+        logging.getLogger("ivr.outbound").setLevel(logging.ERROR)
     try:
         placer = Placer(rest, args.url, store)
         if args.to:
@@ -88,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
     except NotPlaced as exc:
         print(f"ivr call: Twilio refused the call: {exc}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:  # no answer from Twilio at all (see Placer.place)
+        from ivr.errors import FAILURE, UserError
+
+        raise UserError(
+            f"Twilio's API did not answer: {exc}",
+            hint="check the network connection (and IVR_TWILIO_API_URL, if set); `ivr calls` shows whether a call was placed",
+            status=FAILURE,
+        ) from exc
     print(file=sys.stderr)
     print(summary(progress))
     return 0

@@ -83,8 +83,14 @@ DTMF_KEYS = set("0123456789*#ABCD")
 PHONE_TARGET = re.compile(r"\+?[0-9]{3,15}|sips?:\S+|\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
+#: How to mend a flow file that was read but is wrong.
+FIX_FLOW = ("correct the file: its format is described at the top of ivr/flows/__init__.py, and "
+            "ivr/flows/example.yaml is a working flow")
+
+
 class FlowError(UserError, ValueError):
-    pass
+    def __init__(self, message: str, hint: str = FIX_FLOW) -> None:
+        super().__init__(message, hint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +186,7 @@ def load_flow(path: str | Path | None = None) -> Flow:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise FlowError(f"cannot read flow {path}: {error.strerror or error}") from None
+        raise FlowError(f"cannot read flow {path}: {error.strerror or error}", hint="check the path") from None
     return parse_flow(text, source=str(path))
 
 
