@@ -53,7 +53,10 @@ def load_record(path: Path) -> tuple[CallRecord, list[tuple[float, str]], list[d
     """(The call as the harness would record it, (ms, bot words heard) pairs, engine events).
 
     Call time 0 is when `start` arrived; the caller's audio is laid out from its first media
-    message by the media counters (lost chunks as silence), as the server heard it.
+    message by the media counters (lost chunks as silence), as the server heard it. Everything
+    else runs on that same clock, the caller's (see `CallerClock`), as in the record `ivr replay`
+    keeps of the same call: so this report and the replay's agree, whatever the pace the media
+    came at (a replay at --speed 2, a network that stalls and bursts).
     """
     parser = StreamParser()
     record = CallRecord(name=path.stem, kind="capture", source=path.name, url="", speed=1.0,
@@ -67,6 +70,7 @@ def load_record(path: Path) -> tuple[CallRecord, list[tuple[float, str]], list[d
     cut_texts: list[tuple[float, str]] = []
     stopped = False
     last = 0.0
+    clock = CallerClock()
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             if not raw.strip():
@@ -78,7 +82,7 @@ def load_record(path: Path) -> tuple[CallRecord, list[tuple[float, str]], list[d
                 raise CaptureFormatError(f"{path.name}:{number}: not a capture line") from None
             if origin is None and "msg" not in entry:
                 continue  # nothing before `start` is on the call clock
-            now = t - origin if origin is not None else 0.0
+            now = clock.at(t - origin) if origin is not None else 0.0
             last = max(last, now)
             if "msg" in entry:
                 try:
@@ -95,7 +99,9 @@ def load_record(path: Path) -> tuple[CallRecord, list[tuple[float, str]], list[d
                 elif isinstance(event, Media):
                     if not track:
                         track += ULAW_SILENCE * (max(0, int(now) - event.timestamp_ms) * 8)
-                    track += ULAW_SILENCE * event.gap_bytes + event.payload
+                    track += ULAW_SILENCE * event.gap_bytes
+                    clock.media(t - origin, len(track) / 8)
+                    track += event.payload
                 elif isinstance(event, Dtmf):
                     record.dtmf.append((event.digit, now))
                 elif isinstance(event, Stop):
@@ -137,6 +143,31 @@ def load_record(path: Path) -> tuple[CallRecord, list[tuple[float, str]], list[d
     heard = [(t, text) for t, text in heard + cut_texts if t is not None and text]
     heard.sort(key=lambda item: item[0])
     return record, heard, events
+
+
+class CallerClock:
+    """Capture time -> call time on the caller's clock, the one the caller's audio is laid out on.
+
+    The capture stamps each message with the server's clock. The caller's audio, though, is
+    placed by its media counters (20 ms a frame), so a caller whose frames come faster or slower
+    than real time (a replay at --speed 2; a network that stalls, then bursts) runs on another
+    clock. Each media frame pins the two together; between frames, call time runs with the
+    server's, and it never goes back.
+    """
+
+    def __init__(self) -> None:
+        self._anchor: tuple[float, float] | None = None  # (capture ms, call ms) of the last frame
+        self._last = 0.0
+
+    def media(self, capture_ms: float, call_ms: float) -> None:
+        """A frame that arrived at `capture_ms` sits at `call_ms` of the caller's audio."""
+        self._anchor = (capture_ms, call_ms)
+
+    def at(self, capture_ms: float) -> float:
+        if self._anchor is not None:
+            capture_ms = self._anchor[1] + capture_ms - self._anchor[0]
+        self._last = max(self._last, capture_ms)
+        return self._last
 
 
 def call_report(path: Path) -> tuple[CallRecord, dict, list[dict]]:
