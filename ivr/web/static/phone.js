@@ -182,6 +182,8 @@ class PhoneCall {
     this.ctx = new AudioContext({ latencyHint: "interactive" });
     await this.ctx.audioWorklet.addModule(STATIC + "phone-worklet.js");
     await this.ctx.resume();
+    // Chromium's echo canceller does not see what this page plays (Web Audio; crbug.com/687574)
+    // except where its "chrome-wide" echo cancellation runs: headphones, see ivr/web/README.md.
     this.mic = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
     });
