@@ -17,7 +17,7 @@ import websockets
 
 from ops_server import ServeProcess, value
 
-IDLE_S = 3.0
+IDLE_S = 6.0  # evictions come at 2 s of silence: well before
 MAX_CALLS = 2
 SILENCE = b"\xff" * 160
 
