@@ -159,9 +159,9 @@ async def test_silent_streams_do_not_make_a_real_caller_hear_busy(server):
             if "<Connect>" in answer.text:
                 break
             await asyncio.sleep(0.1)  # polling the server's answer, which changes with time
-        assert "<Connect>" in answer.text, answer.text
+        assert "<Connect>" in answer.text, (answer.text, server.raw[-20:])
     evicted = [r for s in silent for r in of_call(server, s.call_sid) if "every line is taken" in r.get("msg", "")]
-    assert len(evicted) == 1, [r["msg"] for s in silent for r in of_call(server, s.call_sid)]
+    assert len(evicted) == 1, (server.raw[-30:])
     # The caller's stream takes the line its webhook reserved, and the call goes on.
     async with websockets.connect(server.media_url) as ws:
         await ws.send(caller.start())
@@ -172,7 +172,7 @@ async def test_silent_streams_do_not_make_a_real_caller_hear_busy(server):
     for ws in sockets:
         await closed_by_server(ws, IDLE_S + 15)
     assert not [raw for raw in server.raw if "5550100777" in raw]
-    assert any("/twiml/voice?From=%2B1" in raw for raw in server.raw)  # the access log line, masked
+    assert any("/twiml/voice?From=%2B1" in raw for raw in server.raw), server.raw[-30:]  # the access log line, masked
 
 
 async def test_an_echo_of_a_mark_never_sent_is_counted(server):

@@ -55,8 +55,9 @@ async def test_metrics_move_during_a_replayed_call(providers):
             during = scrape((await http.get("/metrics")).text)
             record = await call
             # The harness returns once the socket closes; the server finishes the call just after.
+            # The gauge is process-wide: an earlier test's call may still be on it, or end meanwhile.
             async with asyncio.timeout(10):
-                while value(after := scrape((await http.get("/metrics")).text), "ivr_active_calls") != 0.0:
+                while value(after := scrape((await http.get("/metrics")).text), "ivr_active_calls") > value(before, "ivr_active_calls"):
                     await asyncio.sleep(0.02)
 
     assert record.ended_by in ("caller", "bot") and not record.errors, record.errors
@@ -79,7 +80,7 @@ async def test_metrics_move_during_a_replayed_call(providers):
     # The observations are latencies, not zeros: their sums grew too.
     assert value(during, "ivr_response_latency_seconds_sum") > value(before, "ivr_response_latency_seconds_sum")
     assert value(during, "ivr_barge_in_latency_seconds_sum") > value(before, "ivr_barge_in_latency_seconds_sum")
-    assert value(after, "ivr_active_calls") == value(before, "ivr_active_calls")
+    assert value(after, "ivr_active_calls") <= value(before, "ivr_active_calls")  # an earlier test's call may end meanwhile
     endings = sum(value(after, "ivr_call_endings_total", how=h) - value(before, "ivr_call_endings_total", how=h) for h in ("caller", "bot", "disconnect"))
     assert endings == 1
     assert value(after, "ivr_call_duration_seconds_count") == value(before, "ivr_call_duration_seconds_count") + 1
