@@ -218,3 +218,17 @@ def test_the_dialect_parser_orders_audio_exactly_as_twilios_parser(chunks):
         assert type(a).__name__ == type(b).__name__
         if isinstance(b, Media):
             assert (a.chunk, a.timestamp_ms, a.payload, a.gap_bytes) == (b.chunk, b.timestamp_ms, b.payload, b.gap_bytes)
+
+
+def test_an_hour_long_jump_is_reported_not_filled_on_every_dialect():
+    side = telnyx.TelnyxSender("s", "c")
+    parser = DialectParser(telnyx.DIALECT)
+    parser.parse(side.start())
+    parser.parse(side.media(FRAME, 0))
+    side._chunk += 5  # five chunks lost, and the timestamp an hour on
+    media = parser.parse(side.media(FRAME, 3_600_000))
+    assert media.gap_bytes == 0 and media.skipped_ms >= 3_599_000
+    assert parser.long_gaps == 1
+    side._chunk += 2  # a short loss is still filled with silence
+    media = parser.parse(side.media(FRAME, 3_600_000 + 80))
+    assert media.gap_bytes == 480 and media.skipped_ms == 0  # 60 ms by the timestamps

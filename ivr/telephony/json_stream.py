@@ -21,9 +21,11 @@ import orjson
 
 from ivr.audio import SAMPLE_RATE, pcm16_to_ulaw
 from ivr.telephony.twilio import (
-    DTMF_DIGITS, MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, MULAW_ENCODING, Connected, DroppedMedia, Dtmf, Mark, Media,
-    MediaFormat, ProtocolError, Start, Stop, _int, _obj, _str,
+    DTMF_DIGITS, MAX_GAP_MS, MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES, MULAW_ENCODING, Connected, DroppedMedia, Dtmf, Mark,
+    Media, MediaFormat, ProtocolError, Start, Stop, _int, _obj, _str, media_gap,
 )
+
+MAX_GAP_BYTES = MAX_GAP_MS * SAMPLE_RATE // 1000
 
 
 class Dialect(NamedTuple):
@@ -75,6 +77,7 @@ class DialectParser:
         self._next_timestamp_ms: int | None = None
         self._bytes_per_ms = SAMPLE_RATE // 1000
         self.lost_chunks = 0
+        self.long_gaps = 0
 
     def parse(self, message: str | bytes):
         if not isinstance(message, str):
@@ -194,14 +197,12 @@ class DialectParser:
         if chunk <= last:
             return DroppedMedia(sequence=seq, chunk=chunk, reason="duplicate" if chunk == last else "out_of_order")
         ulaw = self._decode(payload) if self._decode is not None else payload
-        gap_bytes = 0
+        gap_bytes = skipped_ms = 0
         if chunk > last + 1 and last:
             self.lost_chunks += chunk - last - 1
-            expected = self._next_timestamp_ms
-            if expected is not None and timestamp > expected:
-                gap_bytes = (timestamp - expected) * SAMPLE_RATE // 1000
-            else:
-                gap_bytes = (chunk - last - 1) * len(ulaw)
+            gap_bytes, skipped_ms = media_gap(chunk - last - 1, self._next_timestamp_ms, timestamp, len(ulaw), MAX_GAP_BYTES)
+            self.long_gaps += skipped_ms > 0
         self._last_chunk = chunk
         self._next_timestamp_ms = timestamp + len(payload) // self._bytes_per_ms
-        return Media(sequence=seq, chunk=chunk, timestamp_ms=timestamp, track="inbound", payload=ulaw, gap_bytes=gap_bytes)
+        return Media(sequence=seq, chunk=chunk, timestamp_ms=timestamp, track="inbound", payload=ulaw,
+                     gap_bytes=gap_bytes, skipped_ms=skipped_ms)

@@ -320,18 +320,25 @@ class StreamParser:
         gap_bytes = skipped_ms = 0
         if chunk > last + 1 and last:
             self.lost_chunks += chunk - last - 1
-            expected_ts = self._next_timestamp_ms
-            if expected_ts is not None and timestamp > expected_ts:
-                gap_bytes = (timestamp - expected_ts) * SAMPLE_RATE // 1000
-            else:  # no usable clock: assume the lost chunks were as long as this one
-                gap_bytes = (chunk - last - 1) * len(payload)
-            if gap_bytes > self.max_gap_bytes:
-                self.long_gaps += 1
-                skipped_ms, gap_bytes = gap_bytes * 1000 // SAMPLE_RATE, 0
+            gap_bytes, skipped_ms = media_gap(chunk - last - 1, self._next_timestamp_ms, timestamp, len(payload), self.max_gap_bytes)
+            self.long_gaps += skipped_ms > 0
         self._last_chunk = chunk
         self._next_timestamp_ms = timestamp + len(payload) * 1000 // SAMPLE_RATE
         return Media(sequence=seq, chunk=chunk, timestamp_ms=timestamp, track=track, payload=payload,
                      gap_bytes=gap_bytes, skipped_ms=skipped_ms)
+
+
+def media_gap(lost_chunks: int, expected_ts: int | None, timestamp: int, chunk_bytes: int, max_gap_bytes: int) -> tuple[int, int]:
+    """(bytes of silence to fill, ms skipped unfilled) for `lost_chunks` missing before a piece
+    stamped `timestamp`, when `expected_ts` was due: judged by the timestamps when they move on,
+    else by the chunks; a hole over `max_gap_bytes` is reported, never filled."""
+    if expected_ts is not None and timestamp > expected_ts:
+        gap_bytes = (timestamp - expected_ts) * SAMPLE_RATE // 1000
+    else:  # no usable clock: assume the lost chunks were as long as this one
+        gap_bytes = lost_chunks * chunk_bytes
+    if gap_bytes > max_gap_bytes:
+        return 0, gap_bytes * 1000 // SAMPLE_RATE
+    return gap_bytes, 0
 
 
 # --- building outbound messages -------------------------------------------------------------
