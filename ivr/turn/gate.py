@@ -1,0 +1,301 @@
+"""The turn gate: a speech-to-text session whose end of turn is checked by the turn model.
+
+Wraps any `SttSession` that ends turns on silence (the embedded engine with a short timer,
+Deepgram nova with its endpointing). Each `EndOfTurn` it emits is held until judged:
+
+- the caller is done (Smart Turn says complete, and the text does not stop on "is", "and"... or
+  in the middle of a phone number): the turn ends at once;
+- not done: the turn is held, and ends only after `max_silence_ms` without speech (the ceiling).
+  If the caller goes on, the next `EndOfTurn` is judged again with the texts joined;
+- the model failed: the turn ends after `fallback_ms` of silence (the plain timer).
+
+When the session can tell that the caller stopped speaking (`speaking`, the embedded VAD), the
+model starts right then, beside the recogniser's decode of the last words, so the verdict is
+usually ready when the text is. Times are on the call's audio clock (ms of caller audio fed);
+the model runs on a worker thread, only at candidate turn ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ivr.providers.base import CallContext, EndOfTurn, Final, Interim, SpeechStarted, SttEvent
+from ivr.turn.model import WINDOW_S, SmartTurn, TurnVerdict
+from ivr.turn.words import sounds_unfinished
+
+log = logging.getLogger("ivr.turn")
+
+ULAW_BYTES_PER_MS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOptions:
+    #: P(complete) from the model at or above which the turn ends at once.
+    threshold: float = 0.9
+    #: Silence waited when the turn sounds unfinished (the ceiling).
+    max_silence_ms: int = 2000
+    #: Silence that ends the turn when the model could not judge it (the plain timer).
+    fallback_ms: int = 600
+    #: Audio before the turn's first speech that the model hears too.
+    pre_speech_ms: int = 500
+    #: Use the transcript's last words as well as the audio.
+    use_text: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError("the turn threshold must be between 0 and 1")
+        if self.max_silence_ms < self.fallback_ms:
+            raise ValueError("the longest wait cannot be shorter than the fallback timer")
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDecision:
+    """One candidate end of turn and what was decided (for logs and benchmarks)."""
+
+    at_ms: int  # where the speech ended
+    text: str  # the turn's text so far
+    complete: bool
+    probability: float | None  # None: not asked (the caller had gone on, or the model failed)
+    unfinished_text: bool
+    compute_ms: float  # the model's own time on its thread
+    wait_ms: float  # from the candidate EndOfTurn reaching the gate to the decision (wall clock)
+
+
+class TurnGatedStt:
+    """A `SpeechToText` whose sessions are gated by the turn model; anything else is the
+    wrapped engine's (`options`, `vad`, `transcribe`...)."""
+
+    def __init__(self, inner, model: SmartTurn, options: TurnOptions | None = None) -> None:
+        self.inner = inner
+        self.model = model
+        self.turn_options = options or TurnOptions()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    async def load(self) -> None:
+        await self.inner.load()
+        await self.model.load()
+
+    async def open(self, call: CallContext | None = None) -> "TurnGate":
+        return TurnGate(await self.inner.open(call), self.model, self.turn_options)
+
+
+_END = object()
+
+
+@dataclass
+class _Held:
+    texts: list[str] = field(default_factory=list)
+    at_ms: int = 0
+
+
+class TurnGate:
+    """One call's gated session (an `SttSession`)."""
+
+    def __init__(self, inner, model: SmartTurn, options: TurnOptions) -> None:
+        self._inner = inner
+        self._model = model
+        self._opts = options
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._closed = False
+        # The last seconds of caller audio, 8 kHz mu-law, for the model.
+        self._audio = bytearray()
+        self._audio_start_ms = 0
+        self._fed_ms = 0
+        self._keep_bytes = (WINDOW_S * 1000 + options.pre_speech_ms) * ULAW_BYTES_PER_MS
+        self._turn_start_ms: int | None = None  # first speech of the turn being gated
+        self._last_speech_ms = 0  # last sign of speech (start, words) on the audio clock
+        self._last_start_ms = -1  # last SpeechStarted
+        self._idle = asyncio.Event()  # the pump waits for the wrapped session's next event
+        self._was_speaking = False
+        self._early: asyncio.Task | None = None  # verdict started when the speech stopped
+        self._held: _Held | None = None
+        self._release_at_ms: int | None = None
+        self._finalizing = False
+        self.decisions: list[TurnDecision] = []
+        self._pump = asyncio.ensure_future(self._run())
+
+    # --- SttSession ----------------------------------------------------------------------------
+
+    async def send(self, ulaw: bytes) -> None:
+        if self._closed or not ulaw:
+            return
+        self._audio += ulaw
+        self._fed_ms += len(ulaw) // ULAW_BYTES_PER_MS
+        if len(self._audio) > self._keep_bytes + 8000:  # trim in blocks of 1 s
+            drop = len(self._audio) - self._keep_bytes
+            del self._audio[:drop]
+            self._audio_start_ms += drop // ULAW_BYTES_PER_MS
+        await self._inner.send(ulaw)
+        speaking = getattr(self._inner, "speaking", None)
+        if speaking is not None:
+            if self._was_speaking and not speaking and self._turn_start_ms is not None:
+                self._start_early()
+            elif speaking and not self._was_speaking:
+                self._drop_early()
+            self._was_speaking = speaking
+        if self._held is not None and self._release_at_ms is not None and self._fed_ms >= self._release_at_ms \
+                and not getattr(self._inner, "speaking", False):
+            log.debug("turn held %d ms after speech: ending it", self._fed_ms - self._held.at_ms)
+            self._release()
+
+    async def finalize(self) -> None:
+        self._finalizing = True
+        await self._inner.finalize()
+        # The wrapped session has queued its last events: let them through, then hold nothing.
+        await asyncio.sleep(0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._idle.wait()
+        if self._held is not None:
+            self._release()
+        self._finalizing = False
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._drop_early()
+        await self._inner.aclose()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(self._pump, 5)
+        self._events.put_nowait(_END)
+
+    def __aiter__(self) -> "TurnGate":
+        return self
+
+    async def __anext__(self) -> SttEvent:
+        event = await self._events.get()
+        if event is _END:
+            self._events.put_nowait(_END)
+            raise StopAsyncIteration
+        return event
+
+    @property
+    def speaking(self) -> bool:
+        return getattr(self._inner, "speaking", True)
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    # --- the gate ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        events = aiter(self._inner)
+        try:
+            while True:
+                self._idle.set()
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    break
+                self._idle.clear()
+                await self._on_event(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("turn gate failed; the bot no longer hears this caller's turns")
+        finally:
+            self._idle.set()
+            if self._held is not None and not self._closed:
+                self._release()
+            if not self._closed:
+                self._events.put_nowait(_END)
+
+    async def _on_event(self, event: SttEvent) -> None:
+        if isinstance(event, SpeechStarted):
+            if self._turn_start_ms is None:
+                self._turn_start_ms = event.at_ms
+            self._last_speech_ms = max(self._last_speech_ms, event.at_ms)
+            self._last_start_ms = max(self._last_start_ms, event.at_ms)
+            self._release_at_ms = None  # the caller goes on: the held turn waits for more
+            self._drop_early()
+        elif isinstance(event, (Interim, Final)):
+            self._last_speech_ms = max(self._last_speech_ms, event.end_ms)
+            if self._held is not None and self._release_at_ms is not None:
+                self._release_at_ms = max(self._release_at_ms, event.end_ms + self._opts.max_silence_ms)
+        elif isinstance(event, EndOfTurn):
+            await self._on_end_of_turn(event)
+            return
+        self._events.put_nowait(event)
+
+    async def _on_end_of_turn(self, event: EndOfTurn) -> None:
+        held = self._held
+        if not event.text and held is None:
+            # Speech without words (a cough): nothing to judge; the engine may resume its turn.
+            self._turn_start_ms = None
+            self._drop_early()
+            self._events.put_nowait(event)
+            return
+        texts = (held.texts if held else []) + ([event.text] if event.text else [])
+        text = " ".join(texts)
+        if self._finalizing:
+            self._end(text, event.at_ms)
+            return
+        received = time.perf_counter()
+        unfinished = self._opts.use_text and sounds_unfinished(text)
+        verdict: TurnVerdict | None = None
+        # The caller already went on (a start after this end): no need to ask.
+        resumed = self._last_start_ms > event.at_ms
+        if not resumed:
+            verdict = await self._verdict()
+        if self._closed:
+            return
+        complete = verdict is not None and verdict.probability >= self._opts.threshold and not unfinished
+        decision = TurnDecision(event.at_ms, text, complete, verdict.probability if verdict else None, unfinished,
+                                verdict.compute_ms if verdict else 0.0, (time.perf_counter() - received) * 1000)
+        self.decisions.append(decision)
+        log.debug("end of turn? %s p=%s unfinished_text=%s %r", complete,
+                  "-" if verdict is None else f"{verdict.probability:.2f}", unfinished, text)
+        if complete:
+            self._end(text, event.at_ms)
+            return
+        self._held = _Held(texts, event.at_ms)
+        wait = self._opts.fallback_ms if verdict is None and not resumed else self._opts.max_silence_ms
+        self._release_at_ms = max(event.at_ms, self._last_speech_ms) + wait
+
+    async def _verdict(self) -> TurnVerdict | None:
+        task = self._early
+        self._early = None
+        if task is None:
+            task = self._judge_now()
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if asyncio.current_task() is not None and asyncio.current_task().cancelling():
+                raise
+            return None
+        except Exception:
+            log.exception("turn model failed: the plain timer ends this turn")
+            return None
+
+    def _judge_now(self) -> asyncio.Future:
+        start = max(self._audio_start_ms, (self._turn_start_ms or 0) - self._opts.pre_speech_ms)
+        ulaw = bytes(self._audio[(start - self._audio_start_ms) * ULAW_BYTES_PER_MS :])
+        return asyncio.ensure_future(self._model.judge(ulaw))
+
+    def _start_early(self) -> None:
+        self._drop_early()
+        self._early = self._judge_now()
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            self._early.cancel()
+            self._early = None
+
+    def _end(self, text: str, at_ms: int) -> None:
+        self._held = None
+        self._release_at_ms = None
+        self._turn_start_ms = None
+        self._drop_early()
+        self._events.put_nowait(EndOfTurn(text, at_ms))
+
+    def _release(self) -> None:
+        held = self._held
+        if held is not None:
+            self._end(" ".join(held.texts), held.at_ms)
