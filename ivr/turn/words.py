@@ -65,3 +65,34 @@ def sounds_unfinished(text: str) -> bool:
             break
         run += 1
     return run in (3, 6)
+
+
+#: First words of a question that stands on its own ("What time do you open?").
+QUESTION_STARTS = frozenset(
+    "what where when why how who which whose can could would will do does did is are was were may should shall".split()
+)
+#: A question ending on one of these often has more to come ("Can you tell me ... what time you
+#: close?", "Could you give me ... the manager?"): the audio decides those.
+OBJECT_PRONOUNS = frozenset("me you him her us them it".split())
+
+
+def sounds_like_a_question(text: str) -> bool:
+    """True when the turn ends with a whole question, as the recogniser heard it: the last
+    sentence ends with "?", starts with a question word or an auxiliary, has three words or
+    more, and does not end on an object pronoun or a word of `CONTINUATION_WORDS`.
+
+    Whisper writes the question mark from the words and the rising voice together; a question
+    asked whole is the commonest complete turn on a service line, and the one the caller most
+    wants answered at once.
+    """
+    stripped = text.strip()
+    if not stripped.endswith("?"):
+        return False
+    last = re.split(r"(?<=[.?!])\s+", stripped)[-1]
+    words = _words(last)
+    return (
+        len(words) >= 3
+        and words[0] in QUESTION_STARTS
+        and words[-1] not in OBJECT_PRONOUNS
+        and not sounds_unfinished(last.rstrip("?"))
+    )
