@@ -46,7 +46,8 @@ def test_text_that_can_end_a_turn(text):
 
 
 @pytest.mark.parametrize("text, question", [
-    ("Hi. What time are you open?", True), ("Where are you located?", True), ("Can I speak to a real person?", True),
+    ("Hi. What time are you open?", True), ("Hi what time are you open?", True),
+    ("I was wondering what time you open?", True), ("Where are you located?", True), ("Can I speak to a real person?", True),
     ("Can you tell me?", False), ("Could you put me through to the?", False), ("Open today?", False),
     ("What time do you open.", False), ("Is it?", False),
 ])

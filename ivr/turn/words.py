@@ -78,8 +78,10 @@ OBJECT_PRONOUNS = frozenset("me you him her us them it".split())
 
 def sounds_like_a_question(text: str) -> bool:
     """True when the turn ends with a whole question, as the recogniser heard it: the last
-    sentence ends with "?", starts with a question word or an auxiliary, has three words or
-    more, and does not end on an object pronoun or a word of `CONTINUATION_WORDS`.
+    sentence ends with "?", has a question word or an auxiliary among its first three words
+    ("Hi what time are you open?": stretches of speech are transcribed apart, so a greeting may
+    lack its full stop), three words or more, and does not end on an object pronoun or a word
+    of `CONTINUATION_WORDS`.
 
     Whisper writes the question mark from the words and the rising voice together; a question
     asked whole is the commonest complete turn on a service line, and the one the caller most
@@ -92,7 +94,7 @@ def sounds_like_a_question(text: str) -> bool:
     words = _words(last)
     return (
         len(words) >= 3
-        and words[0] in QUESTION_STARTS
+        and any(w in QUESTION_STARTS for w in words[:3])
         and words[-1] not in OBJECT_PRONOUNS
         and not sounds_unfinished(last.rstrip("?"))
     )
