@@ -128,6 +128,9 @@ class Settings:
         default="", metadata={"help": "end-of-turn model: empty for Smart Turn v3 (from pipecat-ai, the turn extra; the plain timer if it is not installed), off, or an .onnx file"}
     )
     turn_threshold: float = field(default=0.9, metadata={"help": "Smart Turn probability at which a pause ends the turn at once"})
+    turn_threshold_after_pause: float = field(
+        default=0.5, metadata={"help": "the same, once the caller has paused in this turn and gone on"}
+    )
     turn_min_silence_ms: int = field(
         default=200, metadata={"help": "embedded STT with the turn model: silence (ms) before the model is asked (the floor)"}
     )
@@ -275,6 +278,8 @@ class Settings:
             raise ConfigError(f"IVR_TURN_MODEL: {self.turn_model!r} is not off, smart-turn or an .onnx file")
         if not 0 < self.turn_threshold < 1:
             raise ConfigError(f"IVR_TURN_THRESHOLD: {self.turn_threshold} is not between 0 and 1")
+        if not 0 < self.turn_threshold_after_pause < 1:
+            raise ConfigError(f"IVR_TURN_THRESHOLD_AFTER_PAUSE: {self.turn_threshold_after_pause} is not between 0 and 1")
         if self.turn_min_silence_ms < 100:
             raise ConfigError(f"IVR_TURN_MIN_SILENCE_MS: {self.turn_min_silence_ms} ms is shorter than the VAD can tell a pause")
         if self.turn_max_silence_ms < self.stt_end_of_turn_ms:

@@ -10,7 +10,10 @@
 - backchannel: murmurs ("okay", "uh-huh") over the bot: the bot must carry on where it stopped,
   so the figures are the audio heard twice and the longest pause, and how many became turns;
 - response: end of caller speech -> first bot audio received, with the embedded engines, and
-  where the time goes (endpointing + STT, brain, TTS, sending).
+  where the time goes (endpointing + STT, brain, TTS, sending);
+- paused: callers who pause 0.7-1.0 s mid-sentence (`tests/samples/paused`), one call each,
+  against a bot that answers "Okay.": the share who hear the bot before their sentence is over,
+  the end-of-turn model's decision times, the answer latency, and the process CPU per call.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answers", type=int, default=12, help="answers for the response figure (default 12)")
     p.add_argument("--backchannels", type=int, default=8, help="murmurs over the bot to measure (default 8)")
     p.add_argument("--pause", choices=["clear", "starve"], help="how the bot goes quiet for speech over it (default: the flow's, clear)")
-    p.add_argument("--only", choices=["overhead", "greeting", "barge-in", "backchannel", "response"], action="append")
+    p.add_argument("--paused", default="tests/samples/paused", help="paused callers for the paused figure")
+    p.add_argument("--only", choices=["overhead", "greeting", "barge-in", "backchannel", "response", "paused"], action="append")
 
 
 def _pct(values: list[float]) -> str:
@@ -120,14 +124,14 @@ async def overhead(turns: int) -> list[float]:
 # --- through a real server --------------------------------------------------------------------
 
 
-def _start_server():
+def _start_server(**overrides):
     """The real app with the embedded engines, in its own thread (as `ivr demo` runs it)."""
     from ivr.call import CallFactory
     from ivr.commands.demo import _free_port, _Server
     from ivr.config import Settings
     from ivr.server import create_app
 
-    settings = Settings.from_env()
+    settings = Settings.from_env(**overrides)
     port = _free_port()
     factory = CallFactory.from_settings(settings)
     server = _Server(create_app(settings, handler_factory=factory), port)
@@ -257,6 +261,56 @@ async def response(url: str, n: int, factory) -> tuple[list[float], list]:
     return results, timings
 
 
+async def paused(url: str, directory: str, factory) -> dict:
+    """One call per paused caller: says the sentence once the greeting is over, hangs up once
+    the answer has begun. A caller is cut off when bot audio starts inside their sentence."""
+    from ivr.bench.turns import load_paused
+    from ivr.harness.emulator import ReplayOptions
+    from ivr.harness.plan import After, CallPlan, Hangup, Say
+    from ivr.harness.report import build_report
+    from ivr.harness.run import replay
+
+    result: dict = {"calls": 0, "cut": [], "latency": [], "decisions": [], "cpu_s": []}
+    for c in load_paused(directory):
+        plan = CallPlan(name=c.name, kind="script", source="bench",
+                        steps=[Say(c.ulaw, c.text, After("bot_silent", 0.5)), Hangup(After("bot_speaking", 0.3, 10.0))])
+        known = set(map(id, factory.recent))
+        cpu = time.process_time()
+        report = build_report(await replay(plan, ReplayOptions(url=url, max_call_s=30)))
+        result["cpu_s"].append(time.process_time() - cpu)
+        result["calls"] += 1
+        bot = report["bot"]["speech"]
+        for turn in report["turns"][:1]:
+            start, end = turn["caller_speech_start_ms"], turn["caller_speech_end_ms"]
+            if any(start < a < end for a, _ in bot):
+                result["cut"].append(c.name)
+            elif turn["response_latency_ms"] is not None:
+                result["latency"].append(turn["response_latency_ms"])
+        for call in [x for x in factory.recent if id(x) not in known]:
+            result["decisions"] += getattr(call._stt, "decisions", [])
+    return result
+
+
+def _paused_summary(r: dict, gated: bool) -> str:
+    from ivr.bench.turns import median
+
+    n, cut = r["calls"], r["cut"]
+    lines = [f"  paused    callers cut off mid-sentence (pauses 0.7-1.0 s)   : {len(cut)} of {n}"
+             + (f" ({', '.join(cut)})" if cut else "") + ("" if gated else "  [turn model off]")]
+    lines.append(f"            end of sentence -> first answer played         : {_pct(r['latency'])}")
+    d = r["decisions"]
+    asked = [x.compute_ms for x in d if x.probability is not None]
+    if d:
+        lines.append(f"            turn model: {len(d)} decisions; model time median {median(asked)}"
+                     f" (p95 {np.percentile(asked, 95) if asked else 0:.0f} ms); candidate end -> decision median"
+                     f" {median([x.wait_ms for x in d])}; ended at once {sum(x.complete for x in d)}"
+                     f" ({sum(x.question for x in d)} as questions), held {sum(not x.complete for x in d)}"
+                     f" ({sum(x.unfinished_text for x in d)} by the last words)")
+    lines.append(f"            process CPU per call (server + harness): median {statistics.median(r['cpu_s']):.2f} s"
+                 + (f"; the turn model's CPU {sum(x.cpu_ms for x in d) / 1000 / max(n, 1):.3f} s" if asked else ""))
+    return "\n".join(lines)
+
+
 def _breakdown(timings: list) -> str:
     parts = {"endpointing + STT": [], "brain": [], "TTS + send": []}
     for t in timings:
@@ -274,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
     from ivr import logs
 
     logs.setup("warning")
-    only = set(args.only or ["overhead", "greeting", "barge-in", "backchannel", "response"])
+    only = set(args.only or ["overhead", "greeting", "barge-in", "backchannel", "response", "paused"])
     print("ivr bench call" + "".join(f" --only {o}" for o in args.only or []))
     if "overhead" in only:
         r = asyncio.run(overhead(args.turns))
@@ -306,4 +360,12 @@ def run(args: argparse.Namespace) -> int:
                 r, timings = asyncio.run(response(url, args.answers, factory))
                 print(f"  response  end of speech -> first answer played (embedded)  : {_pct(r)}")
                 print(_breakdown(timings))
+    if "paused" in only:
+        from importlib.resources import files
+
+        server, url, factory = _start_server(flow=str(files("ivr.bench") / "turns_flow.yaml"))
+        with server:
+            r = asyncio.run(paused(url, args.paused, factory))
+        gated = hasattr(factory.providers.stt, "turn_options")
+        print(_paused_summary(r, gated))
     return 0

@@ -96,7 +96,8 @@ class _Shared:
         from ivr.turn.gate import TurnGatedStt, TurnOptions
 
         s = self.settings
-        options = TurnOptions(threshold=s.turn_threshold, max_silence_ms=s.turn_max_silence_ms, fallback_ms=s.stt_end_of_turn_ms)
+        options = TurnOptions(threshold=s.turn_threshold, threshold_after_pause=s.turn_threshold_after_pause,
+                              max_silence_ms=s.turn_max_silence_ms, fallback_ms=s.stt_end_of_turn_ms)
         return TurnGatedStt(stt, model, options)
 
 

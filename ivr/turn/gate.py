@@ -34,8 +34,12 @@ ULAW_BYTES_PER_MS = 8
 
 @dataclass(frozen=True, slots=True)
 class TurnOptions:
-    #: P(complete) from the model at or above which the turn ends at once.
+    #: P(complete) from the model at or above which the turn ends at once. High, because on
+    #: phone-band audio the model calls many sentences broken off mid-way complete.
     threshold: float = 0.9
+    #: The same once the caller has paused in this turn and gone on: what follows a pause is
+    #: mostly the end of the sentence, so the model's own boundary applies.
+    threshold_after_pause: float = 0.5
     #: Silence waited when the turn sounds unfinished (the ceiling).
     max_silence_ms: int = 1500
     #: Silence that ends the turn when the model could not judge it (the plain timer).
@@ -46,7 +50,7 @@ class TurnOptions:
     use_text: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
+        if not (0.0 < self.threshold < 1.0 and 0.0 < self.threshold_after_pause < 1.0):
             raise ValueError("the turn threshold must be between 0 and 1")
         if self.max_silence_ms < self.fallback_ms:
             raise ValueError("the longest wait cannot be shorter than the fallback timer")
@@ -61,9 +65,10 @@ class TurnDecision:
     complete: bool
     probability: float | None  # None: not asked (the caller had gone on, or the model failed)
     unfinished_text: bool
-    compute_ms: float  # the model's own time on its thread
+    compute_ms: float  # the model's own time on its thread (wall clock)
     wait_ms: float  # from the candidate EndOfTurn reaching the gate to the decision (wall clock)
     question: bool = False  # ended as a whole question, without the model
+    cpu_ms: float = 0.0  # the model's CPU time
 
 
 class TurnGatedStt:
@@ -255,11 +260,12 @@ class TurnGate:
             verdict = await self._verdict()
         if self._closed:
             return
-        complete = not resumed and (question or (verdict is not None and verdict.probability >= self._opts.threshold
+        threshold = self._opts.threshold_after_pause if held is not None else self._opts.threshold
+        complete = not resumed and (question or (verdict is not None and verdict.probability >= threshold
                                                   and not unfinished))
         decision = TurnDecision(event.at_ms, text, complete, verdict.probability if verdict else None, unfinished,
                                 verdict.compute_ms if verdict else 0.0, (time.perf_counter() - received) * 1000,
-                                question)
+                                question, verdict.cpu_ms if verdict else 0.0)
         self.decisions.append(decision)
         log.debug("end of turn? %s p=%s unfinished_text=%s question=%s %r", complete,
                   "-" if verdict is None else f"{verdict.probability:.2f}", unfinished, question, text)

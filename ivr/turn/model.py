@@ -58,7 +58,8 @@ class TurnVerdict:
     """The model's answer for one candidate end of turn."""
 
     probability: float  # that the turn is complete
-    compute_ms: float  # features + inference, on the worker thread
+    compute_ms: float  # features + inference, on the worker thread (wall clock)
+    cpu_ms: float = 0.0  # the CPU time that took
 
 
 def _load_session(path: str):
@@ -114,11 +115,11 @@ class SmartTurn:
 
     def judge_ulaw(self, ulaw: bytes) -> TurnVerdict:
         """Blocking: 8 kHz mu-law as the line carried it -> the model's verdict."""
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         pcm16 = resample(ulaw_to_pcm16(ulaw), 8000, MODEL_RATE)
         audio = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) * (1.0 / 32768.0)
         p = self.probability_pcm16k(audio)
-        return TurnVerdict(p, (time.perf_counter() - start) * 1000)
+        return TurnVerdict(p, (time.perf_counter() - start) * 1000, (time.thread_time() - cpu) * 1000)
 
     async def judge(self, ulaw: bytes) -> TurnVerdict:
         return await self.pool.run(self.judge_ulaw, ulaw)
