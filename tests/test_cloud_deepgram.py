@@ -169,10 +169,45 @@ def test_registry_picks_deepgram_when_its_key_is_set_and_names_the_variable_when
     settings = Settings.from_env({"DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": fake.url, "IVR_TTS": "local", "IVR_BRAIN": "flow"})
     stt = registry.build(settings).stt
     assert type(stt.primary).__name__ == "DeepgramStt" and stt.has_backup  # the embedded one stands in
+    # nova ends turns on silence: the turn model judges them, whichever recogniser serves the call.
+    assert type(stt).__name__ == "TurnGatedStt" and type(stt.inner).__name__ == "FallbackStt"
+    assert type(stt.backup).__name__ == "WhisperStt"  # not judged twice
+    # Flux has a turn model of its own; the embedded recogniser standing in for it has ours.
+    flux = registry.build(Settings.from_env({"DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": fake.url,
+                                             "IVR_DEEPGRAM_MODEL": "flux-general-en"})).stt
+    assert type(flux).__name__ == "FallbackStt" and type(flux.backup).__name__ == "TurnGatedStt"
     with pytest.raises(ConfigError, match="IVR_STT=deepgram.*DEEPGRAM_API_KEY"):
         registry.build(Settings.from_env({"IVR_STT": "deepgram"}))
     with pytest.raises(ConfigError, match="IVR_DEEPGRAM_URL"):
         registry.build(Settings.from_env({"DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": "ftp://x"}))
+
+
+async def test_nova_turn_ends_are_judged_and_a_paused_sentence_is_one_turn(fake):
+    """Deepgram's endpointing (300 ms) ends a turn at each pause; the turn model holds the first
+    half ("... wondering if", which cannot end a sentence), so the caller's sentence is one turn."""
+    from pathlib import Path
+
+    paused = (Path(__file__).parent / "samples" / "paused" / "piper_05.ulaw").read_bytes()
+    settings = Settings.from_env({"DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": fake.url})
+    stt = registry.build(settings).stt
+    await stt.load()
+    fake.say("I was wondering if", "you have any gluten free bread.")
+    session = await stt.open()
+    reader = asyncio.create_task(collect(session, timeout=20))
+
+    async def line() -> None:
+        await feed(session, paused)
+        while True:  # then silence in real time, as a phone line carries it, until the turn ends
+            await session.send(silence(20))
+            await asyncio.sleep(0.02)
+
+    carrier = asyncio.create_task(line())
+    events = await reader
+    carrier.cancel()
+    await session.aclose()
+    ends = [e for e in events if isinstance(e, EndOfTurn)]
+    assert [e.text for e in ends] == ["I was wondering if you have any gluten free bread."]
+    assert session.decisions[0].unfinished_text and not session.decisions[0].complete
 
 
 async def test_flux_ends_turns_itself_and_signals_eager_ends_and_resumptions(fake):
