@@ -4,8 +4,10 @@ five, zero one two three"). Listed in paused/transcripts.tsv with where each pau
 
 Run from the repository root: python tests/samples/make_paused.py
 Two voices: piper (joe-us, the pause put at a word boundary of the whole sentence rendered at
-once, so the words before it keep their mid-sentence intonation) and espeak-ng (an SSML break).
-Each is 8 kHz mu-law, headerless, as a phone line carries it.
+once, so the words before it keep their mid-sentence intonation) and espeak-ng (an SSML break);
+and two recorded sentences (CMU ARCTIC, ../arctic_*.wav) with a pause put between two words, at
+the quietest 10 ms near the word boundary. Each is 8 kHz mu-law, headerless, as a phone line
+carries it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ SENTENCES = [
     "We are at | twelve Main Street.",
 ]
 PAUSES_MS = (700, 800, 900, 1000)
+#: Recorded sentences: (file, text, where the pause goes in s, its length in ms). The word
+#: boundaries were found with faster-whisper's word timestamps.
+RECORDED = [
+    ("arctic_a0007.wav", "And you always want to see it in the superlative degree.", 2.04, 800),
+    ("arctic_a0009.wav", "He turned sharply, and faced Gregson across the table.", 1.04, 900),
+]
 
 
 def silence(ms: int, rate: int) -> np.ndarray:
@@ -77,6 +85,17 @@ def espeak_paused(parts: list[str], pauses: list[int]) -> bytes:
     return phone(x, rate)
 
 
+def recorded_paused(path: Path, at_s: float, pause: int) -> bytes:
+    with wave.open(str(path)) as w:
+        x, rate = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()
+    # The quietest 10 ms within 150 ms of the boundary: no word is clipped.
+    block = rate // 100
+    first = int((at_s - 0.15) * rate) // block
+    energy = [float(np.sum(x[(first + i) * block : (first + i + 1) * block].astype(np.float64) ** 2)) for i in range(30)]
+    cut = (first + int(np.argmin(energy))) * block + block // 2
+    return phone(np.concatenate((x[:cut], silence(pause, rate), x[cut:])), rate)
+
+
 def main() -> None:
     from ivr.providers.local_tts import PiperTts
 
@@ -92,6 +111,11 @@ def main() -> None:
             (HERE / name).write_bytes(audio)
             rows.append(f"{name}\t{text}\t{','.join(map(str, pauses))}")
             print(name, f"{len(audio) / 8000:.2f} s", text)
+    for i, (source, text, at_s, pause) in enumerate(RECORDED):
+        name = f"recorded_{i:02d}.ulaw"
+        (HERE / name).write_bytes(recorded_paused(HERE.parent / source, at_s, pause))
+        rows.append(f"{name}\t{text}\t{pause}")
+        print(name, text)
     (HERE / "transcripts.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
