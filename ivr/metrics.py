@@ -171,3 +171,13 @@ STT_REDECODES = Counter(
     "short (far fewer words than the speech holds) or loop (the text repeated itself)",
     ["reason"],
 )
+
+# End of turn (ivr.turn): what the gate decided at each candidate end, and the model's time.
+TURN_DECISIONS = Counter(
+    "ivr_turn_decisions_total", "Candidate ends of a caller's turn, by what was decided",
+    ["outcome"],  # ended | question | held_words | held_model | resumed | model_failed
+)
+TURN_MODEL_SECONDS = Histogram(
+    "ivr_turn_model_seconds", "End-of-turn model time per decision (features + inference, on its thread)",
+    buckets=(0.01, 0.02, 0.04, 0.06, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0),
+)

@@ -23,6 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from ivr import metrics
 from ivr.providers.base import CallContext, EndOfTurn, Final, Interim, SpeechStarted, SttEvent
 from ivr.turn.model import WINDOW_S, SmartTurn, TurnVerdict
 from ivr.turn.words import sounds_like_a_question, sounds_unfinished
@@ -267,6 +268,11 @@ class TurnGate:
                                 verdict.compute_ms if verdict else 0.0, (time.perf_counter() - received) * 1000,
                                 question, verdict.cpu_ms if verdict else 0.0)
         self.decisions.append(decision)
+        if verdict is not None:
+            metrics.TURN_MODEL_SECONDS.observe(verdict.compute_ms / 1000)
+        outcome = ("question" if question else "ended") if complete else (
+            "resumed" if resumed else "held_words" if unfinished else "held_model" if verdict is not None else "model_failed")
+        metrics.TURN_DECISIONS.labels(outcome).inc()
         log.debug("end of turn? %s p=%s unfinished_text=%s question=%s %r", complete,
                   "-" if verdict is None else f"{verdict.probability:.2f}", unfinished, question, text)
         if complete:
