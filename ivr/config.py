@@ -127,7 +127,7 @@ class Settings:
     turn_model: str = field(
         default="", metadata={"help": "end-of-turn model: empty for Smart Turn v3 (from pipecat-ai, the turn extra; the plain timer if it is not installed), off, or an .onnx file"}
     )
-    turn_threshold: float = field(default=0.9, metadata={"help": "Smart Turn probability at which a pause ends the turn at once"})
+    turn_threshold: float = field(default=0.95, metadata={"help": "Smart Turn probability at which a pause ends the turn at once"})
     turn_threshold_after_pause: float = field(
         default=0.5, metadata={"help": "the same, once the caller has paused in this turn and gone on"}
     )

@@ -37,7 +37,7 @@ ULAW_BYTES_PER_MS = 8
 class TurnOptions:
     #: P(complete) from the model at or above which the turn ends at once. High, because on
     #: phone-band audio the model calls many sentences broken off mid-way complete.
-    threshold: float = 0.9
+    threshold: float = 0.95
     #: The same once the caller has paused in this turn and gone on: what follows a pause is
     #: mostly the end of the sentence, so the model's own boundary applies.
     threshold_after_pause: float = 0.5
