@@ -270,7 +270,7 @@ async def paused(url: str, directory: str, factory) -> dict:
     from ivr.harness.report import build_report
     from ivr.harness.run import replay
 
-    result: dict = {"calls": 0, "cut": [], "latency": [], "decisions": [], "cpu_s": []}
+    result: dict = {"calls": 0, "cut": [], "latency": [], "decisions": [], "cpu_s": [], "why": []}
     for c in load_paused(directory):
         plan = CallPlan(name=c.name, kind="script", source="bench",
                         steps=[Say(c.ulaw, c.text, After("bot_silent", 0.5)), Hangup(After("bot_speaking", 0.3, 10.0))])
@@ -286,8 +286,10 @@ async def paused(url: str, directory: str, factory) -> dict:
                 result["cut"].append(c.name)
             elif turn["response_latency_ms"] is not None:
                 result["latency"].append(turn["response_latency_ms"])
-        for call in [x for x in factory.recent if id(x) not in known]:
-            result["decisions"] += getattr(call._stt, "decisions", [])
+        decisions = [d for x in factory.recent if id(x) not in known for d in getattr(x._stt, "decisions", [])]
+        result["decisions"] += decisions
+        if result["cut"] and result["cut"][-1] == c.name:
+            result["why"].append((c.name, [(d.text, d.probability, d.complete) for d in decisions]))
     return result
 
 
@@ -306,6 +308,9 @@ def _paused_summary(r: dict, gated: bool) -> str:
                      f" {median([x.wait_ms for x in d])}; ended at once {sum(x.complete for x in d)}"
                      f" ({sum(x.question for x in d)} as questions), held {sum(not x.complete for x in d)}"
                      f" ({sum(x.unfinished_text for x in d)} by the last words)")
+    for name, decisions in r.get("why", []):
+        lines.append(f"            {name}: " + "; ".join(
+            f"{text!r} p={'-' if p is None else f'{p:.2f}'} {'ended' if done else 'held'}" for text, p, done in decisions))
     lines.append(f"            process CPU per call (server + harness): median {statistics.median(r['cpu_s']):.2f} s"
                  + (f"; the turn model's CPU {sum(x.cpu_ms for x in d) / 1000 / max(n, 1):.3f} s" if asked else ""))
     return "\n".join(lines)
