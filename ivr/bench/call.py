@@ -289,7 +289,7 @@ async def paused(url: str, directory: str, factory) -> dict:
         decisions = [d for x in factory.recent if id(x) not in known for d in getattr(x._stt, "decisions", [])]
         result["decisions"] += decisions
         if result["cut"] and result["cut"][-1] == c.name:
-            result["why"].append((c.name, [(d.text, d.probability, d.complete) for d in decisions]))
+            result["why"].append((c.name, [(d.text, d.probability, d.complete, d.heard_ms) for d in decisions]))
     return result
 
 
@@ -310,7 +310,8 @@ def _paused_summary(r: dict, gated: bool) -> str:
                      f" ({sum(x.unfinished_text for x in d)} by the last words)")
     for name, decisions in r.get("why", []):
         lines.append(f"            {name}: " + "; ".join(
-            f"{text!r} p={'-' if p is None else f'{p:.2f}'} {'ended' if done else 'held'}" for text, p, done in decisions))
+            f"{text!r} p={'-' if p is None else f'{p:.2f}'} ({heard} ms after) {'ended' if done else 'held'}"
+            for text, p, done, heard in decisions))
     lines.append(f"            process CPU per call (server + harness): median {statistics.median(r['cpu_s']):.2f} s"
                  + (f"; the turn model's CPU {sum(x.cpu_ms for x in d) / 1000 / max(n, 1):.3f} s" if asked else ""))
     return "\n".join(lines)

@@ -70,6 +70,7 @@ class TurnDecision:
     wait_ms: float  # from the candidate EndOfTurn reaching the gate to the decision (wall clock)
     question: bool = False  # ended as a whole question, without the model
     cpu_ms: float = 0.0  # the model's CPU time
+    heard_ms: int = 0  # the silence after `at_ms` in the audio the model heard
 
 
 class TurnGatedStt:
@@ -118,6 +119,7 @@ class TurnGate:
         self._turn_start_ms: int | None = None  # first speech of the turn being gated
         self._last_speech_ms = 0  # last sign of speech (start, words) on the audio clock
         self._last_start_ms = -1  # last SpeechStarted
+        self._judged_at_ms = 0  # audio clock when the model's last audio was taken
         self._idle = asyncio.Event()  # the pump waits for the wrapped session's next event
         self._was_speaking = False
         self._early: asyncio.Task | None = None  # verdict started when the speech stopped
@@ -266,7 +268,8 @@ class TurnGate:
                                                   and not unfinished))
         decision = TurnDecision(event.at_ms, text, complete, verdict.probability if verdict else None, unfinished,
                                 verdict.compute_ms if verdict else 0.0, (time.perf_counter() - received) * 1000,
-                                question, verdict.cpu_ms if verdict else 0.0)
+                                question, verdict.cpu_ms if verdict else 0.0,
+                                self._judged_at_ms - event.at_ms if verdict else 0)
         self.decisions.append(decision)
         if verdict is not None:
             metrics.TURN_MODEL_SECONDS.observe(verdict.compute_ms / 1000)
@@ -298,6 +301,7 @@ class TurnGate:
             return None
 
     def _judge_now(self) -> asyncio.Future:
+        self._judged_at_ms = self._fed_ms
         start = max(self._audio_start_ms, (self._turn_start_ms or 0) - self._opts.pre_speech_ms)
         ulaw = bytes(self._audio[(start - self._audio_start_ms) * ULAW_BYTES_PER_MS :])
         return asyncio.ensure_future(self._model.judge(ulaw))
