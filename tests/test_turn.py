@@ -241,3 +241,14 @@ async def test_finalize_lets_a_held_turn_go():
     await gate.finalize()
     assert await _next(gate) == EndOfTurn("I'd like to order", 900)
     await gate.aclose()
+
+
+async def test_a_held_turn_ends_even_if_the_caller_audio_stops_coming():
+    gate, inner = await _gate(_Verdicts(0.1), fallback_ms=100, max_silence_ms=200)
+    await _audio(gate, 1000)
+    inner.push(SpeechStarted(100))
+    inner.push(EndOfTurn("I'd like to order", 900))
+    await _next(gate)
+    # No more audio at all (a stalled stream): the wall clock ends the wait.
+    assert await _next(gate, timeout=5.0) == EndOfTurn("I'd like to order", 900)
+    await gate.aclose()

@@ -31,6 +31,8 @@ from ivr.turn.words import sounds_like_a_question, sounds_unfinished
 log = logging.getLogger("ivr.turn")
 
 ULAW_BYTES_PER_MS = 8
+#: Wall-clock time past a held turn's wait after which it ends even if no audio came.
+STALL_GRACE_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,8 @@ class TurnGate:
         self._judged_at_ms = 0  # audio clock when the model's last audio was taken
         self._idle = asyncio.Event()  # the pump waits for the wrapped session's next event
         self._was_speaking = False
+        self._has_vad = False
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._early: asyncio.Task | None = None  # verdict started when the speech stopped
         self._held: _Held | None = None
         self._release_at_ms: int | None = None
@@ -143,13 +147,16 @@ class TurnGate:
         await self._inner.send(ulaw)
         speaking = getattr(self._inner, "speaking", None)
         if speaking is not None:
+            # A session without a VAD may say True for ever (a cloud one): only one seen to say
+            # False is believed.
+            self._has_vad = self._has_vad or not speaking
             if self._was_speaking and not speaking and self._turn_start_ms is not None:
                 self._start_early()
             elif speaking and not self._was_speaking:
                 self._drop_early()
             self._was_speaking = speaking
         if self._held is not None and self._release_at_ms is not None and self._fed_ms >= self._release_at_ms \
-                and not getattr(self._inner, "speaking", False):
+                and not (self._has_vad and speaking):
             log.debug("turn held %d ms after speech: ending it", self._fed_ms - self._held.at_ms)
             self._release()
 
@@ -170,6 +177,7 @@ class TurnGate:
             return
         self._closed = True
         self._drop_early()
+        self._cancel_stall_timer()
         await self._inner.aclose()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(self._pump, 5)
@@ -222,7 +230,12 @@ class TurnGate:
                 self._turn_start_ms = event.at_ms
             self._last_speech_ms = max(self._last_speech_ms, event.at_ms)
             self._last_start_ms = max(self._last_start_ms, event.at_ms)
-            self._release_at_ms = None  # the caller goes on: the held turn waits for more
+            if self._held is not None:
+                # The caller goes on: the held turn waits for their next end of turn. A session
+                # with a VAD always ends the speech it started (with an empty turn if no words
+                # came); for one without, the ceiling counts from here, and words on the way
+                # push it on, so a start that brings nothing cannot hold the turn for ever.
+                self._release_at_ms = None if self._has_vad else event.at_ms + self._opts.max_silence_ms
             self._drop_early()
         elif isinstance(event, (Interim, Final)):
             self._last_speech_ms = max(self._last_speech_ms, event.end_ms)
@@ -281,9 +294,24 @@ class TurnGate:
         if complete:
             self._end(text, event.at_ms)
             return
-        self._held = _Held(texts, event.at_ms)
+        self._held = held = _Held(texts, event.at_ms)
         wait = self._opts.fallback_ms if verdict is None and not resumed else self._opts.max_silence_ms
         self._release_at_ms = max(event.at_ms, self._last_speech_ms) + wait
+        # The audio clock ends the wait; should the caller's audio stop coming (a stalled
+        # stream, audio sent faster than real time), the wall clock ends it a little later.
+        self._cancel_stall_timer()
+        self._stall_timer = asyncio.get_running_loop().call_later(wait / 1000 + STALL_GRACE_S, self._release_stalled, held)
+
+    def _release_stalled(self, held: _Held) -> None:
+        self._stall_timer = None
+        if self._held is held and self._last_start_ms <= held.at_ms and not self._closed:
+            log.debug("no caller audio for the held turn's wait: ending it")
+            self._release()
+
+    def _cancel_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
     async def _verdict(self) -> TurnVerdict | None:
         task = self._early
@@ -316,6 +344,7 @@ class TurnGate:
             self._early = None
 
     def _end(self, text: str, at_ms: int) -> None:
+        self._cancel_stall_timer()
         self._held = None
         self._release_at_ms = None
         self._turn_start_ms = None
