@@ -119,7 +119,6 @@ class TurnGate:
         self._fed_ms = 0
         self._keep_bytes = (WINDOW_S * 1000 + options.pre_speech_ms) * ULAW_BYTES_PER_MS
         self._turn_start_ms: int | None = None  # first speech of the turn being gated
-        self._last_speech_ms = 0  # last sign of speech (start, words) on the audio clock
         self._last_start_ms = -1  # last SpeechStarted
         self._judged_at_ms = 0  # audio clock when the model's last audio was taken
         self._idle = asyncio.Event()  # the pump waits for the wrapped session's next event
@@ -228,7 +227,6 @@ class TurnGate:
         if isinstance(event, SpeechStarted):
             if self._turn_start_ms is None:
                 self._turn_start_ms = event.at_ms
-            self._last_speech_ms = max(self._last_speech_ms, event.at_ms)
             self._last_start_ms = max(self._last_start_ms, event.at_ms)
             if self._held is not None:
                 # The caller goes on: the held turn waits for their next end of turn. A session
@@ -238,7 +236,6 @@ class TurnGate:
                 self._release_at_ms = None if self._has_vad else event.at_ms + self._opts.max_silence_ms
             self._drop_early()
         elif isinstance(event, (Interim, Final)):
-            self._last_speech_ms = max(self._last_speech_ms, event.end_ms)
             if self._held is not None and self._release_at_ms is not None:
                 self._release_at_ms = max(self._release_at_ms, event.end_ms + self._opts.max_silence_ms)
         elif isinstance(event, EndOfTurn):
@@ -296,7 +293,7 @@ class TurnGate:
             return
         self._held = held = _Held(texts, event.at_ms)
         wait = self._opts.fallback_ms if verdict is None and not resumed else self._opts.max_silence_ms
-        self._release_at_ms = max(event.at_ms, self._last_speech_ms) + wait
+        self._release_at_ms = event.at_ms + wait
         # The audio clock ends the wait; should the caller's audio stop coming (a stalled
         # stream, audio sent faster than real time), the wall clock ends it a little later.
         self._cancel_stall_timer()
