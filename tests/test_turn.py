@@ -147,15 +147,20 @@ async def _settle(gate) -> None:
     await asyncio.wait_for(gate._idle.wait(), 5)
 
 
-async def test_a_finished_turn_ends_at_once():
+async def test_a_finished_statement_ends_after_the_timers_silence():
     verdicts = _Verdicts(0.97)
-    gate, inner = await _gate(verdicts)
+    gate, inner = await _gate(verdicts, fallback_ms=600)
     await _audio(gate, 1000)
     inner.push(SpeechStarted(100))
     inner.push(Final("I'd like a dozen croissants.", 100, 900))
     inner.push(EndOfTurn("I'd like a dozen croissants.", 900))
     assert isinstance(await _next(gate), SpeechStarted)
     assert isinstance(await _next(gate), Final)
+    await _settle(gate)
+    assert gate.decisions[-1].complete
+    await _audio(gate, 400)  # 900 + 600 ms of silence not reached: a short pause stays in the turn
+    assert gate._events.empty()
+    await _audio(gate, 200)
     assert await _next(gate) == EndOfTurn("I'd like a dozen croissants.", 900)
     # The model heard the turn from 500 ms before its first speech (here: all of it).
     assert verdicts.heard == [1000 * 8]
@@ -186,6 +191,8 @@ async def test_a_paused_caller_is_held_and_the_turn_is_one_sentence():
     inner.push(SpeechStarted(2000))
     inner.push(EndOfTurn("the order I placed yesterday.", 3500))
     assert isinstance(await _next(gate), SpeechStarted)
+    await _settle(gate)
+    await _audio(gate, 2000)  # the finished statement's silence
     assert await _next(gate) == EndOfTurn("I want to cancel the order I placed yesterday.", 3500)
     await gate.aclose()
 

@@ -305,8 +305,8 @@ def _paused_summary(r: dict, gated: bool) -> str:
     if d:
         lines.append(f"            turn model: {len(d)} decisions; model time median {median(asked)}"
                      f" (p95 {np.percentile(asked, 95) if asked else 0:.0f} ms); candidate end -> decision median"
-                     f" {median([x.wait_ms for x in d])}; ended at once {sum(x.complete for x in d)}"
-                     f" ({sum(x.question for x in d)} as questions), held {sum(not x.complete for x in d)}"
+                     f" {median([x.wait_ms for x in d])}; judged finished {sum(x.complete for x in d)}"
+                     f" ({sum(x.question for x in d)} questions, ended at once), held {sum(not x.complete for x in d)}"
                      f" ({sum(x.unfinished_text for x in d)} by the last words)")
     for name, decisions in r.get("why", []):
         lines.append(f"            {name}: " + "; ".join(

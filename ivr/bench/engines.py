@@ -343,7 +343,7 @@ async def _bench_turns(stt, directory: str) -> None:
         asked = [d for d in decisions if d.probability is not None]
         print(f"  turn model: {len(decisions)} decisions ({len(asked)} asked the model), model time median {median([d.compute_ms for d in asked])}"
               f" (max {max((d.compute_ms for d in asked), default=0):.0f} ms); candidate end -> decision"
-              f" median {median([d.wait_ms for d in decisions])}; ended at once {sum(d.complete for d in decisions)},"
+              f" median {median([d.wait_ms for d in decisions])}; judged finished {sum(d.complete for d in decisions)},"
               f" held {sum(not d.complete for d in decisions)} (by the last words {sum(d.unfinished_text for d in decisions)})")
 
 

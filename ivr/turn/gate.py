@@ -3,8 +3,10 @@
 Wraps any `SttSession` that ends turns on silence (the embedded engine with a short timer,
 Deepgram nova with its endpointing). Each `EndOfTurn` it emits is held until judged:
 
+- a whole question as the recogniser wrote it ("Where are you located?"): the turn ends at once;
 - the caller is done (Smart Turn says complete, and the text does not stop on "is", "and"... or
-  in the middle of a phone number): the turn ends at once;
+  in the middle of a phone number): the turn ends after `fallback_ms` of silence, the old timer
+  (short pauses such as "No thanks ... that's all" stay inside the turn);
 - not done: the turn is held, and ends only after `max_silence_ms` without speech (the ceiling).
   If the caller goes on, the next `EndOfTurn` is judged again with the texts joined;
 - the model failed: the turn ends after `fallback_ms` of silence (the plain timer).
@@ -45,7 +47,9 @@ class TurnOptions:
     threshold_after_pause: float = 0.5
     #: Silence waited when the turn sounds unfinished (the ceiling).
     max_silence_ms: int = 1500
-    #: Silence that ends the turn when the model could not judge it (the plain timer).
+    #: Silence that ends the turn when the model could not judge it (the plain timer), and a
+    #: statement it calls finished: "No thanks ... that's all" has a pause the timer always
+    #: bridged, and a statement's answer is less urgent than a question's.
     fallback_ms: int = 600
     #: Audio before the turn's first speech that the model hears too.
     pre_speech_ms: int = 500
@@ -288,11 +292,12 @@ class TurnGate:
         metrics.TURN_DECISIONS.labels(outcome).inc()
         log.debug("end of turn? %s p=%s unfinished_text=%s question=%s %r", complete,
                   "-" if verdict is None else f"{verdict.probability:.2f}", unfinished, question, text)
-        if complete:
+        if complete and (question or self._fed_ms >= event.at_ms + self._opts.fallback_ms):
             self._end(text, event.at_ms)
             return
         self._held = held = _Held(texts, event.at_ms)
-        wait = self._opts.fallback_ms if verdict is None and not resumed else self._opts.max_silence_ms
+        # A finished statement or a model that failed: the plain timer; otherwise the ceiling.
+        wait = self._opts.fallback_ms if complete or (verdict is None and not resumed) else self._opts.max_silence_ms
         self._release_at_ms = event.at_ms + wait
         # The audio clock ends the wait; should the caller's audio stop coming (a stalled
         # stream, audio sent faster than real time), the wall clock ends it a little later.
