@@ -259,3 +259,24 @@ async def test_a_held_turn_ends_even_if_the_caller_audio_stops_coming():
     # No more audio at all (a stalled stream): the wall clock ends the wait.
     assert await _next(gate, timeout=5.0) == EndOfTurn("I'd like to order", 900)
     await gate.aclose()
+
+
+async def test_a_turn_whose_caller_already_went_on_waits_for_the_rest():
+    gate, inner = await _gate(_Verdicts(), fallback_ms=400, max_silence_ms=500)
+    await _audio(gate, 600)
+    inner.speaking = True
+    await _audio(gate, 20)
+    inner.speaking = False  # a VAD that says when the caller speaks
+    await _audio(gate, 20)
+    inner.push(SpeechStarted(100))
+    inner.push(SpeechStarted(700))  # "Hi ... what time are you open?": the next words began
+    inner.push(EndOfTurn("Hi", 400))  # before the end of the first reached the gate
+    await _next(gate)
+    await _next(gate)
+    await _settle(gate)
+    assert gate._held is not None and gate.decisions[-1].probability is None
+    await _audio(gate, 2000)  # however long the rest takes, the first words are not let go alone
+    assert gate._events.empty()
+    inner.push(EndOfTurn("what time are you open?", 2000))
+    assert await _next(gate) == EndOfTurn("Hi what time are you open?", 2000)
+    await gate.aclose()

@@ -299,6 +299,9 @@ class TurnGate:
         # A finished statement or a model that failed: the plain timer; otherwise the ceiling.
         wait = self._opts.fallback_ms if complete or (verdict is None and not resumed) else self._opts.max_silence_ms
         self._release_at_ms = event.at_ms + wait
+        if resumed:
+            # The caller is already on the next words: as for a start while held (see _on_event).
+            self._release_at_ms = None if self._has_vad else self._last_start_ms + self._opts.max_silence_ms
         # The audio clock ends the wait; should the caller's audio stop coming (a stalled
         # stream, audio sent faster than real time), the wall clock ends it a little later.
         self._cancel_stall_timer()
