@@ -121,7 +121,7 @@ class Settings:
     stt_threads: int = field(default=0, metadata={"help": "CPU threads per transcription (0: cores, at most 4)"})
     stt_beam_size: int = field(default=1, metadata={"help": "Whisper beam size (1 is fastest)"})
     stt_end_of_turn_ms: int = field(
-        default=600, metadata={"help": "silence (ms) that ends the caller's turn when no turn model judges it (IVR_TURN_MODEL=off, or the model failed)"}
+        default=600, metadata={"help": "silence (ms) that ends the caller's turn: with the turn model, a statement it calls finished; without it (IVR_TURN_MODEL=off, or it failed), every turn"}
     )
     # The end-of-turn model (ivr.turn): on the embedded STT and Deepgram nova; Flux has its own.
     turn_model: str = field(
@@ -132,7 +132,7 @@ class Settings:
         default=0.5, metadata={"help": "the same, once the caller has paused in this turn and gone on"}
     )
     turn_min_silence_ms: int = field(
-        default=200, metadata={"help": "embedded STT with the turn model: silence (ms) before the model is asked (the floor)"}
+        default=200, metadata={"help": "embedded STT with the turn model: silence (ms) that makes a candidate end; a whole question ends there"}
     )
     turn_max_silence_ms: int = field(
         default=1500, metadata={"help": "silence (ms) waited when the caller sounds mid-sentence (the ceiling)"}
