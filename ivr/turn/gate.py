@@ -182,8 +182,10 @@ class TurnGate:
         self._drop_early()
         self._cancel_stall_timer()
         await self._inner.aclose()
+        # Nothing more is let through: a verdict still being worked out is not waited for.
+        self._pump.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(self._pump, 5)
+            await self._pump
         self._events.put_nowait(_END)
 
     def __aiter__(self) -> "TurnGate":
