@@ -288,7 +288,7 @@ async def paused(url: str, directory: str, factory) -> dict:
                 result["latency"].append(turn["response_latency_ms"])
         decisions = [d for x in factory.recent if id(x) not in known for d in getattr(x._stt, "decisions", [])]
         result["decisions"] += decisions
-        if result["cut"] and result["cut"][-1] == c.name:
+        if decisions and result["cut"] and result["cut"][-1] == c.name:
             result["why"].append((c.name, [(d.text, d.probability, d.complete, d.heard_ms) for d in decisions]))
     return result
 
