@@ -65,12 +65,8 @@ class CarrierSide:
         return [parse_outbound(message, self.stream_id)]
 
 
-class TelnyxSide(CarrierSide):
-    name = "telnyx"
-
-    def __init__(self, call_id, stream_id, account_id, params) -> None:
-        super().__init__(call_id, stream_id, account_id, params)
-        self._side = telnyx.TelnyxSender(stream_id, call_id)
+class _TwilioShapedSide(CarrierSide):
+    """A carrier whose sender has Twilio's methods (connected, start, media, dtmf, mark, stop)."""
 
     def opening(self):
         return [self._side.connected(), self._side.start(self.params)]
@@ -86,6 +82,14 @@ class TelnyxSide(CarrierSide):
 
     def stop(self):
         return self._side.stop()
+
+
+class TelnyxSide(_TwilioShapedSide):
+    name = "telnyx"
+
+    def __init__(self, call_id, stream_id, account_id, params) -> None:
+        super().__init__(call_id, stream_id, account_id, params)
+        self._side = telnyx.TelnyxSender(stream_id, call_id)
 
     def parse(self, message):
         msg = _json(message)
@@ -138,28 +142,13 @@ class PlivoSide(CarrierSide):
         raise ProtocolError("unknown_event", f"event {event!r:.40} is not one Plivo accepts")
 
 
-class ExotelSide(CarrierSide):
+class ExotelSide(_TwilioShapedSide):
     name = "exotel"
     echoes_on_clear = False
 
     def __init__(self, call_id, stream_id, account_id, params) -> None:
         super().__init__(call_id, stream_id, account_id, params)
         self._side = exotel.ExotelSender(stream_id, call_id)
-
-    def opening(self):
-        return [self._side.connected(), self._side.start(self.params)]
-
-    def media(self, ulaw, due_ms):
-        return self._side.media(ulaw, due_ms)
-
-    def dtmf(self, digit):
-        return self._side.dtmf(digit)
-
-    def mark(self, name):
-        return self._side.mark(name)
-
-    def stop(self):
-        return self._side.stop()
 
     def parse(self, message):
         msg = _json(message)
