@@ -17,11 +17,10 @@ import binascii
 import uuid
 from typing import Callable, Mapping
 
-import orjson
 
 from ivr.audio import pcm16_to_ulaw, ulaw_to_pcm16
 from ivr.telephony import asterisk_ws, audiosocket, exotel, plivo, telnyx, vonage
-from ivr.telephony.twilio import OutClear, OutMark, OutMedia, ProtocolError, TwilioSender, parse_outbound
+from ivr.telephony.twilio import OutClear, OutMark, OutMedia, ProtocolError, TwilioSender, load_object, parse_outbound
 
 CARRIERS = ("twilio", "telnyx", "plivo", "exotel", "vonage", "asterisk-ws", "audiosocket")
 #: The route each carrier's stream reaches on `ivr serve` (AudioSocket is a TCP port instead).
@@ -92,7 +91,7 @@ class TelnyxSide(_TwilioShapedSide):
         self._side = telnyx.TelnyxSender(stream_id, call_id)
 
     def parse(self, message):
-        msg = _json(message)
+        msg = load_object(message)
         event = msg.get("event")
         if event == "media":
             return [OutMedia(_b64(msg.get("media", {}).get("payload")))]
@@ -128,7 +127,7 @@ class PlivoSide(CarrierSide):
         return None  # Plivo has no stop message: the socket closes
 
     def parse(self, message):
-        msg = _json(message)
+        msg = load_object(message)
         event = msg.get("event")
         if event == "playAudio":
             media = msg.get("media") or {}
@@ -151,7 +150,7 @@ class ExotelSide(_TwilioShapedSide):
         self._side = exotel.ExotelSender(stream_id, call_id)
 
     def parse(self, message):
-        msg = _json(message)
+        msg = load_object(message)
         event = msg.get("event")
         if msg.get("stream_sid") != self.stream_id:
             raise ProtocolError("stream_sid_mismatch", f"{event}: stream_sid is not this stream's")
@@ -284,18 +283,6 @@ SIDES: dict[str, Callable[..., CarrierSide]] = {
     "twilio": CarrierSide, "telnyx": TelnyxSide, "plivo": PlivoSide, "exotel": ExotelSide,
     "vonage": VonageSide, "asterisk-ws": AsteriskWsSide, "audiosocket": AudioSocketSide,
 }
-
-
-def _json(message: str | bytes) -> dict:
-    if not isinstance(message, str):
-        raise ProtocolError("binary_frame", "binary frame where JSON text was expected")
-    try:
-        msg = orjson.loads(message)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError("bad_json", f"not JSON ({exc})") from None
-    if not isinstance(msg, dict):
-        raise ProtocolError("bad_json", "not a JSON object")
-    return msg
 
 
 def _b64(value) -> bytes:

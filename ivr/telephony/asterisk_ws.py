@@ -34,7 +34,7 @@ import orjson
 
 from ivr.audio import SAMPLE_RATE
 from ivr.telephony.audiosocket import Capabilities
-from ivr.telephony.twilio import DTMF_DIGITS, MULAW_ENCODING, Dtmf, Mark, Media, MediaFormat, ProtocolError, Start
+from ivr.telephony.twilio import DTMF_DIGITS, Dtmf, Mark, Media, ProtocolError, Start, carrier_start
 
 CARRIER = "asterisk-ws"
 CAPABILITIES = Capabilities(clear=True, marks=True)
@@ -145,15 +145,7 @@ class AsteriskWsParser:
             # Dialplan variables set before Dial(), e.g. Set(IVR_CALLER=...) pass caller data.
             params.update({str(k): str(v) for k, v in variables.items()})
         self.json_control = is_json
-        self.start = Start(
-            sequence=self._next(),
-            stream_sid=str(fields.get("connection_id") or channel_id),
-            account_sid="",
-            call_sid=channel_id,
-            tracks=("inbound",),
-            custom_parameters=MappingProxyType(params),
-            media_format=MediaFormat(encoding=MULAW_ENCODING, sample_rate=SAMPLE_RATE, channels=1),
-        )
+        self.start = carrier_start(self._next(), channel_id, str(fields.get("connection_id") or channel_id), params)
         return self.start
 
     def _media(self, payload: bytes) -> Media:

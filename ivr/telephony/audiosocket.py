@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import struct
 import uuid
-from types import MappingProxyType
 from typing import NamedTuple
 
 from ivr.audio import SAMPLE_RATE, pcm16_to_ulaw, ulaw_to_pcm16
-from ivr.telephony.twilio import DTMF_DIGITS, MULAW_ENCODING, Dtmf, Media, MediaFormat, ProtocolError, Start, Stop
+from ivr.telephony.twilio import DTMF_DIGITS, Dtmf, Media, ProtocolError, Start, Stop, carrier_start
 
 KIND_HANGUP = 0x00
 KIND_UUID = 0x01
@@ -174,15 +173,7 @@ class AudioSocketParser:
         if len(payload) != 16:
             raise ProtocolError("bad_field", f"UUID payload of {len(payload)} bytes; 16 expected")
         call_id = str(uuid.UUID(bytes=payload))
-        self.start = Start(
-            sequence=self._next(),
-            stream_sid=call_id,
-            account_sid="",
-            call_sid=call_id,
-            tracks=("inbound",),
-            custom_parameters=MappingProxyType({"carrier": CARRIER}),
-            media_format=MediaFormat(encoding=MULAW_ENCODING, sample_rate=SAMPLE_RATE, channels=1),
-        )
+        self.start = carrier_start(self._next(), call_id, call_id, {"carrier": CARRIER})
         return self.start
 
     def _audio(self, payload: bytes) -> Media:

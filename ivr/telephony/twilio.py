@@ -455,16 +455,32 @@ class OutClear(NamedTuple):
 OutboundEvent = Union[OutMedia, OutMark, OutClear]
 
 
-def parse_outbound(message: str | bytes, stream_sid: str | None = None) -> OutboundEvent:
-    """Parse a message a bot sends to Twilio, as Twilio would, raising ProtocolError."""
+def load_object(message: str | bytes) -> dict:
+    """One JSON text message as an object, or the ProtocolError that says why not."""
     if not isinstance(message, str):
-        raise ProtocolError("binary_frame", "binary WebSocket frame; Twilio expects text")
+        raise ProtocolError("binary_frame", "binary WebSocket frame where JSON text was expected")
     try:
         msg = orjson.loads(message)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError("bad_json", f"not JSON ({exc})") from None
     if not isinstance(msg, dict):
         raise ProtocolError("bad_json", "not a JSON object")
+    return msg
+
+
+def carrier_start(sequence: int, call_id: str, stream_id: str, params: Mapping[str, str]) -> Start:
+    """The `Start` of a carrier that names no media format of its own (its codec has turned the
+    audio into 8 kHz mu-law already): AudioSocket, Asterisk's WebSocket channel, Vonage."""
+    return Start(
+        sequence=sequence, stream_sid=stream_id, account_sid="", call_sid=call_id, tracks=("inbound",),
+        custom_parameters=MappingProxyType(dict(params)),
+        media_format=MediaFormat(encoding=MULAW_ENCODING, sample_rate=SAMPLE_RATE, channels=1),
+    )
+
+
+def parse_outbound(message: str | bytes, stream_sid: str | None = None) -> OutboundEvent:
+    """Parse a message a bot sends to Twilio, as Twilio would, raising ProtocolError."""
+    msg = load_object(message)
     event = msg.get("event")
     sid = msg.get("streamSid")
     if sid is None:

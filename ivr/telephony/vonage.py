@@ -34,14 +34,13 @@ the exact fields of `websocket:cleared`.
 
 from __future__ import annotations
 
-from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import orjson
 
 from ivr.audio import SAMPLE_RATE, Resampler, pcm16_to_ulaw, ulaw_to_pcm16
 from ivr.telephony.audiosocket import Capabilities
-from ivr.telephony.twilio import DTMF_DIGITS, MULAW_ENCODING, Dtmf, Mark, Media, MediaFormat, ProtocolError, Start
+from ivr.telephony.twilio import DTMF_DIGITS, Dtmf, Mark, Media, ProtocolError, Start, carrier_start, load_object
 
 CARRIER = "vonage"
 CAPABILITIES = Capabilities(clear=True, marks=True)
@@ -97,12 +96,7 @@ class VonageParser:
             return self._audio(bytes(message))
         if len(message) > MAX_TEXT_BYTES:
             raise ProtocolError("oversized_message", f"{len(message)} bytes > limit {MAX_TEXT_BYTES}")
-        try:
-            msg = orjson.loads(message)
-        except orjson.JSONDecodeError as exc:
-            raise ProtocolError("bad_json", f"not JSON ({exc})") from None
-        if not isinstance(msg, dict):
-            raise ProtocolError("bad_json", "not a JSON object")
+        msg = load_object(message)
         event = msg.get("event")
         if self.start is None:
             # The first message may lack "event" on older platforms: its content-type says what it is.
@@ -145,15 +139,7 @@ class VonageParser:
             params["From"] = headers["from"]
         if "to" in headers:
             params["To"] = headers["to"]
-        self.start = Start(
-            sequence=self._next(),
-            stream_sid=headers.get("conversation_uuid") or call_id,
-            account_sid="",
-            call_sid=call_id,
-            tracks=("inbound",),
-            custom_parameters=MappingProxyType(params),
-            media_format=MediaFormat(encoding=MULAW_ENCODING, sample_rate=SAMPLE_RATE, channels=1),
-        )
+        self.start = carrier_start(self._next(), call_id, headers.get("conversation_uuid") or call_id, params)
         return self.start
 
     def _audio(self, pcm: bytes) -> Media:
