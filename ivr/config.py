@@ -118,6 +118,11 @@ class Settings:
         metadata={"help": "words to prime the embedded recogniser with: none, flow (the call flow's route "
                   "phrases and slots, with IVR_BRAIN=flow), or any text"},
     )
+    stand_ins: str = field(
+        default="on-failure",
+        metadata={"help": "when the embedded engines standing in for a cloud provider load: on-failure "
+                  "(the provider's first failure; no memory until then) or preload (at start-up)"},
+    )
     stt_threads: int = field(default=0, metadata={"help": "CPU threads per transcription (0: cores, at most 4)"})
     stt_beam_size: int = field(default=1, metadata={"help": "Whisper beam size (1 is fastest)"})
     stt_end_of_turn_ms: int = field(
@@ -274,6 +279,8 @@ class Settings:
             raise ConfigError(f"IVR_OUTBOUND_RATE: {self.outbound_rate} is negative")
         if not 20 <= self.playout_lead_ms <= 10000:
             raise ConfigError(f"IVR_PLAYOUT_LEAD_MS: {self.playout_lead_ms} is not between 20 and 10000")
+        if self.stand_ins.strip().lower() not in ("on-failure", "preload"):
+            raise ConfigError(f"IVR_STAND_INS: {self.stand_ins!r} is not on-failure or preload")
         if self.turn_model.strip().lower() not in ("", "off", "smart-turn") and not self.turn_model.endswith(".onnx"):
             raise ConfigError(f"IVR_TURN_MODEL: {self.turn_model!r} is not off, smart-turn or an .onnx file")
         if not 0 < self.turn_threshold < 1:

@@ -175,7 +175,7 @@ STT_REDECODES = Counter(
 # End of turn (ivr.turn): what the gate decided at each candidate end, and the model's time.
 TURN_DECISIONS = Counter(
     "ivr_turn_decisions_total", "Candidate ends of a caller's turn, by what was decided",
-    ["outcome"],  # ended | question | held_words | held_model | resumed | model_failed
+    ["outcome"],  # ended | question | held_words | held_model | resumed | model_failed | model_busy
 )
 TURN_MODEL_SECONDS = Histogram(
     "ivr_turn_model_seconds", "End-of-turn model time per decision (features + inference, on its thread)",

@@ -107,7 +107,7 @@ async def test_speech_held_while_deepgram_does_not_answer_reaches_the_embedded_r
     try:
         stt = deepgram_with_fallback(f"ws://127.0.0.1:{port}")
         stt.primary.connect_timeout_s = 0.5
-        await stt.backup.load()
+        await stt.stand_in.ready()
         session = await stt.open(CallContext(call_sid="CAheld"))
         assert not session.on_backup  # opened without waiting for Deepgram
         events: asyncio.Queue = asyncio.Queue()
@@ -452,3 +452,56 @@ async def test_without_a_fallback_a_call_waits_for_deepgram_and_loses_nothing(fa
     await session.aclose()
     await reader
     await stt.health.aclose()
+
+
+# --- when the stand-ins load -------------------------------------------------------------------------
+
+
+async def test_the_stand_ins_load_on_the_first_failure_unless_preloaded(fake):
+    """A cloud-only server carries no embedded model until a provider fails (IVR_STAND_INS)."""
+    env = {"DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": fake.url, "ELEVENLABS_API_KEY": "el-test",
+           "ELEVENLABS_VOICE_ID": "v", "IVR_ELEVENLABS_URL": f"ws://127.0.0.1:{free_port()}", "IVR_BRAIN": "flow"}
+    providers = registry.build(Settings.from_env(env))
+    await providers.load()
+    stt, tts = providers.stt, providers.tts
+    assert stt.has_backup and tts.has_backup
+    assert not stt.stand_in.loaded and not tts.stand_in.loaded
+    # The voice fails: its stand-in loads, the recogniser's does not.
+    tts.health.failed("test outage")
+    await asyncio.wait_for(tts.stand_in.ready(), 60)
+    assert tts.stand_in.loaded and not stt.stand_in.loaded
+    # A turn spoken while the cloud voice is down comes from the embedded one.
+    stream = tts.stream()
+    await stream.push("Hello there.")
+    await stream.end()
+    audio = b"".join([chunk.audio async for chunk in stream])
+    assert len(audio) > 8000
+    stt.health.failed("test outage")
+    await asyncio.wait_for(stt.stand_in.ready(), 60)
+    assert stt.stand_in.loaded
+    await stt.aclose()
+
+    preloaded = registry.build(Settings.from_env({**env, "IVR_STAND_INS": "preload"}))
+    await preloaded.load()
+    assert preloaded.stt.stand_in.loaded and preloaded.tts.stand_in.loaded
+    await preloaded.stt.aclose()
+
+
+def test_an_unknown_stand_in_mode_is_a_plain_error():
+    from ivr.config import ConfigError
+
+    with pytest.raises(ConfigError, match="IVR_STAND_INS"):
+        Settings.from_env({"IVR_STAND_INS": "sometimes"}).validate()
+
+
+async def test_a_turn_begun_while_the_stand_in_voice_loads_is_spoken_once_it_has():
+    from ivr.providers.elevenlabs import _StandInStream
+    from ivr.providers.standin import StandIn
+
+    local = registry.build(Settings.from_env({"IVR_STT": "local", "IVR_TTS": "local", "IVR_BRAIN": "flow"})).tts
+    stand_in = StandIn("the embedded voice", lambda: local)
+    stream = _StandInStream(stand_in)
+    assert await stream.push("One.") == 0 and await stream.push("Two.") == 1
+    await stream.end()
+    pieces = [chunk.piece async for chunk in stream if chunk.audio]
+    assert stand_in.loaded and set(pieces) == {0, 1}

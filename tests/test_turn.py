@@ -108,15 +108,17 @@ def test_the_model_hears_a_sentence_broken_off_on_a_phone_line(model, name):
 class _Verdicts:
     """Stands in for the model: answers from a list, records what audio it was given."""
 
-    def __init__(self, *probabilities: float | Exception) -> None:
+    def __init__(self, *probabilities: float | Exception, delay_s: float = 0.0) -> None:
         self.answers = list(probabilities)
         self.heard: list[int] = []
+        self.delay_s = delay_s
 
     async def load(self) -> None:
         pass
 
     async def judge(self, ulaw: bytes) -> TurnVerdict:
         self.heard.append(len(ulaw))
+        await asyncio.sleep(self.delay_s)
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -225,6 +227,48 @@ async def test_a_failed_model_leaves_the_plain_timer():
     await _audio(gate, 200)
     assert await _next(gate) == EndOfTurn("Hello?", 900)
     await gate.aclose()
+
+
+async def test_a_verdict_too_late_for_the_timer_is_not_waited_for():
+    """Busy workers (every call's pauses share them) must not hold turns past the plain timer:
+    the gate waits for the model only until the timer's silence would have ended the turn."""
+    gate, inner = await _gate(_Verdicts(0.01, delay_s=30), fallback_ms=600, max_silence_ms=2000)
+    await _audio(gate, 1000)
+    inner.push(SpeechStarted(100))
+    inner.push(EndOfTurn("I'd like a dozen croissants.", 900))
+    await _next(gate)
+    started = asyncio.get_running_loop().time()
+    await _settle(gate)
+    # 100 ms of silence fed: the model was waited for the remaining 500 ms, not its 30 s.
+    assert asyncio.get_running_loop().time() - started < 5
+    decision = gate.decisions[-1]
+    assert decision.probability is None and not decision.complete
+    await _audio(gate, 400)  # 900 + 600 ms not reached yet
+    assert gate._events.empty()
+    await _audio(gate, 200)
+    assert await _next(gate) == EndOfTurn("I'd like a dozen croissants.", 900)
+    await gate.aclose()
+
+
+@needs_model
+async def test_the_model_refuses_work_it_could_only_queue(model):
+    """A decision behind a full pool is refused at once (TurnModelBusy), not queued."""
+    import threading
+
+    from ivr.turn.model import TurnModelBusy
+
+    release = threading.Event()
+    held = [asyncio.ensure_future(model.pool.run(release.wait, 10))
+            for _ in range(model.pool.workers + model.max_waiting)]
+    await asyncio.sleep(0.05)
+    try:
+        with pytest.raises(TurnModelBusy):
+            await model.judge(b"\xff" * 8000)
+    finally:
+        release.set()
+        await asyncio.gather(*held)
+    verdict = await model.judge(b"\xff" * 8000)  # free again: judged
+    assert 0.0 <= verdict.probability <= 1.0
 
 
 async def test_words_from_no_speech_pass_straight_through():

@@ -129,8 +129,12 @@ class Fakes:
         return out
 
 
+#: What the Deepgram fake hears every caller say, written as nova's `smart_format` writes it.
+STT_TEXT = "What time are you open?"
+
+
 def start_fakes(procs: Procs, stt_ms: float, llm_ms: float, tts_ms: float, varied: bool = False,
-                timings_dir: Path | None = None) -> Fakes:
+                timings_dir: Path | None = None, stt_text: str = STT_TEXT) -> Fakes:
     """The three fakes with fixed delays. `varied`: every OpenAI reply is new text, so no answer
     comes from the prompt cache and each one is spoken by ElevenLabs."""
     py = sys.executable
@@ -141,7 +145,7 @@ def start_fakes(procs: Procs, stt_ms: float, llm_ms: float, tts_ms: float, varie
 
     # Every caller utterance is "heard" as the same question, so each turn goes to the LLM.
     dg = procs.start("deepgram", [py, str(FAKES / "deepgram.py"), "--port", "0", "--key", "dg-bench",
-                                  "--text", "what time are you open", "--final-delay-ms", str(stt_ms),
+                                  "--text", stt_text, "--final-delay-ms", str(stt_ms),
                                   *timing_args("deepgram")], stdout=subprocess.PIPE)
     el = procs.start("elevenlabs", [py, str(FAKES / "elevenlabs.py"), "--port", "0", "--key", "el-bench",
                                     "--voice", "v", "--first-audio-delay-ms", str(tts_ms), *timing_args("elevenlabs")],

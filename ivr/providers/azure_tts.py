@@ -127,4 +127,5 @@ def from_settings(settings: Settings, backup: Callable[[], TextToSpeech] | None)
     if settings.tts_cooloff_s < 0:
         raise ConfigError("IVR_TTS_COOLOFF_S: cannot be negative")
     primary = AzureTts(key, url, settings.azure_speech_voice, settings.azure_max_requests)
-    return FallbackTts(primary, backup, settings.tts_cooloff_s, provider=PROVIDER, name="Azure TTS")
+    return FallbackTts(primary, backup, settings.tts_cooloff_s, provider=PROVIDER, name="Azure TTS",
+                       preload=settings.stand_ins == "preload")

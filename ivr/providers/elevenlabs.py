@@ -43,6 +43,7 @@ from ivr.audio.resample import prepare as prepare_resampler
 from ivr.providers import cloud
 from ivr.providers.base import AudioChunk, TextToSpeech, TtsStream, WordTiming
 from ivr.providers.health import Health, unready
+from ivr.providers.standin import StandIn
 
 log = logging.getLogger("ivr.tts.elevenlabs")
 
@@ -519,40 +520,33 @@ class FallbackTts:
     """
 
     def __init__(self, primary: ElevenLabsTts, backup: Callable[[], TextToSpeech] | None, cooloff_s: float = 60.0,
-                 provider: str = PROVIDER, name: str = "ElevenLabs") -> None:
+                 provider: str = PROVIDER, name: str = "ElevenLabs", preload: bool = False) -> None:
         # provider/name: the other cloud voices (ivr.providers.http_tts) reuse this fallback.
         self.provider, self.name = provider, name
         self.primary = primary
-        self._backup_factory = backup
-        self._backup: TextToSpeech | None = None
+        # Its audio is resampled to 8 kHz: the filter is designed with it, off the event loop.
+        self.stand_in: StandIn[TextToSpeech] = StandIn("the embedded voice", backup, _prepare_resampler, preload)
         self.health = Health(provider, name, cooloff_s=cooloff_s)
+        self.health.on_down.append(self.stand_in.start_loading)
         self.health.stand_in("the embedded voice speaks" if backup is not None else None, "turns go unspoken")
         self.sample_rate = primary.sample_rate
         self.encoding = primary.encoding
 
     @property
     def has_backup(self) -> bool:
-        return self._backup_factory is not None
-
-    @property
-    def backup(self) -> TextToSpeech:
-        if self._backup is None:
-            assert self._backup_factory is not None
-            self._backup = self._backup_factory()
-        return self._backup
+        return self.stand_in.available
 
     async def load(self) -> None:
         await self.primary.load()
-        if self.has_backup:
-            await self.backup.load()  # the safety net must be ready before it is needed
-            backup = self.backup
-            if getattr(backup, "encoding", "pcm16") != "ulaw":  # its audio will be resampled to 8 kHz
-                await asyncio.to_thread(prepare_resampler, backup.sample_rate, 8000)
+        if self.has_backup and self.stand_in.preload:
+            await self.stand_in.ready()
 
     def stream(self) -> TtsStream:
         if not self.health.up and self.has_backup:
             cloud.fallback(self.provider)
-            return self.backup.stream()
+            if self.stand_in.loaded:
+                return self.stand_in.engine.stream()
+            return _StandInStream(self.stand_in)
         return _FallbackStream(self)
 
     def tripped(self, reason: str) -> None:
@@ -615,7 +609,7 @@ class _FallbackStream:
     async def _switch(self) -> None:
         """Say what is left of the turn with the embedded voice (a piece cut midway, again whole)."""
         self.on_backup = True
-        self.inner = self.owner.backup.stream()
+        self.inner = (await self.owner.stand_in.ready()).stream()
         self.mapping = []
         for index, text in enumerate(self.pieces):
             if index not in self.finished:
@@ -625,10 +619,57 @@ class _FallbackStream:
             await self.inner.end()
 
 
+async def _prepare_resampler(voice: TextToSpeech) -> None:
+    if getattr(voice, "encoding", "pcm16") != "ulaw":
+        await asyncio.to_thread(prepare_resampler, voice.sample_rate, 8000)
+
+
+class _StandInStream:
+    """The stand-in voice's stream for a turn that begins while the stand-in is still loading:
+    the text waits here, and the audio comes once the voice is loaded."""
+
+    def __init__(self, stand_in: StandIn[TextToSpeech]) -> None:
+        self._stand_in = stand_in
+        self._inner: Any = None
+        self._pending: list[str] = []
+        self._ended = self._cancelled = False
+
+    async def push(self, text: str) -> int:
+        if self._inner is not None:
+            return await self._inner.push(text)
+        self._pending.append(text)
+        return len(self._pending) - 1
+
+    async def end(self) -> None:
+        self._ended = True
+        if self._inner is not None:
+            await self._inner.end()
+
+    async def cancel(self) -> None:
+        self._cancelled = self._ended = True
+        if self._inner is not None:
+            await self._inner.cancel()
+
+    def __aiter__(self) -> AsyncIterator[AudioChunk]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[AudioChunk]:
+        voice = await self._stand_in.ready()
+        if self._cancelled:
+            return
+        self._inner = voice.stream()
+        for text in self._pending:
+            await self._inner.push(text)
+        if self._ended:
+            await self._inner.end()
+        async for chunk in self._inner:
+            yield chunk
+
+
 def from_settings(settings: Settings, backup: Callable[[], TextToSpeech] | None) -> FallbackTts:
     key = cloud.require_key(settings.elevenlabs_api_key, "ElevenLabs", "ELEVENLABS_API_KEY", "IVR_TTS=elevenlabs")
     primary = ElevenLabsTts(key, settings.elevenlabs_voice_id, settings.elevenlabs_model, settings.elevenlabs_url,
                             settings.elevenlabs_max_sockets)
     if settings.elevenlabs_cooloff_s < 0:
         raise ConfigError("IVR_ELEVENLABS_COOLOFF_S: cannot be negative")
-    return FallbackTts(primary, backup, settings.elevenlabs_cooloff_s)
+    return FallbackTts(primary, backup, settings.elevenlabs_cooloff_s, preload=settings.stand_ins == "preload")

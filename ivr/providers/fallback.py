@@ -44,6 +44,7 @@ from ivr.providers.base import (
     Turn,
 )
 from ivr.providers.health import Health, describe, unready
+from ivr.providers.standin import StandIn
 
 log = logging.getLogger("ivr.providers")
 
@@ -74,29 +75,22 @@ class FallbackStt:
     """A cloud recogniser with `health` whose sessions can hand a call over (`fallback_ready`,
     `unsettled()`, iteration raising `cloud.Unreachable`); the embedded one stands in."""
 
-    def __init__(self, primary: Any, backup: Callable[[], SpeechToText] | None) -> None:
+    def __init__(self, primary: Any, backup: Callable[[], SpeechToText] | None, preload: bool = False) -> None:
         self.primary = primary
         self.health: Health = primary.health
-        self._backup_factory = backup
-        self._backup: SpeechToText | None = None
+        self.stand_in: StandIn[SpeechToText] = StandIn("the embedded recogniser", backup, preload=preload)
+        self.health.on_down.append(self.stand_in.start_loading)
         self.health.stand_in("calls use the embedded recogniser" if backup is not None else None,
                              "calls cannot be understood and /readyz reports not ready")
 
     @property
     def has_backup(self) -> bool:
-        return self._backup_factory is not None
-
-    @property
-    def backup(self) -> SpeechToText:
-        if self._backup is None:
-            assert self._backup_factory is not None
-            self._backup = self._backup_factory()
-        return self._backup
+        return self.stand_in.available
 
     async def load(self) -> None:
         await self.primary.load()
-        if self.has_backup:
-            await self.backup.load()  # ready before it is needed: a call cannot wait for a model
+        if self.has_backup and self.stand_in.preload:
+            await self.stand_in.ready()
 
     async def open(self, call: CallContext | None = None) -> Any:
         call = call or CallContext()
@@ -146,7 +140,8 @@ class SwitchingSttSession:
         if self.owner.health.up:
             self._attach(await self._open_primary(0))
         else:
-            self._attach(_Leg(await self.owner.backup.open(self.call), 0, True))
+            backup = await self.owner.stand_in.ready()
+            self._attach(_Leg(await backup.open(self.call), 0, True))
             self._on_backup()
 
     @property
@@ -268,7 +263,7 @@ class SwitchingSttSession:
         zero_ms = leg.zero_ms + position_ms
         self._carry = list(self._turn_finals)
         try:
-            session = await self.owner.backup.open(self.call)
+            session = await (await self.owner.stand_in.ready()).open(self.call)
         except Exception:
             log.exception("[%s] the embedded recogniser could not be opened: the call cannot be understood", self.call.call_sid)
             self._held = None

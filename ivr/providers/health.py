@@ -65,6 +65,8 @@ class Health:
         self._task: asyncio.Task | None = None
         self._check_task: asyncio.Task | None = None
         self._waiters: list[asyncio.Future] = []
+        #: Called when the provider goes down (a stand-in starts loading).
+        self.on_down: list[Callable[[], None]] = []
         metrics.PROVIDER_UP.labels(provider).set(1)
 
     @property
@@ -80,6 +82,8 @@ class Health:
             if self._down_since - self._up_since >= FLAP_WINDOW_S:
                 self._attempt = 0
             metrics.PROVIDER_UP.labels(self.provider).set(0)
+            for hook in self.on_down:
+                hook()
             if self._probe is None:
                 log.log(self.down_level, "%s failed (%s): %s for the next %.0f s",
                         self.name, reason, self.while_down, self.cooloff_s)

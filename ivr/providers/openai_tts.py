@@ -173,4 +173,5 @@ def from_settings(settings: Settings, backup: Callable[[], TextToSpeech] | None)
                         settings.openai_tts_max_requests)
     if settings.tts_cooloff_s < 0:
         raise ConfigError("IVR_TTS_COOLOFF_S: cannot be negative")
-    return FallbackTts(primary, backup, settings.tts_cooloff_s, provider=PROVIDER, name="OpenAI TTS")
+    return FallbackTts(primary, backup, settings.tts_cooloff_s, provider=PROVIDER, name="OpenAI TTS",
+                       preload=settings.stand_ins == "preload")

@@ -86,7 +86,9 @@ class _Shared:
                 elif not os.path.isfile(path):
                     raise ConfigError(f"IVR_TURN_MODEL: no such file {path!r}")
                 else:
-                    model = SmartTurn(path, workers=s.engine_workers or default_workers())
+                    # At most half the engine threads: the model must never take the cores the
+                    # calls' audio and the recogniser need (busy, it leaves turns to the timer).
+                    model = SmartTurn(path, workers=max(1, (s.engine_workers or default_workers()) // 2))
             self.cache["turn"] = model
         return self.cache["turn"]
 
@@ -193,11 +195,12 @@ def _deepgram_stt(settings: Settings, shared: _Shared) -> SpeechToText:
     if stt.flux:
         # Flux decides the end of the turn itself; the embedded recogniser standing in for it
         # has the turn model of its own.
-        return FallbackStt(stt, _embedded_stt(settings, shared))
+        return FallbackStt(stt, _embedded_stt(settings, shared), preload=settings.stand_ins == "preload")
     # nova ends turns on silence: the turn model judges them, on Deepgram or on the embedded
     # recogniser while it stands in (which then ends turns at the model's floor).
     model = shared.turn_model()
-    return shared.gated(FallbackStt(stt, _embedded_stt(settings, shared, gated=False)), model)
+    backup = FallbackStt(stt, _embedded_stt(settings, shared, gated=False), preload=settings.stand_ins == "preload")
+    return shared.gated(backup, model)
 
 
 def _elevenlabs_tts(settings: Settings, shared: _Shared) -> TextToSpeech:

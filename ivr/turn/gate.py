@@ -9,7 +9,8 @@ Deepgram nova with its endpointing). Each `EndOfTurn` it emits is held until jud
   (short pauses such as "No thanks ... that's all" stay inside the turn);
 - not done: the turn is held, and ends only after `max_silence_ms` without speech (the ceiling).
   If the caller goes on, the next `EndOfTurn` is judged again with the texts joined;
-- the model failed: the turn ends after `fallback_ms` of silence (the plain timer).
+- the model failed, or gave no answer before the plain timer would have ended the turn (its
+  workers busy with other calls' pauses): the turn ends after `fallback_ms` of silence.
 
 When the session can tell that the caller stopped speaking (`speaking`, the embedded VAD), the
 model starts right then, beside the recogniser's decode of the last words, so the verdict is
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 from ivr import metrics
 from ivr.providers.base import CallContext, EndOfTurn, Final, Interim, SpeechStarted, SttEvent
-from ivr.turn.model import WINDOW_S, SmartTurn, TurnVerdict
+from ivr.turn.model import WINDOW_S, SmartTurn, TurnModelBusy, TurnVerdict
 from ivr.turn.words import sounds_like_a_question, sounds_unfinished
 
 log = logging.getLogger("ivr.turn")
@@ -35,6 +36,9 @@ log = logging.getLogger("ivr.turn")
 ULAW_BYTES_PER_MS = 8
 #: Wall-clock time past a held turn's wait after which it ends even if no audio came.
 STALL_GRACE_S = 0.5
+#: The least time a verdict is waited for, even when the plain timer's silence has already
+#: passed (a cloud recogniser's end of turn can arrive that late).
+MIN_VERDICT_WAIT_MS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +137,7 @@ class TurnGate:
         self._held: _Held | None = None
         self._release_at_ms: int | None = None
         self._finalizing = False
+        self._busy = False  # the last verdict was not waited for: the model had no time for it
         self.decisions: list[TurnDecision] = []
         self._pump = asyncio.ensure_future(self._run())
 
@@ -276,7 +281,8 @@ class TurnGate:
             elif early is not None:
                 early.cancel()
         elif not resumed:
-            verdict = await self._verdict()
+            silence_ms = self._fed_ms - event.at_ms
+            verdict = await self._verdict(max(MIN_VERDICT_WAIT_MS, self._opts.fallback_ms - silence_ms) / 1000)
         if self._closed:
             return
         threshold = self._opts.threshold_after_pause if held is not None else self._opts.threshold
@@ -290,7 +296,8 @@ class TurnGate:
         if verdict is not None:
             metrics.TURN_MODEL_SECONDS.observe(verdict.compute_ms / 1000)
         outcome = ("question" if question else "ended") if complete else (
-            "resumed" if resumed else "held_words" if unfinished else "held_model" if verdict is not None else "model_failed")
+            "resumed" if resumed else "held_words" if unfinished else "held_model" if verdict is not None
+            else "model_busy" if self._busy else "model_failed")
         metrics.TURN_DECISIONS.labels(outcome).inc()
         log.debug("end of turn? %s p=%s unfinished_text=%s question=%s %r", complete,
                   "-" if verdict is None else f"{verdict.probability:.2f}", unfinished, question, text)
@@ -320,13 +327,19 @@ class TurnGate:
             self._stall_timer.cancel()
             self._stall_timer = None
 
-    async def _verdict(self) -> TurnVerdict | None:
+    async def _verdict(self, wait_s: float) -> TurnVerdict | None:
+        """The model's verdict, or None when it failed or did not come within `wait_s`."""
         task = self._early
         self._early = None
         if task is None:
             task = self._judge_now()
+        self._busy = False
         try:
-            return await task
+            async with asyncio.timeout(wait_s):
+                return await task
+        except (TimeoutError, TurnModelBusy):
+            self._busy = True
+            return None
         except asyncio.CancelledError:
             if asyncio.current_task() is not None and asyncio.current_task().cancelling():
                 raise

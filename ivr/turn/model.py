@@ -53,6 +53,10 @@ def bundled_model_path() -> str | None:
     return None
 
 
+class TurnModelBusy(RuntimeError):
+    """Every worker is taken and the queue is full: the turn is left to the plain timer."""
+
+
 @dataclass(frozen=True, slots=True)
 class TurnVerdict:
     """The model's answer for one candidate end of turn."""
@@ -81,9 +85,16 @@ def _load_features():
 
 
 class SmartTurn:
-    """The shared model: one ONNX session and a small worker pool for every call."""
+    """The shared model: one ONNX session and a small worker pool for every call.
 
-    def __init__(self, model_path: str | None = None, workers: int = 1) -> None:
+    The pool is small and its queue short on purpose: a verdict is worth having only within
+    a few hundred ms of the pause, and every call shares these cores with the calls' audio. A
+    decision that would have to queue behind `workers + max_waiting` others is refused at once
+    (`TurnModelBusy`) rather than queued: under load, turns fall back to the plain timer instead
+    of waiting longer and longer for the model (the backlog once made answers seconds late).
+    """
+
+    def __init__(self, model_path: str | None = None, workers: int = 1, max_waiting: int = 1) -> None:
         path = model_path or bundled_model_path()
         if path is None:
             raise FileNotFoundError(
@@ -94,6 +105,7 @@ class SmartTurn:
             raise FileNotFoundError(f"Smart Turn model not found: {path}")
         self.model_path = path
         self.pool = WorkerPool(workers, "turn")
+        self.max_waiting = max_waiting
         self._session = shared_model(("smart-turn", path), f"Smart Turn ({Path(path).name})", lambda: _load_session(path))
         self._features = shared_model(("whisper-features", WINDOW_S), "Whisper features (8 s)", _load_features)
 
@@ -122,4 +134,6 @@ class SmartTurn:
         return TurnVerdict(p, (time.perf_counter() - start) * 1000, (time.thread_time() - cpu) * 1000)
 
     async def judge(self, ulaw: bytes) -> TurnVerdict:
+        if self.pool.jobs >= self.pool.workers + self.max_waiting:
+            raise TurnModelBusy(f"{self.pool.jobs} turn decisions already running or queued")
         return await self.pool.run(self.judge_ulaw, ulaw)
