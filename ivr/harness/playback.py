@@ -26,6 +26,16 @@ BOT_VOICE_DBFS = -45.0
 _BOT_VOICE_RMS = 32768 * 10 ** (BOT_VOICE_DBFS / 20)
 
 
+def voiced_blocks(payload: bytes) -> list[int]:
+    """Offsets of the 20 ms blocks of bot mu-law audio loud enough to be the bot speaking.
+
+    audioop's RMS per block (as speech.frame_levels_db takes it), in C: this runs for every bot
+    frame of every call under `ivr load`, where numpy's per-call overhead showed."""
+    pcm = ulaw_to_pcm16(payload)
+    return [i for i in range(0, len(payload), FRAME_BYTES)
+            if audioop.rms(pcm[2 * i : 2 * (i + FRAME_BYTES)], 2) > _BOT_VOICE_RMS]
+
+
 @dataclass(slots=True)
 class BotMedia:
     """One `media` message from the bot: when it arrived and where it sits on the playout line."""
@@ -172,12 +182,7 @@ class TwilioPlayback:
         return marks
 
     def _add_voiced(self, start: int, payload: bytes) -> None:
-        # audioop's RMS per 20 ms block (as speech.frame_levels_db takes it), in C: this runs for
-        # every bot frame of every call under `ivr load`, where numpy's per-call overhead showed.
-        pcm = ulaw_to_pcm16(payload)
-        for i in range(0, len(payload), FRAME_BYTES):
-            if audioop.rms(pcm[2 * i : 2 * (i + FRAME_BYTES)], 2) <= _BOT_VOICE_RMS:
-                continue
+        for i in voiced_blocks(payload):
             a = start + i
             b = min(a + FRAME_BYTES, start + len(payload))
             if self.voiced and a <= self.voiced[-1][1] + FRAME_BYTES:

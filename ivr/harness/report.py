@@ -31,8 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ivr.audio import FRAME_BYTES
-from ivr.harness.playback import BOT_VOICE_DBFS, BotMedia, to_ms
-from ivr.harness.speech import frame_levels_db, ulaw_pcm
+from ivr.harness.playback import BotMedia, to_ms, voiced_blocks
 from ivr.harness.record import CallRecord
 
 FORMAT = "ivr.replay.report/1"
@@ -226,11 +225,9 @@ def repeated_ms(media: list[BotMedia]) -> float:
     for item in sorted(media, key=lambda m: m.play_start):
         if item.kept < FRAME_BYTES // 2:
             continue
-        levels = frame_levels_db(ulaw_pcm(item.payload))
-        for k, level in enumerate(levels):
-            a = k * FRAME_BYTES
-            if level <= BOT_VOICE_DBFS or item.kept - a < FRAME_BYTES // 2:
-                continue
+        for a in voiced_blocks(item.payload):
+            if item.kept - a < FRAME_BYTES // 2:
+                break
             frame = item.payload[a : a + FRAME_BYTES]
             at = to_ms(item.play_start + a)
             seen = first_heard.get(frame)
