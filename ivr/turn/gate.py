@@ -9,8 +9,8 @@ Deepgram nova with its endpointing). Each `EndOfTurn` it emits is held until jud
   (short pauses such as "No thanks ... that's all" stay inside the turn);
 - not done: the turn is held, and ends only after `max_silence_ms` without speech (the ceiling).
   If the caller goes on, the next `EndOfTurn` is judged again with the texts joined;
-- the model failed, or gave no answer before the plain timer would have ended the turn (its
-  workers busy with other calls' pauses): the turn ends after `fallback_ms` of silence.
+- the model failed, was busy with other calls' pauses (its pool refuses what it could only
+  queue), or gave no answer before the ceiling: the turn ends after `fallback_ms` of silence.
 
 When the session can tell that the caller stopped speaking (`speaking`, the embedded VAD), the
 model starts right then, beside the recogniser's decode of the last words, so the verdict is
@@ -36,8 +36,8 @@ log = logging.getLogger("ivr.turn")
 ULAW_BYTES_PER_MS = 8
 #: Wall-clock time past a held turn's wait after which it ends even if no audio came.
 STALL_GRACE_S = 0.5
-#: The least time a verdict is waited for, even when the plain timer's silence has already
-#: passed (a cloud recogniser's end of turn can arrive that late).
+#: The least time a verdict is waited for, even when the ceiling's silence has already passed
+#: (a cloud recogniser's end of turn can arrive late).
 MIN_VERDICT_WAIT_MS = 100
 
 
@@ -282,7 +282,10 @@ class TurnGate:
                 early.cancel()
         elif not resumed:
             silence_ms = self._fed_ms - event.at_ms
-            verdict = await self._verdict(max(MIN_VERDICT_WAIT_MS, self._opts.fallback_ms - silence_ms) / 1000)
+            # Bounded by the ceiling: past it the turn would end whatever the model said. (The
+            # model's pool refuses work it could only queue, so a wait is one or two decisions
+            # long unless the machine is starved.)
+            verdict = await self._verdict(max(MIN_VERDICT_WAIT_MS, self._opts.max_silence_ms - silence_ms) / 1000)
         if self._closed:
             return
         threshold = self._opts.threshold_after_pause if held is not None else self._opts.threshold
