@@ -4,7 +4,8 @@ Each carrier's stream lands on its own WebSocket route (`/media/telnyx`, `/media
 `/media/exotel`, `/media/vonage`, `/media/asterisk`) or, for Asterisk's AudioSocket, on a TCP
 port; all of them run the server's one stream loop (ivr.server) with the carrier's codec
 (ivr.telephony.carriers). The carriers that fetch an answer document get it here, signed
-requests only: Telnyx TeXML at `/telnyx/texml`, Plivo XML at `/plivo/answer`, a Vonage NCCO at
+requests only: Telnyx TeXML at `/telnyx/texml`, Plivo XML at `/plivo/answer` (and at
+`/plivo/transfer`, where a transfer through Plivo's API sends the caller), a Vonage NCCO at
 `/vonage/answer`. Exotel's Voicebot applet and Asterisk's dialplan are configured by hand
 (infra/carriers.md, infra/asterisk/).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Awaitable, Callable
 
 import orjson
@@ -31,11 +33,15 @@ from starlette.websockets import WebSocket
 from ivr import metrics
 from ivr.config import Settings
 from ivr.session import Transport
-from ivr.telephony import asterisk_ws, audiosocket, exotel, json_stream, plivo, stream_token, telnyx, vonage
+from ivr.telephony import asterisk_ws, audiosocket, exotel, json_stream, plivo, plivo_control, stream_token, telnyx, vonage
 from ivr.telephony.carriers import CARRIERS
 from ivr.telephony.twilio import Start
+from ivr.telephony.twiml import TRANSFER_SAY
 
 log = logging.getLogger("ivr.carriers")
+
+#: What a transfer may dial: an E.164 number or a SIP URI (nothing that could break the XML).
+TRANSFER_TARGET = re.compile(r"\+?[0-9]{3,15}|sips?:[A-Za-z0-9._~%!$&'*+,;=:@-]{3,200}")
 
 #: Events a carrier sends that the engine does not act on: logged.
 CARRIER_NOTICES = (json_stream.Notice, asterisk_ws.FlowControl, asterisk_ws.Notice, audiosocket.AudioSocketError,
@@ -151,6 +157,22 @@ def install(state, run_stream: Callable[..., Awaitable[None]]) -> list:
         clean = {k: "".join(c for c in v if c.isalnum()) for k, v in headers.items() if v}
         return Response(plivo.answer(url, clean), media_type="application/xml")
 
+    async def plivo_transfer(request: Request) -> Response:
+        """The Plivo XML a transfer sends the caller to (ivr.telephony.plivo_control's `aleg_url`)."""
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        if settings.plivo_auth_token:
+            url = state.public.webhook_url(request)
+            params = form if request.method == "POST" else {}
+            if not plivo.verify_webhook(settings.plivo_auth_token, request.method, url, params,
+                                        request.headers.get(plivo.NONCE_HEADER, ""),
+                                        request.headers.get(plivo.SIGNATURE_HEADER, "")):
+                return _forbidden("plivo", "X-Plivo-Signature-V3 missing or not valid")
+        target = request.query_params.get("to", "")
+        if not TRANSFER_TARGET.fullmatch(target):
+            return PlainTextResponse("to: a phone number or a sip: URI\n", status_code=400)
+        doc = plivo.transfer(target, request.query_params.get("summary", ""), say=TRANSFER_SAY)
+        return Response(doc, media_type="application/xml")
+
     async def vonage_answer(request: Request) -> Response:
         body = await request.body()
         if settings.vonage_signature_secret and not vonage.verify_webhook(
@@ -174,6 +196,7 @@ def install(state, run_stream: Callable[..., Awaitable[None]]) -> list:
         *(media_route(name) for name in ("telnyx", "plivo", "exotel", "vonage", "asterisk-ws")),
         Route("/telnyx/texml", telnyx_texml, methods=["POST"]),
         Route("/plivo/answer", plivo_answer, methods=["GET", "POST"]),
+        Route(plivo_control.TRANSFER_PATH, plivo_transfer, methods=["GET", "POST"]),
         Route("/vonage/answer", vonage_answer, methods=["GET", "POST"]),
     ]
 

@@ -243,14 +243,14 @@ async def _run_stream(state: IvrState, websocket: WebSocket | None, carrier: Car
                 metrics.ACTIVE_CALLS.inc()
                 metrics.CALLS.labels("accepted").inc()
                 line = Line(transport, event, calllog, capture_dir, t0, writer=carrier.writer(event, parser),
-                            has_clear=carrier.has_clear, has_marks=carrier.has_marks)
-                line.before_close = _outcome_saver(state, line)
+                            has_clear=carrier.has_clear, has_marks=carrier.has_marks, carrier=carrier.name,
+                            control_id=carrier.control_id(event))
+                if carrier.name == "twilio":  # only Twilio asks /twiml/fallback how the call goes on
+                    line.before_close = _outcome_saver(state, line)
                 if hasattr(parser, "expect_marks") and hasattr(line.writer, "pending_marks"):
                     parser.expect_marks(line.writer.pending_marks)
                 if carrier.max_lead_ms is not None:
                     line.max_lead_ms = carrier.max_lead_ms
-                if carrier.name != "twilio":
-                    line.rest = None  # Twilio's REST API does not reach another carrier's calls
                 for early_raw, early_ms in early:
                     line.capture(early_raw, early_ms)
                 state.index_call(line)
@@ -308,10 +308,11 @@ async def _run_stream(state: IvrState, websocket: WebSocket | None, carrier: Car
                 calllog.exception("call handler failed while closing")
         if line is not None:
             line.close()
-            await line.before_close()
+            if line.before_close is not None:
+                await line.before_close()
         if admitted:
             metrics.ACTIVE_CALLS.dec()
-            bot_end = line is not None and ("transfer" if line.transfer_twiml else "bot" if line.ended_by_bot else "")
+            bot_end = line is not None and ("transfer" if line.transfer_to else "bot" if line.ended_by_bot else "")
             metrics.CALL_ENDINGS.labels(bot_end or ("caller" if end_reason == "stop" else end_reason)).inc()
             metrics.CALL_DURATION.observe(time.monotonic() - t0)
         state.admission.leave(key)
@@ -380,7 +381,8 @@ def _outcome_saver(state: IvrState, line: Line):
 
     async def save() -> None:
         nonlocal saved
-        doc = line.transfer_twiml or (twiml.hangup() if line.ended_by_bot else None)
+        transfer = line.transfer_to
+        doc = twiml.transfer(transfer.target, transfer.summary) if transfer else twiml.hangup() if line.ended_by_bot else None
         if doc is None or saved:
             return
         saved = True

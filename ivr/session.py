@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, NamedTuple, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
@@ -22,6 +22,13 @@ from ivr.telephony.twilio import Dtmf, Event, Mark, Media, Start, StreamWriter
 log = logging.getLogger("ivr.session")
 
 
+class Transfer(NamedTuple):
+    """Where the bot sent the caller, and the summary it gave."""
+
+    target: str
+    summary: str = ""
+
+
 class Line:
     """The outbound side of one Media Stream, plus the call's identity and optional capture."""
 
@@ -31,8 +38,13 @@ class Line:
     has_marks = True
 
     def __init__(self, websocket: WebSocket | "Transport", start: Start, calllog: CallLog, capture_dir: str, t0: float,
-                 writer=None, has_clear: bool = True, has_marks: bool = True) -> None:
+                 writer=None, has_clear: bool = True, has_marks: bool = True, carrier: str = "twilio",
+                 control_id: str = "") -> None:
         self.start = start
+        #: Which carrier's stream this is: it picks the call control (ivr.telephony.control),
+        #: and `control_id` is the id that call control knows the call by.
+        self.carrier = carrier
+        self.control_id = control_id or start.call_sid
         self.log = calllog
         #: Twilio's by default; another carrier's writer has the same media/mark/clear methods
         #: (ivr.telephony.carriers), returning text or bytes, or None for audio it gathers.
@@ -43,10 +55,10 @@ class Line:
         self.closed = False
         #: The caller hung up (or the socket died) while we were sending: later sends are dropped.
         self.gone = False
-        #: Set by the call engine: the bot ended the call, or handed it to this transfer TwiML.
-        #: Without REST credentials the stream's end runs /twiml/fallback, which serves them.
+        #: Set by the call engine: the bot ended the call, or handed it on. On Twilio without
+        #: call control the stream's end runs /twiml/fallback, which serves them.
         self.ended_by_bot = False
-        self.transfer_twiml: str | None = None
+        self.transfer_to: Transfer | None = None
         #: Set by the server: run before our side closes the stream (Twilio may ask any pod
         #: for /twiml/fallback the moment it closes).
         self.before_close: Callable[[], Awaitable[None]] | None = None
@@ -116,13 +128,21 @@ class Line:
             self._capture.write_event((time.monotonic() - self._t0) * 1000, event)
 
     async def hang_up(self) -> None:
-        """End the stream from our side (the call's own REST hang-up is the caller's business).
+        """End the stream from our side (the call's own hang-up is the call control's business).
         A carrier that hangs up on request (Asterisk) is asked first."""
+        await self._end(ask_hang_up=True)
+
+    async def leave(self) -> None:
+        """End the stream without asking the carrier to hang up: what follows the stream on its
+        side (an answer document, a dialplan) takes the call on."""
+        await self._end(ask_hang_up=False)
+
+    async def _end(self, ask_hang_up: bool) -> None:
         if not self.closed:
             self.closed = True
             if self.before_close is not None:
                 await self.before_close()
-            hangup = getattr(self.writer, "hangup", None)
+            hangup = getattr(self.writer, "hangup", None) if ask_hang_up else None
             if hangup is not None and not self.gone:
                 try:
                     await self._ws.send(hangup())

@@ -12,7 +12,8 @@ import pytest
 
 from fakes.twilio_api import FakeTwilioApi
 from ivr.call import CallFactory, CallOptions
-from ivr.call.twilio_rest import TwilioRest
+from ivr.telephony.twilio_control import TwilioControl
+from ivr.telephony.twilio_rest import TwilioRest
 from ivr.config import Settings
 from ivr.providers.registry import build
 from ivr.server import create_app
@@ -36,7 +37,7 @@ def stack(providers):
     """(media URL, call factory, fake Twilio API) with one server for the module."""
     api = FakeTwilioApi(ACCOUNT, TOKEN)
     with serve(api.app) as api_url:
-        factory = CallFactory(providers, rest=TwilioRest(ACCOUNT, TOKEN, base_url=api_url))
+        factory = CallFactory(providers, controls={"twilio": TwilioControl(TwilioRest(ACCOUNT, TOKEN, base_url=api_url))})
         app = create_app(Settings.from_env({}), handler_factory=factory)
         with serve(app) as base:
             yield base.replace("http", "ws") + "/media", factory, api
@@ -48,7 +49,7 @@ def markless(providers):
     api = FakeTwilioApi(ACCOUNT, TOKEN)
     with serve(api.app) as api_url:
         options = CallOptions(reprompt_after_ms=2500, max_reprompts=1)
-        factory = CallFactory(providers, options, rest=TwilioRest(ACCOUNT, TOKEN, base_url=api_url), marks=False)
+        factory = CallFactory(providers, options, controls={"twilio": TwilioControl(TwilioRest(ACCOUNT, TOKEN, base_url=api_url))}, marks=False)
         app = create_app(Settings.from_env({"IVR_MARKS": "off"}), handler_factory=factory)
         with serve(app) as base:
             yield base.replace("http", "ws") + "/media", factory, api

@@ -8,6 +8,7 @@ import pytest
 
 from fakes.line import RecordingLine
 from fakes.manual_time import ManualTime
+from ivr.telephony import twiml
 from ivr.call import Call, CallOptions
 from ivr.providers.base import AudioChunk, EndOfTurn, Final, SpeechStarted, TextDelta, ToolCall
 from ivr.providers.registry import Providers
@@ -250,7 +251,9 @@ async def test_dtmf_zero_transfers_after_the_announcement_without_marks():
     await line.wait_for(lambda: call._turn.number == 2 and call._turn.produced)
     await time.advance(len(call._turn.frames) * 0.02 + 0.05)
     await asyncio.wait_for(line.hung_up.wait(), 2)
-    assert "<Sip>sip:desk@pbx.example.com?X-Ivr-Summary=rye</Sip>" in line.transfer_twiml
+    assert line.transfer_to == ("sip:desk@pbx.example.com", "rye") and line.left
+    # Without call control, Twilio's stream end serves this TwiML at /twiml/fallback.
+    assert "<Sip>sip:desk@pbx.example.com?X-Ivr-Summary=rye</Sip>" in twiml.transfer(*line.transfer_to)
     assert call.providers.brain.sessions[0].inputs[0][1].dtmf == "0"
     assert "mark" not in line.kinds()
 

@@ -17,7 +17,8 @@ from fakes.elevenlabs import FakeElevenLabs
 from fakes.openai_api import FakeOpenAI
 from fakes.twilio_api import FakeTwilioApi
 from ivr.call import CallFactory
-from ivr.call.twilio_rest import TwilioRest
+from ivr.telephony.twilio_control import TwilioControl
+from ivr.telephony.twilio_rest import TwilioRest
 from ivr.config import Settings
 from ivr.providers.registry import build
 from ivr.server import create_app
@@ -57,7 +58,7 @@ def cloud(tmp_path_factory):
         providers = build(settings)
         assert [type(p.primary).__name__ for p in (providers.stt, providers.tts, providers.brain)] == \
             ["DeepgramStt", "ElevenLabsTts", "OpenAIBrain"]  # chosen by their keys alone
-        factory = CallFactory(providers, rest=TwilioRest(ACCOUNT, TOKEN, base_url=api_url))
+        factory = CallFactory(providers, controls={"twilio": TwilioControl(TwilioRest(ACCOUNT, TOKEN, base_url=api_url))})
         app = create_app(settings, handler_factory=factory)
         with serve(app) as base:
             yield base.replace("http", "ws") + "/media", factory, api, dg, el, openai

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from twilio.request_validator import RequestValidator
 
 from fakes.twilio_api import Callee, FakeTwilioApi
-from ivr.call.twilio_rest import TwilioRest
+from ivr.telephony.twilio_rest import TwilioRest
 from ivr.fleet.redis_state import RedisState
 from ivr.harness.emulator import ReplayOptions, TwilioEmulator
 from ivr.harness.plan import After, CallPlan, Dtmf, Hangup, Wait

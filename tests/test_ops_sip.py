@@ -13,7 +13,8 @@ import pytest
 
 from fakes.twilio_api import FakeTwilioApi
 from ivr.call import CallFactory
-from ivr.call.twilio_rest import TwilioRest
+from ivr.telephony.twilio_control import TwilioControl
+from ivr.telephony.twilio_rest import TwilioRest
 from ivr.config import Settings
 from ivr.harness.emulator import ReplayOptions, TwilioEmulator
 from ivr.harness.sources import load_call
@@ -54,7 +55,7 @@ async def test_sip_domain_call_headers_reach_the_brain_and_the_transfer_goes_bac
             return calls[-1]
 
     with serve(api.app) as api_url:
-        factory = Recording(providers, rest=TwilioRest(ACCOUNT, TOKEN, base_url=api_url))
+        factory = Recording(providers, controls={"twilio": TwilioControl(TwilioRest(ACCOUNT, TOKEN, base_url=api_url))})
         app = create_app(Settings.from_env(env), handler_factory=factory)
         with serve(app) as base:
             async with httpx.AsyncClient(base_url=base) as http:

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from fakes.twilio_api import Callee, FakeTwilioApi
-from ivr.call.twilio_rest import TwilioRest
+from ivr.telephony.twilio_rest import TwilioRest
 from ivr.config import Settings
 from ivr.outbound.store import CallStore
 from ivr.server import create_app

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from fakes.twilio_api import Callee, FakeTwilioApi
-from ivr.call.twilio_rest import TwilioRest
+from ivr.telephony.twilio_rest import TwilioRest
 from ivr.cli import main
 from ivr.config import Settings
 from ivr.outbound.campaign import Campaign, read_targets

@@ -14,7 +14,8 @@ import pytest
 
 from fakes.twilio_api import Callee, FakeTwilioApi
 from ivr.call import CallFactory
-from ivr.call.twilio_rest import TwilioRest
+from ivr.telephony.twilio_control import TwilioControl
+from ivr.telephony.twilio_rest import TwilioRest
 from ivr.config import Settings
 from ivr.harness.audiofile import pcm_to_ulaw, read_ulaw
 from ivr.harness.plan import After, CallPlan, Hangup, Say
@@ -44,7 +45,7 @@ def stack(providers, tmp_path_factory):
     api = FakeTwilioApi(ACCOUNT, TOKEN)
     with serve(api.app) as api_url:
         rest = TwilioRest(ACCOUNT, TOKEN, base_url=api_url)
-        factory = CallFactory(providers, rest=rest)
+        factory = CallFactory(providers, controls={"twilio": TwilioControl(rest)})
         settings = Settings.from_env({"TWILIO_AUTH_TOKEN": TOKEN, "IVR_API_TOKEN": API_TOKEN,
                                       "IVR_OUTBOUND_DIR": str(store_dir), "IVR_CALLER_ID": FROM})
         app = create_app(settings, handler_factory=factory)

@@ -25,7 +25,8 @@ from fakes.openai_tts import FakeOpenAITts
 from fakes.twilio_api import FakeTwilioApi
 from ivr.call import CallFactory
 from ivr.call.engine import PromptCache
-from ivr.call.twilio_rest import TwilioRest
+from ivr.telephony.twilio_control import TwilioControl
+from ivr.telephony.twilio_rest import TwilioRest
 from ivr.config import Settings
 from ivr.harness.emulator import ReplayOptions
 from ivr.harness.run import replay_file
@@ -100,7 +101,7 @@ def stack(request, tmp_path_factory):
         assert isinstance(providers.tts, FallbackTts)
         backup = InstantTts()
         providers.tts = FallbackTts(providers.tts.primary, lambda: backup, 0, providers.tts.provider, providers.tts.name)
-        factory = RecordingFactory(providers, rest=TwilioRest(ACCOUNT, TOKEN, base_url=api_url))
+        factory = RecordingFactory(providers, controls={"twilio": TwilioControl(TwilioRest(ACCOUNT, TOKEN, base_url=api_url))})
         app = create_app(settings, handler_factory=factory)
         with serve(app) as base:
             yield variant, base.replace("http", "ws") + "/media", factory, dg, voice, backup

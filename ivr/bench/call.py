@@ -63,7 +63,9 @@ class _TimingLine:
     first_media_at: float | None = None
     sent: int = 0
     ended_by_bot: bool = False
-    transfer_twiml: str | None = None
+    transfer_to: object = None
+    carrier: str = "twilio"
+    control_id: str = ""
     log: object = None
     writer: object = None
     marks: list = field(default_factory=list)
@@ -84,6 +86,9 @@ class _TimingLine:
         self.writer.clear()
 
     async def hang_up(self) -> None:
+        pass
+
+    async def leave(self) -> None:
         pass
 
 

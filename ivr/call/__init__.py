@@ -6,17 +6,17 @@ import logging
 import time
 from collections import deque
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Mapping
 
 from ivr.call.engine import Call, CallOptions, CallState, PromptCache
 from ivr.call.events import Listener
 from ivr.call.splitter import SplitOptions, TextSplitter
 from ivr.call.timebase import WallTime, clock_rate
-from ivr.call.twilio_rest import TwilioRest
 from ivr.config import Settings
 from ivr.providers.base import CallContext, TextDelta
 from ivr.providers.registry import Providers, build
 from ivr.session import Line
+from ivr.telephony.control import CallControl, controls_from_env
 
 log = logging.getLogger("ivr.call")
 
@@ -28,14 +28,16 @@ RECENT_CALLS = 100
 class CallFactory:
     """Makes a `Call` for each stream, sharing the providers and the prompt cache."""
 
-    def __init__(self, providers: Providers, options: CallOptions | None = None, rest: TwilioRest | None = None,
-                 marks: bool = True) -> None:
+    def __init__(self, providers: Providers, options: CallOptions | None = None,
+                 controls: Mapping[str, CallControl] | None = None, marks: bool = True) -> None:
         self.providers = providers
         #: False: the carrier echoes no marks (IVR_MARKS=off); calls go by the playout clock alone.
         self.marks = marks
         self.options = options or CallOptions()
         self.cache = PromptCache()
-        self.rest = rest
+        #: Each carrier's call control by carrier name (ivr.telephony.control); a line's carrier
+        #: picks its own, and a carrier without one ends calls by ending the stream.
+        self.controls = dict(controls or {})
         #: The latest calls, newest last (benchmarks, the demo's transcript, tests read them).
         self.recent: deque[Call] = deque(maxlen=RECENT_CALLS)
         #: line -> a listener for that call's events (ivr.call.events) or None; the server's web
@@ -55,16 +57,19 @@ class CallFactory:
         except FlowError as exc:
             raise ConfigError(f"IVR_FLOW: {exc}", hint=f"{exc.hint}; or unset IVR_FLOW for the example bot") from None
         options = replace(call_options(flow.extra), playout_lead_ms=settings.playout_lead_ms)
-        return cls(build(settings), options, rest=TwilioRest.from_env(), marks=settings.marks)
+        try:
+            controls = controls_from_env()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return cls(build(settings), options, controls=controls, marks=settings.marks)
 
     def __call__(self, line: Line) -> Call:
         listener = self.listen(line) if self.listen is not None else None
         rate = clock_rate(line.parameters)
         if rate != 1.0:
             line.log.info("the caller's clock runs %g times real time (a replay): so does the bot's", rate)
-        # A line of another carrier says it has no Twilio REST API (line.rest = None).
-        rest = getattr(line, "rest", self.rest)
-        call = Call(line, self.providers, self.options, self.cache, rest, listener=listener, marks=self.marks,
+        control = self.controls.get(getattr(line, "carrier", "twilio"))
+        call = Call(line, self.providers, self.options, self.cache, control, listener=listener, marks=self.marks,
                     time=WallTime(rate))
         call.before_greeting = self.before_greeting
         self.recent.append(call)
@@ -84,8 +89,10 @@ class CallFactory:
         await session.aclose()
         for text in pieces:
             await self.render(text)
-        if self.rest is None:
-            log.info("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not set: transfers and hang-ups go through the stream's end")
+        if self.controls:
+            log.info("hang-ups and transfers through the call control of: %s", ", ".join(sorted(self.controls)))
+        log.info("calls of %s end or move on by their stream ending (no call control configured)",
+                 "every carrier" if not self.controls else "the other carriers")
         log.info("engines ready and %d greeting piece(s) cached in %.1f s", len(pieces), time.monotonic() - t0)
 
     async def render(self, text: str) -> None:

@@ -15,16 +15,16 @@ from ivr import metrics
 from ivr.audio import FRAME_BYTES, Framer
 from ivr.audio.dtmf import dtmf_ulaw
 from ivr.call.turns import BOT_HAS_FLOOR, Event
-from ivr.call.twilio_rest import TwilioRestError
 from ivr.providers.base import BrainOutput, TextDelta, ToolCall
-from ivr.telephony import twiml
+from ivr.session import Transfer
+from ivr.telephony.control import ControlError, is_sip
 
 if TYPE_CHECKING:
     from ivr.call.turn import BotTurn
 
 
 class Endings:
-    """Needs from the call: line, log, rest, speaker, stats, state, _group, _turn, _ending,
+    """Needs from the call: line, log, control, speaker, stats, state, _group, _turn, _ending,
     _emit(), _fire(), _cut(), _begin_turn()."""
 
     async def _run_tools(self, turn: BotTurn) -> None:
@@ -78,10 +78,10 @@ class Endings:
         self.stats.handed_over_at = monotonic()
         self.log.info("the bot ends the call")
         self.line.ended_by_bot = True
-        if self.rest is not None:
+        if self.control is not None:
             try:
-                await self.rest.hang_up(self.line.start.call_sid)
-            except TwilioRestError as exc:
+                await self.control.hang_up(self.line.control_id)
+            except ControlError as exc:
                 self.log.warning("%s; closing the stream instead", exc)
         await self.line.hang_up()
 
@@ -92,16 +92,21 @@ class Endings:
         self._fire(Event.TRANSFER)
         self.stats.handed_over_at = monotonic()
         self._ending = True
-        doc = twiml.transfer_sip(target, summary) if target.startswith(("sip:", "sips:")) else twiml.transfer_number(target)
         self.log.info("transferring the call to %s", self.log.mask(target))
-        metrics.TRANSFERS.labels("sip" if target.startswith(("sip:", "sips:")) else "number").inc()
-        self.line.transfer_twiml = doc
-        if self.rest is not None:
+        metrics.TRANSFERS.labels("sip" if is_sip(target) else "number").inc()
+        # Kept on the line whatever happens next: if the stream ends without the carrier's call
+        # control, what follows the stream may still carry it out (Twilio's /twiml/fallback).
+        self.line.transfer_to = Transfer(target, summary)
+        if self.control is not None:
             try:
-                await self.rest.update_twiml(self.line.start.call_sid, doc)
+                await self.control.transfer(self.line.control_id, target, summary)
+            except ControlError as exc:
+                self.log.warning("%s; ending the stream instead, and what follows it on the carrier's side "
+                                 "takes the call", exc)
+            else:
+                if not self.control.ends_stream_on_transfer:
+                    await self.line.leave()
                 return
-            except TwilioRestError as exc:
-                self.log.warning("%s; handing the transfer to the stream's fallback instead", exc)
-        # Without the REST API: end the stream; Twilio then fetches /twiml/fallback, which
-        # serves this transfer (see ivr.server).
-        await self.line.hang_up()
+        # No call control, or it failed: end the stream without hanging up; the carrier's
+        # answer document or dialplan goes on (on Twilio, /twiml/fallback serves this transfer).
+        await self.line.leave()

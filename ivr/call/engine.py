@@ -13,8 +13,8 @@ Turn-taking is the table in ivr.call.turns; speech over the bot pauses it and th
 ivr.call.interruption decides whether to carry on or give the turn up. What the caller heard of
 each bot turn (its `HeardLedger`, kept by the playout clock) is all the brain's history holds.
 
-The carrier's capabilities come in as plain flags (`marks`, and `line.has_clear`): nothing here
-branches on which carrier it is.
+The carrier's capabilities come in as plain flags (`marks`, and `line.has_clear`) and its call
+control as one interface (ivr.telephony.control): nothing here branches on which carrier it is.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from ivr.call.speculation import Speculation
 from ivr.call.timebase import Timebase, WallTime
 from ivr.call.turn import BotTurn, CallStats, TurnTiming
 from ivr.call.turns import BOT_HAS_FLOOR, Action, CallState, Event, TurnTaking
-from ivr.call.twilio_rest import TwilioRest
 from ivr.providers.base import (
     BrainOutput,
     CallContext,
@@ -53,6 +52,7 @@ from ivr.providers.base import (
 )
 from ivr.providers.registry import Providers
 from ivr.session import Line, ListeningHandler, is_disconnect
+from ivr.telephony.control import CallControl
 
 __all__ = ["BotTurn", "Call", "CallOptions", "CallState", "CallStats", "PromptCache", "TurnTiming"]
 
@@ -69,7 +69,7 @@ class Call(Endings, ListeningHandler):
     """The call handler the server drives (see ivr.session.CallHandler)."""
 
     def __init__(self, line: Line, providers: Providers, options: CallOptions | None = None,
-                 cache: PromptCache | None = None, rest: TwilioRest | None = None,
+                 cache: PromptCache | None = None, control: CallControl | None = None,
                  listener: Listener | None = None, *, time: Timebase | None = None, marks: bool = True) -> None:
         #: Gets small dict events (ivr.call.events); None for most calls, which then pay nothing.
         self.listener = listener
@@ -78,7 +78,9 @@ class Call(Endings, ListeningHandler):
         self.providers = providers
         self.options = o = options or CallOptions()
         self.cache = cache if cache is not None else PromptCache()
-        self.rest = rest
+        #: Hangs up or transfers through the carrier (ivr.telephony.control); None: the
+        #: stream's end does it.
+        self.control = control
         self.time = time or WallTime()
         self.clock = PlayoutClock(margin_s=o.mark_margin_ms / 1000)
         #: Carrier capabilities: without marks nothing waits for echoes; without clear a pause

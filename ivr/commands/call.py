@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ivr.call.twilio_rest import TwilioRest
+    from ivr.telephony.twilio_rest import TwilioRest
     from ivr.outbound.campaign import Campaign, CampaignError, read_targets, summary
     from ivr.outbound.place import NotPlaced, OutboundRequest, PlaceError, Placer
     from ivr.outbound.store import CallStore

@@ -16,7 +16,7 @@ from typing import Awaitable, Callable, Mapping
 
 from twilio.twiml.voice_response import VoiceResponse
 
-from ivr.call.twilio_rest import TwilioRest
+from ivr.telephony.twilio_rest import TwilioRest
 from ivr.logs import mask_number
 from ivr.outbound import metrics
 from ivr.outbound.store import CallStore

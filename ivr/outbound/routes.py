@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ivr.call.twilio_rest import TwilioRest
+from ivr.telephony.twilio_rest import TwilioRest
 from ivr.fleet import take_turn
 from ivr.logs import mask_number
 from ivr.outbound import metrics

@@ -52,6 +52,17 @@ _FIELD = re.compile(r"(\w+):(\S*)")
 _ID_EVENTS = frozenset({"MEDIA_MARK_PROCESSED", "MEDIA_BUFFERING_COMPLETED"})
 
 
+#: A dialplan variable naming the caller's channel: `Set(__IVR_CHANNEL=${UNIQUEID})` before
+#: `Dial(WebSocket/…)` (inherited by the WebSocket channel, sent in a JSON MEDIA_START).
+CALLER_CHANNEL_VARIABLE = "IVR_CHANNEL"
+
+
+def caller_channel(start: Start) -> str:
+    """The channel ARI should hang up or transfer: the caller's, when the dialplan names it;
+    else the WebSocket channel itself (hanging it up ends the `Dial()`)."""
+    return start.custom_parameters.get(CALLER_CHANNEL_VARIABLE) or start.call_sid
+
+
 class FlowControl(NamedTuple):
     """MEDIA_XOFF (`paused=True`) or MEDIA_XON: Asterisk's queue of our audio is full / has room."""
 

@@ -27,6 +27,8 @@ class Carrier(NamedTuple):
     #: The most audio sent ahead of the caller's ear (None: IVR_PLAYOUT_LEAD_MS). A carrier with
     #: no clear plays all it is sent, so a barge-in stops only as fast as this runs out.
     max_lead_ms: int | None = None
+    #: (the call's Start) -> the id its call control knows the call by (ivr.telephony.control).
+    control_id: Callable[[Start], str] = lambda start: start.call_sid
 
 
 def _dialect(d: json_stream.Dialect) -> Callable[[int], Any]:
@@ -46,7 +48,8 @@ CARRIERS: dict[str, Carrier] = {c.name: c for c in (
             lambda start, parser: vonage.VonageWriter(parser.rate), vonage.CAPABILITIES.clear, vonage.CAPABILITIES.marks),
     Carrier("asterisk-ws", "/media/asterisk", lambda limit: asterisk_ws.AsteriskWsParser(),
             lambda start, parser: asterisk_ws.AsteriskWsWriter(parser.json_control),
-            asterisk_ws.CAPABILITIES.clear, asterisk_ws.CAPABILITIES.marks),
+            asterisk_ws.CAPABILITIES.clear, asterisk_ws.CAPABILITIES.marks,
+            control_id=asterisk_ws.caller_channel),
     Carrier("audiosocket", "", lambda limit: audiosocket.AudioSocketParser(),
             lambda start, parser: audiosocket.AudioSocketWriter(), audiosocket.CAPABILITIES.clear,
             audiosocket.CAPABILITIES.marks, max_lead_ms=audiosocket.MAX_LEAD_MS),

@@ -102,6 +102,28 @@ def answer(stream_url: str, extra_headers: Mapping[str, str] | None = None) -> s
     )
 
 
+#: Plivo puts "X-PH-" before each `sipHeaders` name; names are letters and digits only.
+SUMMARY_SIP_HEADER = "IvrSummary"
+
+
+def transfer(target: str, summary: str = "", say: str = "") -> str:
+    """The Plivo XML a transferred call is sent to (`aleg_url`): `<Dial><User>` for a SIP URI,
+    with the summary as the `X-PH-IvrSummary` header, else `<Dial><Number>`."""
+    speak = f"<Speak>{escape(say)}</Speak>" if say else ""
+    if target.startswith(("sip:", "sips:")):
+        headers = f" sipHeaders={quoteattr(SUMMARY_SIP_HEADER + '=' + _sip_header_value(summary))}" if summary else ""
+        dial = f"<Dial{headers}><User>{escape(target)}</User></Dial>"
+    else:
+        dial = f"<Dial><Number>{escape(target.lstrip('+'))}</Number></Dial>"
+    return f'<?xml version="1.0" encoding="UTF-8"?><Response>{speak}{dial}</Response>'
+
+
+def _sip_header_value(text: str, limit: int = 200) -> str:
+    # Plivo allows only letters, digits and "%" in sipHeaders values: everything else is
+    # percent-encoded, as its docs suggest.
+    return "".join(chr(b) if chr(b).isalnum() else f"%{b:02X}" for b in text[:limit].encode())
+
+
 def _sorted_query(query: str) -> str:
     pairs = sorted(parse_qsl(query, keep_blank_values=True))
     return "&".join(f"{k}={v}" for k, v in pairs)

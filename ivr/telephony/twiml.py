@@ -69,6 +69,14 @@ def busy() -> str:
     return str(response)
 
 
+def transfer(target: str, summary: str = "") -> str:
+    """The TwiML that hands the call to `target`: `<Dial><Sip>` for a SIP URI (with the summary),
+    else `<Dial><Number>`."""
+    if target.startswith(("sip:", "sips:")):
+        return transfer_sip(target, summary)
+    return transfer_number(target)
+
+
 def transfer_number(number: str) -> str:
     response = VoiceResponse()
     response.say(TRANSFER_SAY)

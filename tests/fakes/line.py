@@ -21,8 +21,12 @@ class RecordingLine:
         self.writer = StreamWriter(self.start.stream_sid)
         self.sent: list[tuple[str, object]] = []  # ("media", bytes) | ("mark", name) | ("clear", None)
         self.ended_by_bot = False
-        self.transfer_twiml: str | None = None
+        self.carrier = "twilio"
+        self.control_id = self.start.call_sid
+        self.transfer_to = None
         self.hung_up = asyncio.Event()
+        #: True when the stream was left without a hang-up (a transfer).
+        self.left = False
         self.changed = asyncio.Event()
 
     def _add(self, kind: str, value: object) -> None:
@@ -40,6 +44,10 @@ class RecordingLine:
         self._add("clear", None)
 
     async def hang_up(self) -> None:
+        self.hung_up.set()
+
+    async def leave(self) -> None:
+        self.left = True
         self.hung_up.set()
 
     def kinds(self) -> list[str]:
