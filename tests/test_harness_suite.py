@@ -190,3 +190,19 @@ def test_a_bad_case_exits_2_before_any_call(tmp_path):
     (tmp_path / "bad.yaml").write_text("steps: [{say: hi, expect: {sayz: hello}}]")
     done = ivr_test(str(tmp_path))
     assert done.returncode == 2 and "unknown sayz" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_example_flows_cases_pass_over_another_carriers_protocol(tmp_path):
+    """`ivr test --carrier`: the same cases, the harness playing Telnyx on the bot's /media/telnyx."""
+    junit = tmp_path / "junit.xml"
+    done = ivr_test("--carrier", "telnyx", "--jobs", "3", "--margin", MARGIN, "--junit", str(junit))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "/media/telnyx" in done.stdout and "3 passed, 0 failed" in done.stdout
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert {c.get("name") for c in suite.findall("testcase")} == {"hours", "keys", "person"}
+
+
+def test_carrier_audiosocket_needs_the_bot_started_by_ivr_test():
+    done = ivr_test("--carrier", "audiosocket", "--url", "tcp://127.0.0.1:9", timeout=60)
+    assert done.returncode == 2 and "--carrier audiosocket" in done.stderr

@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ivr.commands.replay import carrier_names
+
 #: Where `ivr test` looks for cases when given no PATH.
 DEFAULT_CASES = "calls"
 
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "test",
         help="run the regression suite of calls (cases in calls/ by default)",
         description=(
-            "Replay each case (a call script with `expect:`) against the bot as Twilio would, and check what "
+            "Replay each case (a call script with `expect:`) against the bot as Twilio (or --carrier) would, and check what "
             "the caller heard, how soon, and what the bot did. By default starts the bot itself on a free "
             "loopback port, as `ivr serve` would with this environment. Exit 0: all passed; 1: a case failed; "
             "2: a usage error."
@@ -28,7 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help=f"case files or folders (default: {DEFAULT_CASES}/)")
     p.add_argument("--flow", metavar="FILE", help="the call flow to test (overrides IVR_FLOW)")
-    p.add_argument("--url", help="test a running bot's Media Stream WebSocket instead, e.g. ws://127.0.0.1:8080/media")
+    p.add_argument("--url", help="test a running bot's Media Stream WebSocket instead, e.g. ws://127.0.0.1:8080/media "
+                                 "(with --carrier, that carrier's route, e.g. ws://127.0.0.1:8080/media/telnyx)")
+    p.add_argument("--carrier", default="twilio", choices=carrier_names(),
+                   help="whose side of the calls to play (default twilio): the same cases over another carrier's protocol")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2), metavar="N",
                    help="cases run at once (default: half the CPUs)")
     p.add_argument("--speed", type=float, default=1.0, help="run the call clock N times faster than real time (default 1)")
@@ -66,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         return _usage("--record takes captures, not cases; run the cases afterwards")
     if args.flow and args.url:
         return _usage("--flow starts a bot with that flow; --url tests a running one: choose one")
+    if args.carrier == "audiosocket" and args.url:
+        return _usage("--carrier audiosocket tests a bot it starts itself (the words come from the bot's HTTP side channel, "
+                      "which a tcp:// URL does not name)")
     if args.flow and not Path(args.flow).is_file():
         return _usage(f"--flow {args.flow}: no such file")
     if args.flow:
@@ -104,7 +112,7 @@ def _run_with_bot(args: argparse.Namespace, cases, logs: Path) -> int:
     url = args.url
     try:
         if url is None:
-            server = BotServer(args.flow, logs)
+            server = BotServer(args.flow, logs, carrier=args.carrier)
             console.print(f"ivr test: starting the bot on {server.url} ({'flow ' + args.flow if args.flow else 'IVR_FLOW or the example flow'}) ...")
             t0 = time.monotonic()
             try:
@@ -114,7 +122,7 @@ def _run_with_bot(args: argparse.Namespace, cases, logs: Path) -> int:
                 return 2
             console.print(f"ivr test: bot ready in {time.monotonic() - t0:.1f} s")
             url = server.url
-        return asyncio.run(_run_cases(args, cases, url, console))
+        return asyncio.run(_run_cases(args, cases, url, console, server.events_base if server else None))
     except KeyboardInterrupt:
         return 130
     finally:
@@ -136,7 +144,7 @@ def _memo(synthesise):
     return cached
 
 
-async def _run_cases(args: argparse.Namespace, cases, url: str, console) -> int:
+async def _run_cases(args: argparse.Namespace, cases, url: str, console, events_base: str | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ivr.harness.judge import Judge
@@ -149,6 +157,7 @@ async def _run_cases(args: argparse.Namespace, cases, url: str, console) -> int:
         auth_token=(os.environ.get("TWILIO_AUTH_TOKEN") or None) if args.url else None,
         synthesise=_memo(default_synthesiser(repeatable=True)),
         judge=Judge.from_env() if any(c.uses_meaning for c in cases) else None,
+        carrier=args.carrier, events_base=events_base,
     )
     recording = bool(args.record)
     verb = "recording" if recording else "testing"

@@ -36,19 +36,25 @@ from ivr.harness.cases import (
     check,
     pending_meanings,
 )
-from ivr.harness.emulator import ReplayOptions
+from ivr.harness.emulator import ReplayOptions, TwilioEmulator
 from ivr.harness.plan import CallPlan, Dtmf, Hangup, Say
 from ivr.harness.record import CallRecord
 from ivr.harness.report import build_report
-from ivr.harness.run import replay
 from ivr.harness.sources import load_call
 from ivr.harness.tts import Synthesiser
 
 #: How long after the call ends to wait for the engine's last events (its `ended`).
 EVENTS_GRACE_S = 3.0
-#: Settings a test server must not inherit: the replayed calls do not exist at Twilio (a REST
-#: transfer would go to Twilio for nothing), and nothing signs or reaches a public URL.
-SERVER_ENV_DROPPED = ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "IVR_PUBLIC_URL", "IVR_HOST", "IVR_PORT")
+#: Settings a test server must not inherit: the replayed calls do not exist at any carrier (a
+#: transfer through its call control would go there for nothing), nothing signs the harness's
+#: streams, and nothing reaches a public URL.
+SERVER_ENV_DROPPED = (
+    "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_API_KEY", "TWILIO_API_SECRET", "IVR_PUBLIC_URL", "IVR_HOST", "IVR_PORT",
+    "TELNYX_API_KEY", "TELNYX_PUBLIC_KEY", "IVR_TELNYX_STREAM_TOKEN", "PLIVO_AUTH_ID", "PLIVO_AUTH_TOKEN",
+    "VONAGE_APPLICATION_ID", "VONAGE_PRIVATE_KEY", "VONAGE_PRIVATE_KEY_PATH", "VONAGE_SIGNATURE_SECRET",
+    "IVR_EXOTEL_BASIC_AUTH", "IVR_ASTERISK_BASIC_AUTH", "IVR_ASTERISK_ARI_URL", "IVR_ASTERISK_ARI_AUTH",
+    "IVR_AUDIOSOCKET_PORT",
+)
 
 
 @dataclass
@@ -77,8 +83,10 @@ class CaseResult:
 class BotServer:
     """`ivr serve` on a free loopback port, with this environment (and `--flow` as IVR_FLOW)."""
 
-    def __init__(self, flow: str | None, logs: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, flow: str | None, logs: Path, extra_env: dict[str, str] | None = None,
+                 carrier: str = "twilio") -> None:
         from ivr.bench.procs import Procs, free_port
+        from ivr.harness.carriers import PATHS
 
         self.port = free_port()
         self.procs = Procs(logs)
@@ -87,9 +95,16 @@ class BotServer:
         env.setdefault("IVR_LOG_LEVEL", "warning")
         if flow:
             env["IVR_FLOW"] = str(Path(flow).resolve())
+        #: The bot's HTTP side as a WebSocket base, for the event side channel.
+        self.events_base = f"ws://127.0.0.1:{self.port}"
+        if carrier == "audiosocket":
+            tcp_port = free_port()
+            env["IVR_AUDIOSOCKET_PORT"] = str(tcp_port)
+            self.url = f"tcp://127.0.0.1:{tcp_port}"
+        else:
+            self.url = self.events_base + PATHS[carrier]
         env.update(extra_env or {})
         self.env = env
-        self.url = f"ws://127.0.0.1:{self.port}/media"
 
     def start(self, timeout_s: float = 180.0) -> None:
         from ivr.bench.procs import _wait_http
@@ -104,8 +119,10 @@ class BotServer:
         self.procs.stop_all()
 
 
-def events_url(media_url: str, stream_sid: str) -> str:
-    parts = urlsplit(media_url)
+def events_url(base_url: str, stream_sid: str) -> str:
+    """The side channel of the stream `stream_sid` on the server at `base_url` (its media URL
+    will do: only the scheme and host are kept)."""
+    parts = urlsplit(base_url)
     return urlunsplit((parts.scheme, parts.netloc, "/phone/events", f"streamSid={stream_sid}", ""))
 
 
@@ -187,6 +204,10 @@ class RunOptions:
     auth_token: str | None = None
     synthesise: Synthesiser | None = None
     judge: Callable | None = None
+    #: Whose side of the call the harness plays (ivr.harness.carriers); `url` is that carrier's route.
+    carrier: str = "twilio"
+    #: The server's side channel base (ws://host:port) when `url` cannot give it (AudioSocket is TCP).
+    events_base: str | None = None
 
     @property
     def budget_scale(self) -> float:
@@ -275,9 +296,13 @@ async def run_case(case: Case, opts: RunOptions) -> CaseResult:
         result.error = str(exc)
         return result
     patient_caller(plan, case, opts.margin)
-    options = ReplayOptions(url=opts.url, speed=opts.speed, auth_token=opts.auth_token, max_call_s=opts.max_call_s)
-    async with EventChannel(events_url(opts.url, options.stream_sid), opts.token) as channel:
-        record = await replay(plan, options)
+    options = ReplayOptions(url=opts.url, speed=opts.speed, auth_token=opts.auth_token, max_call_s=opts.max_call_s,
+                            carrier=opts.carrier)
+    emulator = TwilioEmulator(plan, options)
+    # The carrier's side names the stream (Twilio's streamSid, or another carrier's id): the bot
+    # binds its events to that name.
+    async with EventChannel(events_url(opts.events_base or opts.url, emulator.side.stream_id), opts.token) as channel:
+        record = await emulator.run()
     report = build_report(record)
     events = channel.events
     if case.kind == "script":

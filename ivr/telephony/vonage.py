@@ -13,7 +13,7 @@ both ways; control travels in TEXT messages:
   "payload": {...}}` (a mark).
 
 The call ends when the socket closes; a hang-up or transfer from the bot goes through the Voice
-API's REST `PUT /v1/calls/{uuid}` (not spoken here).
+API's REST `PUT /v1/calls/{uuid}` (ivr.telephony.vonage_control).
 
 Authentication: Vonage signs its webhooks (the answer URL included, with signed webhooks on)
 with a JWT in `Authorization: Bearer`, HS256 with the account's signature secret

@@ -26,7 +26,8 @@ STATIC = {
 }
 #: A subscription with no call after this long is dropped (the browser gave up or never dialled).
 SUBSCRIBE_TIMEOUT_S = 60.0
-_SID = re.compile(r"MZ[0-9a-fA-F]{32}")
+#: A stream's id: Twilio's MZ…, or another carrier's (a UUID, Telnyx's or Vonage's ids).
+_SID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{7,99}")
 #: Pages are ours only: no framing, no third-party scripts, no referrer with paths.
 _HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -113,7 +114,7 @@ async def events(websocket: WebSocket) -> None:
         return
     sid = websocket.query_params.get("streamSid", "")
     if not _SID.fullmatch(sid):
-        await _deny(websocket, PlainTextResponse("streamSid must be MZ followed by 32 hex digits\n", status_code=400))
+        await _deny(websocket, PlainTextResponse("streamSid must be a stream's id (letters, digits, _ . : -)\n", status_code=400))
         return
     hub = _web(websocket).hub
     sub = hub.subscribe(sid)
