@@ -71,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
         return _usage("--record takes captures, not cases; run the cases afterwards")
     if args.flow and args.url:
         return _usage("--flow starts a bot with that flow; --url tests a running one: choose one")
-    if args.carrier == "audiosocket" and args.url:
-        return _usage("--carrier audiosocket tests a bot it starts itself (the words come from the bot's HTTP side channel, "
-                      "which a tcp:// URL does not name)")
+    if args.carrier == "audiosocket":
+        # A case's words are judged by the marks the carrier plays back, and its barge-ins by
+        # the bot's clear: AudioSocket has neither.
+        return _usage("--carrier audiosocket: AudioSocket has no marks and no clear, which the cases' checks "
+                      "read; try asterisk-ws, or `ivr replay --carrier audiosocket`")
     if args.flow and not Path(args.flow).is_file():
         return _usage(f"--flow {args.flow}: no such file")
     if args.flow:
@@ -122,7 +124,7 @@ def _run_with_bot(args: argparse.Namespace, cases, logs: Path) -> int:
                 return 2
             console.print(f"ivr test: bot ready in {time.monotonic() - t0:.1f} s")
             url = server.url
-        return asyncio.run(_run_cases(args, cases, url, console, server.events_base if server else None))
+        return asyncio.run(_run_cases(args, cases, url, console))
     except KeyboardInterrupt:
         return 130
     finally:
@@ -144,7 +146,7 @@ def _memo(synthesise):
     return cached
 
 
-async def _run_cases(args: argparse.Namespace, cases, url: str, console, events_base: str | None = None) -> int:
+async def _run_cases(args: argparse.Namespace, cases, url: str, console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ivr.harness.judge import Judge
@@ -157,7 +159,7 @@ async def _run_cases(args: argparse.Namespace, cases, url: str, console, events_
         auth_token=(os.environ.get("TWILIO_AUTH_TOKEN") or None) if args.url else None,
         synthesise=_memo(default_synthesiser(repeatable=True)),
         judge=Judge.from_env() if any(c.uses_meaning for c in cases) else None,
-        carrier=args.carrier, events_base=events_base,
+        carrier=args.carrier,
     )
     recording = bool(args.record)
     verb = "recording" if recording else "testing"

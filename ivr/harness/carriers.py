@@ -172,6 +172,7 @@ class VonageSide(CarrierSide):
 
     def __init__(self, call_id, stream_id, account_id, params) -> None:
         super().__init__(call_id, stream_id, account_id, params)
+        self.stream_id = call_id  # Vonage names no stream: the bot knows it by the call's uuid
         self._side = vonage.VonageSender(call_id, headers=dict(self.params))
 
     def opening(self):
@@ -205,6 +206,7 @@ class AsteriskWsSide(CarrierSide):
 
     def __init__(self, call_id, stream_id, account_id, params) -> None:
         super().__init__(call_id, stream_id, account_id, params)
+        self.stream_id = call_id  # MEDIA_START's connection_id: the channel's id here
         self._side = asterisk_ws.AsteriskWsSender(call_id, json_control=True, variables=self.params)
 
     def opening(self):

@@ -53,7 +53,6 @@ SERVER_ENV_DROPPED = (
     "TELNYX_API_KEY", "TELNYX_PUBLIC_KEY", "IVR_TELNYX_STREAM_TOKEN", "PLIVO_AUTH_ID", "PLIVO_AUTH_TOKEN",
     "VONAGE_APPLICATION_ID", "VONAGE_PRIVATE_KEY", "VONAGE_PRIVATE_KEY_PATH", "VONAGE_SIGNATURE_SECRET",
     "IVR_EXOTEL_BASIC_AUTH", "IVR_ASTERISK_BASIC_AUTH", "IVR_ASTERISK_ARI_URL", "IVR_ASTERISK_ARI_AUTH",
-    "IVR_AUDIOSOCKET_PORT",
 )
 
 
@@ -95,14 +94,8 @@ class BotServer:
         env.setdefault("IVR_LOG_LEVEL", "warning")
         if flow:
             env["IVR_FLOW"] = str(Path(flow).resolve())
-        #: The bot's HTTP side as a WebSocket base, for the event side channel.
-        self.events_base = f"ws://127.0.0.1:{self.port}"
-        if carrier == "audiosocket":
-            tcp_port = free_port()
-            env["IVR_AUDIOSOCKET_PORT"] = str(tcp_port)
-            self.url = f"tcp://127.0.0.1:{tcp_port}"
-        else:
-            self.url = self.events_base + PATHS[carrier]
+        #: The media route of the carrier the harness plays (AudioSocket, a TCP port, is not one).
+        self.url = f"ws://127.0.0.1:{self.port}" + PATHS[carrier]
         env.update(extra_env or {})
         self.env = env
 
@@ -119,10 +112,8 @@ class BotServer:
         self.procs.stop_all()
 
 
-def events_url(base_url: str, stream_sid: str) -> str:
-    """The side channel of the stream `stream_sid` on the server at `base_url` (its media URL
-    will do: only the scheme and host are kept)."""
-    parts = urlsplit(base_url)
+def events_url(media_url: str, stream_sid: str) -> str:
+    parts = urlsplit(media_url)
     return urlunsplit((parts.scheme, parts.netloc, "/phone/events", f"streamSid={stream_sid}", ""))
 
 
@@ -206,8 +197,6 @@ class RunOptions:
     judge: Callable | None = None
     #: Whose side of the call the harness plays (ivr.harness.carriers); `url` is that carrier's route.
     carrier: str = "twilio"
-    #: The server's side channel base (ws://host:port) when `url` cannot give it (AudioSocket is TCP).
-    events_base: str | None = None
 
     @property
     def budget_scale(self) -> float:
@@ -301,7 +290,7 @@ async def run_case(case: Case, opts: RunOptions) -> CaseResult:
     emulator = TwilioEmulator(plan, options)
     # The carrier's side names the stream (Twilio's streamSid, or another carrier's id): the bot
     # binds its events to that name.
-    async with EventChannel(events_url(opts.events_base or opts.url, emulator.side.stream_id), opts.token) as channel:
+    async with EventChannel(events_url(opts.url, emulator.side.stream_id), opts.token) as channel:
         record = await emulator.run()
     report = build_report(record)
     events = channel.events
