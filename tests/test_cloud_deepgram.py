@@ -171,11 +171,11 @@ def test_registry_picks_deepgram_when_its_key_is_set_and_names_the_variable_when
     assert type(stt.primary).__name__ == "DeepgramStt" and stt.has_backup  # the embedded one stands in
     # nova ends turns on silence: the turn model judges them, whichever recogniser serves the call.
     assert type(stt).__name__ == "TurnGatedStt" and type(stt.inner).__name__ == "FallbackStt"
-    assert type(stt.backup).__name__ == "WhisperStt"  # not judged twice
+    assert type(stt.stand_in.engine).__name__ == "WhisperStt"  # not judged twice
     # Flux has a turn model of its own; the embedded recogniser standing in for it has ours.
     flux = registry.build(Settings.from_env({"DEEPGRAM_API_KEY": KEY, "IVR_DEEPGRAM_URL": fake.url,
                                              "IVR_DEEPGRAM_MODEL": "flux-general-en"})).stt
-    assert type(flux).__name__ == "FallbackStt" and type(flux.backup).__name__ == "TurnGatedStt"
+    assert type(flux).__name__ == "FallbackStt" and type(flux.stand_in.engine).__name__ == "TurnGatedStt"
     with pytest.raises(ConfigError, match="IVR_STT=deepgram.*DEEPGRAM_API_KEY"):
         registry.build(Settings.from_env({"IVR_STT": "deepgram"}))
     with pytest.raises(ConfigError, match="IVR_DEEPGRAM_URL"):
