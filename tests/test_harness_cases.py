@@ -177,6 +177,55 @@ def outcome_with(reply_text: str, latency: float | None = 600.0, tools=(), barge
     return build_outcome(rep, [(4000.0, 4700.0)], events)
 
 
+def markless_report(audio: list[tuple[float, float]], duration_ms: float, ended_by: str = "caller") -> dict:
+    """A report from a carrier without marks (AudioSocket): only the bot's audio as it played."""
+    rep = report(speech=audio, ended_by=ended_by)
+    rep["call"]["duration_ms"] = duration_ms
+    rep["bot"]["media"] = [{"recv_ms": a, "play_ms": a, "bytes": int((b - a) * 8), "played_bytes": int((b - a) * 8)}
+                           for a, b in audio]
+    return rep
+
+
+HOURS_THEN_BYE = GREETING + [
+    bot(2, 0, "We're open Tuesday to Sunday.", 5000.0), bot(2, 1, "Anything else?", 5000.0),
+    bot(3, 0, "Thanks for calling.", 8600.0), bot(3, 1, "Have a lovely day!", 8600.0),
+]
+CALLER = [(4000.0, 4700.0), (8000.0, 8400.0)]
+
+
+def test_without_marks_what_the_bot_did_not_cut_was_heard_while_the_call_lasted():
+    # The caller hangs up at 10 s while the bot's goodbye still plays (its audio runs to the end).
+    rep = markless_report([(61, 3000), (5300, 7000), (8900, 10000)], duration_ms=10000.0)
+    outcome = build_outcome(rep, CALLER, HOURS_THEN_BYE, has_marks=False)
+    assert outcome.greeting.heard == "Thanks for calling Sunrise Bakery. Press 1 for hours."
+    assert outcome.replies[0].heard == "We're open Tuesday to Sunday. Anything else?" and not outcome.replies[0].cut
+    # No mark says how much of the goodbye was out: none of it counts as heard whole.
+    assert outcome.replies[1].heard == ""
+    # The same call read as a carrier with marks: none came back, so nothing was heard.
+    assert build_outcome(rep, CALLER, HOURS_THEN_BYE).greeting.heard == ""
+
+    # The bot hung up itself: its engine lets its words play out first.
+    ended_by_bot = markless_report([(61, 3000), (5300, 7000), (8900, 10000)], duration_ms=10000.0, ended_by="bot")
+    assert build_outcome(ended_by_bot, CALLER, HOURS_THEN_BYE, has_marks=False).replies[1].heard == \
+        "Thanks for calling. Have a lovely day!"
+    # A turn none of whose audio played before the caller hung up was not heard at all.
+    silent = markless_report([(61, 3000), (5300, 7000)], duration_ms=12000.0)
+    assert build_outcome(silent, CALLER, HOURS_THEN_BYE, has_marks=False).replies[1].heard == ""
+
+
+def test_without_marks_a_cut_turn_is_still_what_its_cut_event_says_was_heard():
+    events = HOURS_THEN_BYE[:3] + [
+        {"type": "cut", "turn": 1, "reason": "barge-in", "heard": "Thanks for calling Sunrise Bakery. Press",
+         "pieces": [{"piece": 0, "mark": "t1-p0", "text": "Thanks for calling Sunrise Bakery.", "heard": "Thanks for calling Sunrise Bakery."},
+                    {"piece": 1, "mark": "t1-p1", "text": "Press 1 for hours.", "heard": "Press"}]},
+    ] + HOURS_THEN_BYE[3:]
+    rep = markless_report([(61, 2500), (5300, 7000), (8900, 9500)], duration_ms=12000.0, ended_by="bot")
+    outcome = build_outcome(rep, [(2400.0, 3000.0), (8000.0, 8400.0)], events, has_marks=False)
+    assert outcome.greeting.heard == "Thanks for calling Sunrise Bakery. Press"
+    assert outcome.greeting.cut and outcome.greeting.whole == "Thanks for calling Sunrise Bakery."
+    assert outcome.replies[0].heard == "We're open Tuesday to Sunday. Anything else?"
+
+
 def test_each_expectation_fails_with_what_was_expected_and_what_was_heard():
     body = """
         expect:
@@ -221,6 +270,39 @@ def test_barge_ins_hangups_and_protocol_errors():
     waits = [{"ms": 21000.0, "kind": "timeout", "detail": "'bot_silent 0.6': bot did not oblige within 20 s"},
              {"ms": 300000.0, "kind": "max_duration", "detail": "hung up after 300 s"}]
     assert [w for w, _ in failures_of("steps: [{say: hi}]", outcome_with("Hi.", errors=waits))] == ["timeout", "max_call"]
+
+
+def barge_in_without_clear(bot_voice: list[tuple[float, float]]):
+    """A caller who speaks from 2 s to 3.5 s over a bot on a carrier without clear."""
+    barge = {"turn": 0, "caller_speech_start_ms": 2000.0, "clear_ms": None, "latency_ms": None, "frames_after_clear": 0}
+    rep = markless_report(bot_voice, duration_ms=8000.0, ended_by="bot")
+    rep["barge_ins"] = [barge]
+    rep["turns"] = [{"caller_speech_start_ms": 2000.0, "caller_speech_end_ms": 3500.0}]
+    return build_outcome(rep, [(2000.0, 3500.0)], GREETING, has_marks=False, has_clear=False)
+
+
+def test_without_a_clear_a_barge_in_is_judged_by_when_the_caller_heard_the_bot_go_quiet():
+    body = "expect: {barge_in: {clear_within_ms: 300}}\nsteps: [{say: hi}]"
+    # Talking as the caller begins, a 30 ms gap between two words, then quiet 450 ms in.
+    outcome = barge_in_without_clear([(61, 2200), (2230, 2450), (4000, 5000)])
+    failures, _ = check(parse_case_text(body), outcome)
+    assert [(f.what, f.heard) for f in failures] == [("barge_in", "barge-in at 2.00 s: quiet after 450 ms")]
+    assert "audible stop" in failures[0].expected and "no clear" in failures[0].expected
+    assert failures_of(body.replace("300", "500"), outcome) == []
+    # The budget a recording writes is the audible stop's, under the same key.
+    assert baseline(outcome)["barge_in"] == {"clear_within_ms": 1000}
+    # A caller who began in a pause between sentences heard the bot quiet already, unless its
+    # voice came back while they spoke (700 ms in, for 200 ms).
+    assert barge_in_without_clear([(61, 1900), (4000, 5000)]).barge_ins[0]["quiet_after_ms"] == 0.0
+    assert barge_in_without_clear([(61, 1900), (2700, 2900)]).barge_ins[0]["quiet_after_ms"] == 900.0
+
+
+def test_with_a_clear_a_barge_in_is_judged_by_the_clear():
+    body = "expect: {barge_in: {clear_within_ms: 500}}\nsteps: [{say: hi}]"
+    barge = {"turn": 0, "caller_speech_start_ms": 2000.0, "clear_ms": None, "latency_ms": None, "frames_after_clear": 0,
+             "audible_stop_latency_ms": 100.0}
+    assert failures_of(body, outcome_with("Hi.", barge_ins=[barge])) == [
+        ("barge_in", "barge-in at 2.00 s: the bot sent no clear")]
 
 
 def test_meanings_go_to_the_judge_or_are_skipped():

@@ -31,9 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="*", metavar="PATH", help=f"case files or folders (default: {DEFAULT_CASES}/)")
     p.add_argument("--flow", metavar="FILE", help="the call flow to test (overrides IVR_FLOW)")
     p.add_argument("--url", help="test a running bot's Media Stream WebSocket instead, e.g. ws://127.0.0.1:8080/media "
-                                 "(with --carrier, that carrier's route, e.g. ws://127.0.0.1:8080/media/telnyx)")
+                                 "(with --carrier, that carrier's route, e.g. ws://127.0.0.1:8080/media/telnyx; "
+                                 "with --carrier audiosocket, its AudioSocket port, e.g. tcp://127.0.0.1:9092)")
     p.add_argument("--carrier", default="twilio", choices=carrier_names(),
                    help="whose side of the calls to play (default twilio): the same cases over another carrier's protocol")
+    p.add_argument("--http-url", metavar="URL",
+                   help="with --carrier audiosocket --url tcp://…: the bot's HTTP address, for its event side channel "
+                        "(default: the URL's host on IVR_PORT, else 8080)")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2), metavar="N",
                    help="cases run at once (default: half the CPUs)")
     p.add_argument("--speed", type=float, default=1.0, help="run the call clock N times faster than real time (default 1)")
@@ -51,6 +55,36 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _usage(message: str) -> int:
     print(f"ivr test: {message}", file=sys.stderr)
     return 2
+
+
+def _url_problem(url: str, carrier: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if carrier == "audiosocket":
+        if parts.scheme != "tcp" or not parts.hostname or not port:
+            return f"--url {url}: AudioSocket is TCP: give the bot's AudioSocket port, e.g. tcp://127.0.0.1:9092"
+    elif parts.scheme not in ("ws", "wss"):
+        hint = " (tcp:// is AudioSocket's: add --carrier audiosocket)" if parts.scheme == "tcp" else ""
+        return f"--url {url}: a WebSocket URL, ws://HOST:PORT/ROUTE{hint}"
+    return None
+
+
+def http_side(args: argparse.Namespace) -> str | None:
+    """Where a running AudioSocket bot's event side channel is: its tcp:// URL names only the
+    AudioSocket port, so its HTTP side is --http-url, or the same host on IVR_PORT as `ivr serve`
+    would listen with this environment."""
+    if not (args.url and args.carrier == "audiosocket"):
+        return None
+    if args.http_url:
+        return args.http_url
+    from urllib.parse import urlsplit
+
+    return f"http://{urlsplit(args.url).hostname}:{os.environ.get('IVR_PORT') or 8080}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,11 +105,14 @@ def run(args: argparse.Namespace) -> int:
         return _usage("--record takes captures, not cases; run the cases afterwards")
     if args.flow and args.url:
         return _usage("--flow starts a bot with that flow; --url tests a running one: choose one")
-    if args.carrier == "audiosocket":
-        # A case's words are judged by the marks the carrier plays back, and its barge-ins by
-        # the bot's clear: AudioSocket has neither.
-        return _usage("--carrier audiosocket: AudioSocket has no marks and no clear, which the cases' checks "
-                      "read; try asterisk-ws, or `ivr replay --carrier audiosocket`")
+    if args.url:
+        problem = _url_problem(args.url, args.carrier)
+        if problem:
+            return _usage(problem)
+    if args.http_url and not (args.url and args.carrier == "audiosocket"):
+        return _usage("--http-url names a running AudioSocket bot's HTTP side: it goes with --carrier audiosocket --url tcp://…")
+    if args.http_url and not args.http_url.startswith(("http://", "https://")):
+        return _usage(f"--http-url {args.http_url}: the bot's HTTP address, e.g. http://127.0.0.1:8080")
     if args.flow and not Path(args.flow).is_file():
         return _usage(f"--flow {args.flow}: no such file")
     if args.flow:
@@ -124,7 +161,7 @@ def _run_with_bot(args: argparse.Namespace, cases, logs: Path) -> int:
                 return 2
             console.print(f"ivr test: bot ready in {time.monotonic() - t0:.1f} s")
             url = server.url
-        return asyncio.run(_run_cases(args, cases, url, console))
+        return asyncio.run(_run_cases(args, cases, url, console, server.http_url if server else None))
     except KeyboardInterrupt:
         return 130
     finally:
@@ -146,7 +183,7 @@ def _memo(synthesise):
     return cached
 
 
-async def _run_cases(args: argparse.Namespace, cases, url: str, console) -> int:
+async def _run_cases(args: argparse.Namespace, cases, url: str, console, server_http: str | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ivr.harness.judge import Judge
@@ -159,7 +196,7 @@ async def _run_cases(args: argparse.Namespace, cases, url: str, console) -> int:
         auth_token=(os.environ.get("TWILIO_AUTH_TOKEN") or None) if args.url else None,
         synthesise=_memo(default_synthesiser(repeatable=True)),
         judge=Judge.from_env() if any(c.uses_meaning for c in cases) else None,
-        carrier=args.carrier,
+        carrier=args.carrier, http_url=http_side(args) if args.url else server_http,
     )
     recording = bool(args.record)
     verb = "recording" if recording else "testing"

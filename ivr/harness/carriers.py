@@ -37,7 +37,10 @@ class CarrierSide:
     transport = "ws"
     #: A clear sends the pending marks back at once (Twilio, Telnyx) rather than dropping them.
     echoes_on_clear = True
+    #: The carrier plays marks back: without them, what was heard is the bot's own reckoning.
     has_marks = True
+    #: The bot can drop the audio it queued: without it, a barge-in is the bot going quiet.
+    has_clear = True
 
     def __init__(self, call_id: str, stream_id: str, account_id: str, params: Mapping[str, str]) -> None:
         self.call_id = call_id
@@ -248,10 +251,12 @@ class AudioSocketSide(CarrierSide):
     transport = "tcp"
     echoes_on_clear = False
     has_marks = False
+    has_clear = False
 
     def __init__(self, call_id, stream_id, account_id, params) -> None:
         super().__init__(call_id, stream_id, account_id, params)
         self.call_uuid = uuid.UUID(call_id) if _is_uuid(call_id) else uuid.uuid4()
+        # The bot names the call (and binds its side channel) by the UUID's canonical text.
         self.call_id = self.stream_id = str(self.call_uuid)
         self._side = audiosocket.AsteriskSender(self.call_uuid)
         self._bot = audiosocket.BotStreamParser()

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from ivr.audio import FRAME_MS
 from ivr.harness.sources import ACTIONS, SCRIPT_SUFFIXES
 
 #: Keys a step's `expect:` may hold, and the call's.
@@ -283,6 +284,9 @@ class Outcome:
     barge_ins: list[dict]
     #: False when the bot's words could not be known (no side channel): `says` cannot be judged.
     words_known: bool = True
+    #: The carrier has a `clear` (AudioSocket has not): a barge-in is judged by it, else by the
+    #: bot going quiet as the caller hears it.
+    has_clear: bool = True
 
 
 #: A bot turn dated up to this much before a caller's action still answers it: the server's
@@ -302,10 +306,13 @@ def event_clock(report: dict, events: list[dict], speed: float = 1.0) -> tuple[f
     return speed, offset
 
 
-def heard_pieces(events: list[dict], marks: list[dict], clock: tuple[float, float] = (1.0, 0.0)) -> list[tuple[float, int, str, bool]]:
+def heard_pieces(events: list[dict], marks: list[dict], clock: tuple[float, float] = (1.0, 0.0),
+                 playout: "Playout | None" = None) -> list[tuple[float, int, str, bool]]:
     """(call ms, bot turn, words the caller heard, heard whole) of each piece the bot spoke, from its engine
-    events (`bot` pieces; `cut`: what was heard of a cut turn, from its heard-text ledger) and the
-    harness's marks (a piece whose mark played was heard whole). `clock`: see `event_clock`."""
+    events (`bot` pieces; `cut`: what was heard of a cut turn, from its heard-text ledger) and
+    either the harness's marks (a piece whose mark played was heard whole) or, for a carrier
+    without marks, the harness's `playout` of the bot's audio (see `played_whole`). `clock`: see
+    `event_clock`."""
     scale, offset = clock
     played = {m["name"] for m in marks if m.get("outcome") == "played"}
     cut: dict[str, str] = {}
@@ -313,10 +320,11 @@ def heard_pieces(events: list[dict], marks: list[dict], clock: tuple[float, floa
         if ev.get("type") == "cut":
             for p in ev.get("pieces", []):
                 cut[str(p.get("mark"))] = str(p.get("heard") or "")
+    spoken = [ev for ev in events if ev.get("type") == "bot" and ev.get("text")]
+    if playout is not None:
+        played = played_whole(spoken, playout, clock)
     out = []
-    for ev in events:
-        if ev.get("type") != "bot" or not ev.get("text"):
-            continue
+    for ev in spoken:
         mark = str(ev.get("mark"))
         words = cut[mark] if mark in cut else (str(ev["text"]) if mark in played else "")
         if words:
@@ -324,13 +332,62 @@ def heard_pieces(events: list[dict], marks: list[dict], clock: tuple[float, floa
     return out
 
 
+@dataclass
+class Playout:
+    """The bot's audio as the harness played it, for a carrier without marks."""
+
+    #: (start, end) call ms of each piece of bot audio played before the call ended.
+    audio: list[tuple[float, float]]
+    end_ms: float
+    #: The bot ended the call: its engine lets its audio play out before it hangs up.
+    bot_ended: bool
+
+    @classmethod
+    def of(cls, report: dict) -> "Playout":
+        end = float(report["call"]["duration_ms"] or 0.0)
+        audio = [(m["play_ms"], m["play_ms"] + m["played_bytes"] / 8) for m in report["bot"]["media"] if m["play_ms"] < end]
+        return cls(audio, end, report["call"]["ended_by"] == "bot")
+
+
+def played_whole(spoken: list[dict], playout: Playout, clock: tuple[float, float]) -> set[str]:
+    """The marks of the pieces heard whole on a carrier without marks. Such a carrier plays what
+    it is given as it is given, so the bot's own playout clock is the truth: what the engine did
+    not cut was heard (a cut comes with its `cut` event), as long as the call lasted. The
+    harness's playout bounds that: a turn none of whose audio played before the call ended was
+    not heard, and a turn whose audio was still playing when the caller hung up was cut off
+    somewhere the harness cannot tell (no marks say which pieces were out): none of it counts
+    as heard whole."""
+    scale, offset = clock
+    starts: dict[int, float] = {}
+    for ev in spoken:
+        turn = int(ev.get("turn", 0))
+        starts.setdefault(turn, float(ev.get("t_ms", 0.0)) * scale + offset)
+    order = sorted(starts, key=lambda t: starts[t])
+    heard_turns = set()
+    for i, turn in enumerate(order):
+        begin = starts[turn] - CLOCK_SLACK_MS
+        until = starts[order[i + 1]] - CLOCK_SLACK_MS if i + 1 < len(order) else math.inf
+        mine = [(a, b) for a, b in playout.audio if begin <= a < until]
+        if not mine:
+            continue
+        # Paced audio runs a frame or two ahead of the caller's ear: a bot still talking when the
+        # caller hung up had audio playing right up to the end.
+        cut_off = not playout.bot_ended and max(b for _, b in mine) >= playout.end_ms - FRAME_MS
+        if not cut_off:
+            heard_turns.add(turn)
+    return {str(ev.get("mark")) for ev in spoken if int(ev.get("turn", 0)) in heard_turns}
+
+
 def build_outcome(report: dict, spans: list[tuple[float, float]], events: list[dict], speed: float = 1.0,
-                  words_known: bool = True, caller_texts: list[str | None] | None = None) -> Outcome:
+                  words_known: bool = True, caller_texts: list[str | None] | None = None,
+                  has_marks: bool = True, has_clear: bool = True) -> Outcome:
     """The reply to caller turn i is what the bot said in turns it began between that turn's start
     and the next one's (a bot turn is dated by its first piece); its latency is the first voiced
-    bot audio played after the caller's turn ended and before the next, minus that end."""
+    bot audio played after the caller's turn ended and before the next, minus that end.
+    `has_marks`, `has_clear`: what the carrier the harness played has (ivr.harness.carriers)."""
     scale, offset = clock = event_clock(report, events, speed)
-    pieces = heard_pieces(events, report["marks"], clock)
+    playout = None if has_marks else Playout.of(report)
+    pieces = heard_pieces(events, report["marks"], clock, playout)
     turn_start: dict[int, float] = {}
     cut_turns = {int(ev.get("turn", 0)) for ev in events if ev.get("type") == "cut"}
     for t, turn, _, _ in pieces:
@@ -363,8 +420,11 @@ def build_outcome(report: dict, spans: list[tuple[float, float]], events: list[d
         replies.append(reply(a, starts[i + 1], None if v is None else round(v - b, 1), (a, b), text))
     tools = [{"name": str(ev.get("name")), "arguments": dict(ev.get("arguments") or {}),
               "ms": float(ev.get("t_ms", 0.0)) * scale + offset} for ev in events if ev.get("type") == "tool"]
+    barge_ins = list(report["barge_ins"])
+    if not has_clear:
+        barge_ins = [{**b, "quiet_after_ms": quiet_after(b, report)} for b in barge_ins]
     return Outcome(greeting, replies, tools, report["call"]["ended_by"], bool(report["call"]["failed"]),
-                   list(report["errors"]), list(report["barge_ins"]), words_known)
+                   list(report["errors"]), barge_ins, words_known, has_clear)
 
 
 # --- the checks ---------------------------------------------------------------------------------
@@ -567,18 +627,45 @@ def _actions(e: CallExpect, outcome: Outcome, budget_scale: float) -> list[Failu
             out.append(Failure("call", "tool", f"{want.name}({args})", _show_tools(tools)))
     if e.clear_within_ms is not None:
         budget = e.clear_within_ms * budget_scale
+        if outcome.has_clear:
+            want = f"clear within {budget:.0f} ms"
+        else:
+            want = f"the bot quiet within {budget:.0f} ms (the audible stop: this carrier has no clear)"
         if not outcome.barge_ins:
-            out.append(Failure("call", "barge_in", f"a barge-in cleared within {budget:.0f} ms", "no barge-in happened"))
+            out.append(Failure("call", "barge_in", f"a barge-in, then {want}", "no barge-in happened"))
         for b in outcome.barge_ins:
             at = f"barge-in at {b['caller_speech_start_ms'] / 1000:.2f} s"
-            if b["latency_ms"] is None:
-                out.append(Failure("call", "barge_in", f"clear within {budget:.0f} ms", f"{at}: the bot sent no clear"))
-            elif b["latency_ms"] > budget:
-                out.append(Failure("call", "barge_in", f"clear within {budget:.0f} ms", f"{at}: clear after {b['latency_ms']:.0f} ms"))
+            latency = stop_latency(b, outcome.has_clear)
+            if latency is None and outcome.has_clear:
+                out.append(Failure("call", "barge_in", want, f"{at}: the bot sent no clear"))
+            elif latency is None:
+                out.append(Failure("call", "barge_in", want, f"{at}: the bot did not go quiet"))
+            elif latency > budget:
+                stopped = "clear" if outcome.has_clear else "quiet"
+                out.append(Failure("call", "barge_in", want, f"{at}: {stopped} after {latency:.0f} ms"))
     return out
 
 
-# --- baselines ----------------------------------------------------------------------------------
+def stop_latency(barge_in: dict, has_clear: bool = True) -> float | None:
+    """How soon after the caller began the bot stopped (an outcome's barge-in): its `clear`, or on
+    a carrier without one, where the bot stops by no longer sending, when the caller heard it go
+    quiet (`quiet_after`). None: it did not stop."""
+    if has_clear:
+        return barge_in["latency_ms"]
+    return barge_in.get("quiet_after_ms", barge_in.get("audible_stop_latency_ms"))
+
+
+def quiet_after(barge_in: dict, report: dict) -> float:
+    """When the bot's voice, as played, stopped for good while the caller was speaking, in ms from
+    their start (0: it was quiet already). Not the report's `audible_stop_ms`, which ends at the
+    first gap in the voice playing as they began: a bot still talking has gaps between its words,
+    and one that began in a pause between sentences has no voice playing at all."""
+    start = barge_in["caller_speech_start_ms"]
+    turns = report.get("turns") or []
+    i = barge_in.get("turn")
+    until = turns[i]["caller_speech_end_ms"] if isinstance(i, int) and i < len(turns) else start
+    voice = [b for a, b in report["bot"]["speech"] if b > start and a < max(until, start + 1)]
+    return round(max(voice) - start, 1) if voice else 0.0
 
 
 def latency_budget(latency_ms: float | None, factor: float = 1.5, slack_ms: float = 500.0) -> int | None:
@@ -612,7 +699,11 @@ def baseline(outcome: Outcome) -> dict:
     others = [{"name": t["name"], "arguments": t["arguments"]} for t in outcome.tools if t["name"] not in ("transfer", "hangup")]
     if others:
         expect["tool"] = others
-    cleared = [b["latency_ms"] for b in outcome.barge_ins if b["latency_ms"] is not None]
-    if cleared:
-        expect["barge_in"] = {"clear_within_ms": latency_budget(max(cleared))}
+    # Without a clear, the budget is the audible stop's, under the same key: both time the bot's
+    # decision to stop (a clear, or the end of the little it had sent ahead), so a case recorded
+    # over one carrier still checks barge-ins over another, within the budget's margin.
+    stopped = [stop_latency(b, outcome.has_clear) for b in outcome.barge_ins]
+    stopped = [t for t in stopped if t is not None]
+    if stopped:
+        expect["barge_in"] = {"clear_within_ms": latency_budget(max(stopped))}
     return expect

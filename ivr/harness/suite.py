@@ -5,7 +5,10 @@ What the caller heard comes from the bot's own heard-text ledger: before each ca
 subscribes to the server's event side channel (`/phone/events?streamSid=…`, see ivr/web/README.md)
 with the streamSid it will send, and gets every piece the bot spoke (with its mark), what was
 heard of each cut turn, and the tools it ran. A piece whose mark the harness played back (as
-Twilio would echo it) was heard whole.
+Twilio would echo it) was heard whole. A carrier without marks (AudioSocket) plays what it is
+given as it is given, so there the bot's own reckoning stands: what it did not cut was heard,
+unless the call ended first (`ivr.harness.cases.played_whole`). AudioSocket's call is a TCP
+port, not a route of the server's HTTP side: its side channel is at `RunOptions.http_url`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ SERVER_ENV_DROPPED = (
     "TELNYX_API_KEY", "TELNYX_PUBLIC_KEY", "IVR_TELNYX_STREAM_TOKEN", "PLIVO_AUTH_ID", "PLIVO_AUTH_TOKEN",
     "VONAGE_APPLICATION_ID", "VONAGE_PRIVATE_KEY", "VONAGE_PRIVATE_KEY_PATH", "VONAGE_SIGNATURE_SECRET",
     "IVR_EXOTEL_BASIC_AUTH", "IVR_ASTERISK_BASIC_AUTH", "IVR_ASTERISK_ARI_URL", "IVR_ASTERISK_ARI_AUTH",
+    # A running bot's AudioSocket port: the test bot gets a free one of its own, or none.
+    "IVR_AUDIOSOCKET_PORT",
 )
 
 
@@ -94,8 +99,15 @@ class BotServer:
         env.setdefault("IVR_LOG_LEVEL", "warning")
         if flow:
             env["IVR_FLOW"] = str(Path(flow).resolve())
-        #: The media route of the carrier the harness plays (AudioSocket, a TCP port, is not one).
-        self.url = f"ws://127.0.0.1:{self.port}" + PATHS[carrier]
+        #: The bot's HTTP side, where its event side channel is.
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        #: Where the harness calls the bot as `carrier`: its media route, or AudioSocket's TCP port.
+        if carrier == "audiosocket":
+            tcp_port = free_port()
+            env["IVR_AUDIOSOCKET_PORT"] = str(tcp_port)
+            self.url = f"tcp://127.0.0.1:{tcp_port}"
+        else:
+            self.url = f"ws://127.0.0.1:{self.port}" + PATHS[carrier]
         env.update(extra_env or {})
         self.env = env
 
@@ -112,9 +124,12 @@ class BotServer:
         self.procs.stop_all()
 
 
-def events_url(media_url: str, stream_sid: str) -> str:
-    parts = urlsplit(media_url)
-    return urlunsplit((parts.scheme, parts.netloc, "/phone/events", f"streamSid={stream_sid}", ""))
+def events_url(base_url: str, stream_sid: str) -> str:
+    """The side channel of the stream `stream_sid` on the server at `base_url`: its media route
+    (ws://…) or its HTTP address (http://…); only the scheme and the host are kept."""
+    parts = urlsplit(base_url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, "/phone/events", f"streamSid={stream_sid}", ""))
 
 
 class EventChannel:
@@ -197,6 +212,8 @@ class RunOptions:
     judge: Callable | None = None
     #: Whose side of the call the harness plays (ivr.harness.carriers); `url` is that carrier's route.
     carrier: str = "twilio"
+    #: The server's HTTP address when `url` does not give it (AudioSocket's is a TCP port).
+    http_url: str | None = None
 
     @property
     def budget_scale(self) -> float:
@@ -290,7 +307,7 @@ async def run_case(case: Case, opts: RunOptions) -> CaseResult:
     emulator = TwilioEmulator(plan, options)
     # The carrier's side names the stream (Twilio's streamSid, or another carrier's id): the bot
     # binds its events to that name.
-    async with EventChannel(events_url(opts.url, emulator.side.stream_id), opts.token) as channel:
+    async with EventChannel(events_url(opts.http_url or opts.url, emulator.side.stream_id), opts.token) as channel:
         record = await emulator.run()
     report = build_report(record)
     events = channel.events
@@ -298,7 +315,8 @@ async def run_case(case: Case, opts: RunOptions) -> CaseResult:
         spans, texts = caller_spans(plan, record)
     else:
         spans, texts = turn_spans(report, events, opts.speed)
-    outcome = build_outcome(report, spans, events, opts.speed, words_known=channel.problem is None, caller_texts=texts)
+    outcome = build_outcome(report, spans, events, opts.speed, words_known=channel.problem is None, caller_texts=texts,
+                            has_marks=emulator.side.has_marks, has_clear=emulator.side.has_clear)
     annotate_report(report, outcome)
     judgements = {}
     for key in pending_meanings(case, outcome):
@@ -310,7 +328,10 @@ async def run_case(case: Case, opts: RunOptions) -> CaseResult:
                 result.error = str(exc)
     result.failures, result.skips = check(case, outcome, judgements, opts.budget_scale)
     if channel.problem and (case.uses_meaning or any(s.what == "says" for s in result.skips)):
-        result.failures.append(Failure("call", "side channel", "the bot's words", channel.problem))
+        problem = channel.problem
+        if opts.http_url:  # a guess when the media URL could not say where the HTTP side is
+            problem += f" (asked {opts.http_url}; is that the bot's HTTP address?)"
+        result.failures.append(Failure("call", "side channel", "the bot's words", problem))
     result.outcome, result.report, result.record, result.events = outcome, report, record, events
     result.wall_s = time.monotonic() - t0
     return result
