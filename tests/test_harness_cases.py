@@ -21,6 +21,7 @@ from ivr.harness.cases import (
     phrase_found,
     word_diff,
 )
+from ivr.harness.report import audible_stop
 from ivr.harness.judge import JudgeError, parse_verdict
 from ivr.harness.suite import CaseResult
 from ivr.harness.suite_report import junit_xml
@@ -274,7 +275,9 @@ def test_barge_ins_hangups_and_protocol_errors():
 
 def barge_in_without_clear(bot_voice: list[tuple[float, float]]):
     """A caller who speaks from 2 s to 3.5 s over a bot on a carrier without clear."""
-    barge = {"turn": 0, "caller_speech_start_ms": 2000.0, "clear_ms": None, "latency_ms": None, "frames_after_clear": 0}
+    stop = audible_stop(bot_voice, 2000.0, 3500.0)
+    barge = {"turn": 0, "caller_speech_start_ms": 2000.0, "clear_ms": None, "latency_ms": None, "frames_after_clear": 0,
+             "audible_stop_latency_ms": None if stop is None else stop - 2000.0}
     rep = markless_report(bot_voice, duration_ms=8000.0, ended_by="bot")
     rep["barge_ins"] = [barge]
     rep["turns"] = [{"caller_speech_start_ms": 2000.0, "caller_speech_end_ms": 3500.0}]

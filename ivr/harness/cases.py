@@ -422,7 +422,7 @@ def build_outcome(report: dict, spans: list[tuple[float, float]], events: list[d
               "ms": float(ev.get("t_ms", 0.0)) * scale + offset} for ev in events if ev.get("type") == "tool"]
     barge_ins = list(report["barge_ins"])
     if not has_clear:
-        barge_ins = [{**b, "quiet_after_ms": quiet_after(b, report)} for b in barge_ins]
+        barge_ins = [{**b, "quiet_after_ms": quiet_after(b)} for b in barge_ins]
     return Outcome(greeting, replies, tools, report["call"]["ended_by"], bool(report["call"]["failed"]),
                    list(report["errors"]), barge_ins, words_known, has_clear)
 
@@ -655,17 +655,11 @@ def stop_latency(barge_in: dict, has_clear: bool = True) -> float | None:
     return barge_in.get("quiet_after_ms", barge_in.get("audible_stop_latency_ms"))
 
 
-def quiet_after(barge_in: dict, report: dict) -> float:
-    """When the bot's voice, as played, stopped for good while the caller was speaking, in ms from
-    their start (0: it was quiet already). Not the report's `audible_stop_ms`, which ends at the
-    first gap in the voice playing as they began: a bot still talking has gaps between its words,
-    and one that began in a pause between sentences has no voice playing at all."""
-    start = barge_in["caller_speech_start_ms"]
-    turns = report.get("turns") or []
-    i = barge_in.get("turn")
-    until = turns[i]["caller_speech_end_ms"] if isinstance(i, int) and i < len(turns) else start
-    voice = [b for a, b in report["bot"]["speech"] if b > start and a < max(until, start + 1)]
-    return round(max(voice) - start, 1) if voice else 0.0
+def quiet_after(barge_in: dict) -> float:
+    """When the caller heard the bot go quiet for good, in ms from their start: the report's
+    audible stop, 0 when no bot voice played while they spoke (it was quiet already)."""
+    latency = barge_in.get("audible_stop_latency_ms")
+    return 0.0 if latency is None else float(latency)
 
 
 def latency_budget(latency_ms: float | None, factor: float = 1.5, slack_ms: float = 500.0) -> int | None:

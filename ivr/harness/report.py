@@ -14,9 +14,10 @@ Turn detection, latency and barge-in rules:
   from the caller's speech start to the first `clear` received; `frames_after_clear` counts
   bot audio (in 160-byte frames) received after that clear while the caller is still speaking:
   audio from the interrupted turn that leaked through, which must be zero. `audible_stop_ms` is
-  when the caller heard the bot go quiet (the end of the bot's voiced stretch that was playing
-  when they started, as played: a `clear` cuts it, a bot that stops feeding lets its queue run
-  out), `audible_stop_latency_ms` that minus the speech start, and `quiet_ms` how long the bot
+  when the caller heard the bot go quiet for good while they spoke (the end of the last voiced
+  bot audio played during their speech: a `clear` cuts it, a bot that stops feeding lets its
+  queue run out; None when none played), `audible_stop_latency_ms` that minus the speech
+  start, and `quiet_ms` how long the bot
   then stayed quiet (until its next voiced audio, or the call's end): for a backchannel the
   bot carries on, and that is the pause the caller heard;
 - `bot.repeated_ms`: voiced bot audio the caller heard twice within `REPEAT_WINDOW_MS` (a bot
@@ -192,6 +193,16 @@ def _call(record: CallRecord) -> dict:
     }
 
 
+def audible_stop(voiced, start: float, stop: float) -> float | None:
+    """When the bot's voice, as played, stopped for good while the caller spoke from `start` to
+    `stop`: the end of the last voiced stretch heard during their speech (None: none was).
+
+    Not the end of the stretch playing as they began: a bot still talking has gaps between its
+    words, and one that began in a pause between sentences may start its next one over them."""
+    heard = [b for a, b in voiced if b > start and a < max(stop, start + 1)]
+    return max(heard) if heard else None
+
+
 def _barge_in(record: CallRecord, turn: int, start: float, stop: float, next_start: float, voiced) -> dict:
     clears = [t for t in record.playback.clears if start <= t < next_start]
     clear = clears[0] if clears else None
@@ -200,9 +211,7 @@ def _barge_in(record: CallRecord, turn: int, start: float, stop: float, next_sta
         leaked = sum(len(m.payload) for m in record.playback.media if clear < m.recv_ms <= stop)
     # How long the caller heard the bot talk over them.
     overlap = sum(max(0.0, min(b, next_start) - max(a, start)) for a, b in voiced if a < stop)
-    # The bot's voice the caller was hearing (or that began within the bridge): when it stopped.
-    playing = next(((a, b) for a, b in voiced if b > start and a < start + SPURT_BRIDGE_MS), None)
-    stop_at = None if playing is None else max(start, playing[1])
+    stop_at = audible_stop(voiced, start, stop)
     after = next((a for a, _ in voiced if stop_at is not None and a >= stop_at), record.end_ms)
     return {
         "turn": turn,
