@@ -38,6 +38,41 @@ MIC_RATE = 48_000
 LEAD_S, TAIL_S = 3.5, 25.0
 
 
+#: Samples what comes out of the page's peer connection loop (the audio the <audio> element
+#: plays) every 50 ms: the received track's RMS since the last sample (from its total energy and
+#: duration), with the page's counts of the bot's media and clears by then.
+WATCH_VOICE = """() => {
+  const call = window.ivrPhone.call, out = (window.__voice = []);
+  const t0 = performance.now();
+  let energy = 0, duration = 0;
+  setInterval(async () => {
+    if (!call.loop || call.done) return;
+    const counts = { ...window.ivrPhone.ui.counts };
+    (await call.loop.rx.getStats()).forEach((s) => {
+      if (s.type !== "inbound-rtp" || s.kind !== "audio" || !s.totalSamplesDuration) return;
+      const dE = s.totalAudioEnergy - energy, dD = s.totalSamplesDuration - duration;
+      energy = s.totalAudioEnergy;
+      duration = s.totalSamplesDuration;
+      if (dD > 0) out.push({ t: performance.now() - t0, rms: Math.sqrt(dE / dD), media: counts.media, clears: counts.clears });
+    });
+  }, 50);
+}"""
+
+
+def after_clears(heard: list[dict]) -> list[float]:
+    """For each clear after which no bot audio came for 1.5 s: the loudest the loop played from
+    1 s after the clear on (the audio in flight, and the stats' smoothing of the level, take a
+    few hundred ms to die away)."""
+    out = []
+    for i, s in enumerate(heard):
+        if i == 0 or s["clears"] == heard[i - 1]["clears"]:
+            continue
+        quiet = [q for q in heard[i:] if q["media"] == s["media"] and q["clears"] == s["clears"]]
+        if quiet and quiet[-1]["t"] - s["t"] >= 1500:
+            out.append(max(q["rms"] for q in quiet if q["t"] >= s["t"] + 1000))
+    return out
+
+
 class RecordingFactory(CallFactory):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -91,6 +126,7 @@ async def test_web_phone_call_in_chromium(providers, tmp_path):
                 await page.wait_for_selector("body[data-ready='1']", timeout=10_000)
                 await page.click("#call")
                 await page.wait_for_selector("body[data-phone='in call']", timeout=15_000)
+                await page.evaluate(WATCH_VOICE)
                 # The greeting plays: its mark came back from the player, so it was heard.
                 await page.wait_for_function(
                     """() => [...document.querySelectorAll('.line.bot .piece.played')]
@@ -118,6 +154,11 @@ async def test_web_phone_call_in_chromium(providers, tmp_path):
                         latencyRows: document.querySelectorAll('#latencies tr').length,
                         struck: [...document.querySelectorAll('.line.interrupted s')].map(s => s.textContent),
                         audio: window.ivrPhone.call.ctx.state,
+                        playback: window.ivrPhone.call.playback,
+                        voice: (() => { const v = window.ivrPhone.ui.voice, s = v.srcObject;
+                          return { stream: s instanceof MediaStream, live: !!s && s.getAudioTracks().some(t => t.readyState === 'live'),
+                                   playing: !v.paused }; })(),
+                        heard: window.__voice,
                     })"""
                 )
                 bottom = await page.evaluate("() => document.querySelector('main').getBoundingClientRect().bottom")
@@ -147,6 +188,13 @@ async def test_web_phone_call_in_chromium(providers, tmp_path):
     assert any("open" in text.lower() for text in said), said
     if call.stats.barge_ins:  # the caller talked over the menu: its unheard words are struck through
         assert state["struck"], state
+    # The bot's voice plays from the <audio> element, through the page's peer connection.
+    assert state["playback"] == "webrtc" and state["voice"] == {"stream": True, "live": True, "playing": True}, state
+    heard = state["heard"]
+    assert max(s["rms"] for s in heard) > 0.03, heard[-20:]
+    if call.stats.barge_ins:  # a clear silences what the loop plays too, not only the player
+        tails = after_clears(heard)
+        assert tails and max(tails) < 0.003, (tails, heard)
     assert "hours-question" not in row and "1" in row  # a call with at least one turn
     assert turns >= 1
     assert "open" in table.lower() and "tuesday" in table.lower(), table  # caller and bot words

@@ -156,6 +156,93 @@ class Transcript {
   }
 }
 
+// --- the bot's voice, through a peer connection to this page -------------------------------
+//
+// Through speakers the microphone hears the bot too. Chromium's echo canceller takes out what
+// WebRTC plays but not what a page plays through Web Audio (crbug.com/687574), unless its
+// "chrome-wide" echo cancellation runs (not on every platform or version): the bot's greeting
+// then reaches the recogniser mixed with the caller's first words. So the player's output is
+// sent over a peer connection from this page to itself and played by an <audio> element, which
+// the echo canceller knows to take out. The numbers behind the codec and its settings are in
+// ivr/web/README.md ("Echo").
+
+const LOOP_TIMEOUT_MS = 3000;
+// Opus at a high bitrate (PCMU would encode the mu-law audio a second time, and L16 is not
+// offered), without DTX so that its pauses are not replaced by comfort noise.
+const OPUS_FMTP = { maxaveragebitrate: "128000", usedtx: "0", stereo: "0" };
+
+function opusFmtp(sdp) {
+  const m = /a=rtpmap:(\d+) opus\/48000[^\r\n]*/i.exec(sdp);
+  if (!m) return sdp;
+  const line = new RegExp(`a=fmtp:${m[1]} ([^\\r\\n]*)`);
+  const set = (params) => {
+    const kv = new Map(params.split(";").filter(Boolean).map((p) => p.split("=").map((x) => x.trim())));
+    for (const [k, v] of Object.entries(OPUS_FMTP)) kv.set(k, v);
+    return Array.from(kv, ([k, v]) => `${k}=${v}`).join(";");
+  };
+  if (line.test(sdp)) return sdp.replace(line, (_, params) => `a=fmtp:${m[1]} ${set(params)}`);
+  return sdp.replace(m[0], `${m[0]}\r\na=fmtp:${m[1]} ${set("")}`);
+}
+
+class VoiceLoop {
+  constructor(ctx, audio) {
+    this.ctx = ctx;
+    this.audio = audio;
+    this.tx = new RTCPeerConnection();
+    this.rx = new RTCPeerConnection();
+  }
+
+  // The node to play into, once the page's own loop carries sound; throws if it does not in time.
+  async open() {
+    const dest = this.ctx.createMediaStreamDestination();
+    dest.channelCount = 1;
+    const pair = [
+      [this.tx, this.rx],
+      [this.rx, this.tx],
+    ];
+    for (const [from, to] of pair) from.onicecandidate = (e) => e.candidate && to.addIceCandidate(e.candidate).catch(() => {});
+    const track = new Promise((resolve) => (this.rx.ontrack = (e) => resolve(e)));
+    this.sender = this.tx.addTrack(dest.stream.getAudioTracks()[0]);
+    const offer = await this.tx.createOffer();
+    await this.tx.setLocalDescription(offer);
+    await this.rx.setRemoteDescription({ type: "offer", sdp: opusFmtp(offer.sdp) });
+    const answer = await this.rx.createAnswer();
+    await this.rx.setLocalDescription(answer);
+    await this.tx.setRemoteDescription({ type: "answer", sdp: opusFmtp(answer.sdp) });
+    const connected = new Promise((resolve, reject) => {
+      const check = () => {
+        const state = this.rx.connectionState;
+        if (state === "connected") resolve();
+        else if (state === "failed" || state === "closed") reject(new Error("the voice loop did not connect"));
+      };
+      this.rx.addEventListener("connectionstatechange", check);
+      check();
+    });
+    connected.catch(() => {}); // when it times out instead, that is the error
+    let timer;
+    const late = new Promise((_, reject) => (timer = setTimeout(() => reject(new Error("the voice loop timed out")), LOOP_TIMEOUT_MS)));
+    try {
+      const { track: received, receiver } = await Promise.race([track, late]);
+      await Promise.race([connected, late]);
+      // No extra jitter buffering: nothing on loopback is late.
+      if ("jitterBufferTarget" in receiver) receiver.jitterBufferTarget = 0;
+      this.receiver = receiver;
+      this.audio.srcObject = new MediaStream([received]);
+      await Promise.race([this.audio.play(), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+    return dest;
+  }
+
+  close() {
+    this.audio.pause();
+    this.audio.srcObject = null;
+    this.tx.close();
+    this.rx.close();
+  }
+}
+
 // --- one call ------------------------------------------------------------------------------
 
 class PhoneCall {
@@ -182,11 +269,13 @@ class PhoneCall {
     this.ctx = new AudioContext({ latencyHint: "interactive" });
     await this.ctx.audioWorklet.addModule(STATIC + "phone-worklet.js");
     await this.ctx.resume();
-    // Chromium's echo canceller does not see what this page plays (Web Audio; crbug.com/687574)
-    // except where its "chrome-wide" echo cancellation runs: headphones, see ivr/web/README.md.
+    // Echo cancellation works on what the page plays through VoiceLoop (above).
     this.mic = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
     });
+    this.player = new AudioWorkletNode(this.ctx, "ulaw-player", { numberOfInputs: 0, numberOfOutputs: 1, outputChannelCount: [1] });
+    this.player.port.onmessage = (e) => this.onPlayer(e.data);
+    this.player.connect(await this.voiceOut());
     // The side channel before the call, so that no event of it is missed.
     this.events = new WebSocket(wsUrl("/phone/events?streamSid=" + this.streamSid));
     await new Promise((resolve, reject) => {
@@ -211,9 +300,6 @@ class PhoneCall {
       },
       streamSid: this.streamSid,
     });
-    this.player = new AudioWorkletNode(this.ctx, "ulaw-player", { numberOfInputs: 0, numberOfOutputs: 1, outputChannelCount: [1] });
-    this.player.port.onmessage = (e) => this.onPlayer(e.data);
-    this.player.connect(this.ctx.destination);
     this.encoder = new AudioWorkletNode(this.ctx, "ulaw-encoder", { numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1] });
     this.encoder.port.onmessage = (e) => this.onFrame(e.data);
     this.source = this.ctx.createMediaStreamSource(this.mic);
@@ -221,6 +307,24 @@ class PhoneCall {
     // The encoder outputs silence; being connected keeps it in the rendered graph.
     this.encoder.connect(this.ctx.destination);
     this.ui.connected(this);
+  }
+
+  // Where the bot's voice goes: the peer connection loop, or the speakers straight from Web
+  // Audio where the browser has no WebRTC or the loop does not come up.
+  async voiceOut() {
+    this.playback = "webaudio";
+    if (typeof RTCPeerConnection !== "function") return this.ctx.destination;
+    const loop = new VoiceLoop(this.ctx, this.ui.voice);
+    try {
+      const node = await loop.open();
+      this.loop = loop;
+      this.playback = "webrtc";
+      return node;
+    } catch (err) {
+      loop.close();
+      this.ui.transcript.note(`the bot's voice plays through Web Audio (${err.message}): use headphones`);
+      return this.ctx.destination;
+    }
   }
 
   onFrame({ frame, rms }) {
@@ -298,6 +402,7 @@ class PhoneCall {
     for (const track of this.mic ? this.mic.getTracks() : []) track.stop();
     if (this.encoder) this.encoder.port.postMessage("stop");
     if (this.player) this.player.port.postMessage({ stop: true });
+    if (this.loop) this.loop.close();
     if (this.ctx) this.ctx.close();
     if (this.events && this.events.readyState <= WebSocket.OPEN) this.events.close();
     this.ui.ended(why);
@@ -308,6 +413,7 @@ class PhoneCall {
 
 const ui = {
   transcript: new Transcript($("transcript"), $("latencies")),
+  voice: $("voice"),
   counts: { media: 0, marks: 0, clears: 0 },
   call: null,
 
