@@ -312,19 +312,22 @@ class PhoneCall {
   // Where the bot's voice goes: the peer connection loop, or the speakers straight from Web
   // Audio where the browser has no WebRTC or the loop does not come up.
   async voiceOut() {
-    this.playback = "webaudio";
-    if (typeof RTCPeerConnection !== "function") return this.ctx.destination;
-    const loop = new VoiceLoop(this.ctx, this.ui.voice);
-    try {
-      const node = await loop.open();
-      this.loop = loop;
-      this.playback = "webrtc";
-      return node;
-    } catch (err) {
-      loop.close();
-      this.ui.transcript.note(`the bot's voice plays through Web Audio (${err.message}): use headphones`);
-      return this.ctx.destination;
+    let why = "no WebRTC in this browser";
+    if (typeof RTCPeerConnection === "function") {
+      const loop = new VoiceLoop(this.ctx, this.ui.voice);
+      try {
+        const node = await loop.open();
+        this.loop = loop;
+        this.playback = "webrtc";
+        return node;
+      } catch (err) {
+        loop.close();
+        why = err.message;
+      }
     }
+    this.playback = "webaudio";
+    this.ui.transcript.note(`the bot's voice plays through Web Audio (${why}), out of the echo canceller's sight: use headphones`);
+    return this.ctx.destination;
   }
 
   onFrame({ frame, rms }) {
