@@ -31,7 +31,7 @@ needs_model = pytest.mark.skipif(bundled_model_path() is None, reason="pipecat-a
 @pytest.mark.parametrize("text", [
     "The number I have is", "My name is John and", "I'd like to speak to the", "The card ends in",
     "The number is 555", "It's five five five, five five five", "I was wondering if", "Well, um",
-    "I need the-", "So...",
+    "I need the-", "So...", "The person at extension,", "4, 2,", "My address is:",
 ])
 def test_text_that_stops_mid_sentence(text):
     assert sounds_unfinished(text)

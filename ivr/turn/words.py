@@ -45,15 +45,17 @@ def sounds_unfinished(text: str) -> bool:
     """True when the turn's text stops where a sentence cannot end.
 
     - the last word is a function word (`CONTINUATION_WORDS`), or the recogniser marked the
-      speech as cut off ("-", "...");
+      speech as cut off or going on ("-", "...", a trailing comma);
     - it ends with a group of exactly 3 or 6 digits, where a phone number (3-3-4) is read with
       pauses: "five five five" ... "zero one two three".
     """
     stripped = text.strip()
     if not stripped:
         return False
-    if stripped.endswith(("-", "—", "...", "…")):
-        return True  # the recogniser's own mark of speech cut off
+    if stripped.endswith(("-", "—", "...", "…", ",", ";", ":")):
+        # The recogniser's own mark of speech cut off, or of more to come: Whisper ends a
+        # stretch it heard go on with a comma ("The person at extension,", "4, 2,").
+        return True
     words = _words(stripped)
     if not words:
         return False
