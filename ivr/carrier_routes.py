@@ -33,7 +33,7 @@ from starlette.websockets import WebSocket
 from ivr import metrics
 from ivr.config import Settings
 from ivr.session import Transport
-from ivr.telephony import asterisk_ws, audiosocket, exotel, json_stream, plivo, plivo_control, stream_token, telnyx, vonage
+from ivr.telephony import asterisk_dialplan, asterisk_ws, audiosocket, exotel, json_stream, plivo, plivo_control, stream_token, telnyx, vonage
 from ivr.telephony.carriers import CARRIERS
 from ivr.telephony.twilio import Start
 from ivr.telephony.twiml import TRANSFER_SAY
@@ -192,8 +192,19 @@ def install(state, run_stream: Callable[..., Awaitable[None]]) -> list:
         url = state.public.base(request).replace("https://", "wss://").replace("http://", "ws://") + "/media/vonage"
         return Response(vonage.answer(url, headers), media_type="application/json")
 
+    async def asterisk_outcome(request: Request) -> Response:
+        """How the call goes on, for a dialplan without ARI (ivr.telephony.asterisk_dialplan):
+        taken once, as /twiml/fallback takes Twilio's."""
+        secret = settings.asterisk_basic_auth
+        if secret and not exotel.basic_auth_ok(secret, request.headers.get("authorization")):
+            return _forbidden("asterisk-ws", "Basic credentials missing or wrong")
+        key = asterisk_dialplan.outcome_key(request.path_params["call_id"])
+        planned = await state.shared.take_outcome(key)
+        return PlainTextResponse(planned or asterisk_dialplan.NONE)
+
     return [
         *(media_route(name) for name in ("telnyx", "plivo", "exotel", "vonage", "asterisk-ws")),
+        Route(asterisk_dialplan.PATH, asterisk_outcome, methods=["GET"]),
         Route("/telnyx/texml", telnyx_texml, methods=["POST"]),
         Route("/plivo/answer", plivo_answer, methods=["GET", "POST"]),
         Route(plivo_control.TRANSFER_PATH, plivo_transfer, methods=["GET", "POST"]),

@@ -31,7 +31,7 @@ from ivr.session import HandlerFactory, Line, Transport, WebSocketTransport
 from ivr.state import IvrState
 from ivr.state import signed_form as _signed_form
 from ivr.state import state_of as _state
-from ivr.telephony import twiml
+from ivr.telephony import asterisk_dialplan, twiml
 from ivr.telephony.carriers import CARRIERS, Carrier
 from ivr.telephony.twilio import MAX_GAP_MS, DroppedMedia, Media, ProtocolError, Start, Stop
 from ivr.web import install as install_web
@@ -245,8 +245,13 @@ async def _run_stream(state: IvrState, websocket: WebSocket | None, carrier: Car
                 line = Line(transport, event, calllog, capture_dir, t0, writer=carrier.writer(event, parser),
                             has_clear=carrier.has_clear, has_marks=carrier.has_marks, carrier=carrier.name,
                             control_id=carrier.control_id(event))
-                if carrier.name == "twilio":  # only Twilio asks /twiml/fallback how the call goes on
-                    line.before_close = _outcome_saver(state, line)
+                # How the call goes on is kept for what follows the stream: Twilio's
+                # /twiml/fallback, an Asterisk dialplan's CURL() of /asterisk/outcome.
+                if carrier.name == "twilio":
+                    line.before_close = _outcome_saver(state, line, line.start.call_sid, _twiml_outcome)
+                elif carrier.name in ("audiosocket", "asterisk-ws"):
+                    line.before_close = _outcome_saver(state, line, asterisk_dialplan.outcome_key(line.control_id),
+                                                       asterisk_dialplan.outcome)
                 if hasattr(parser, "expect_marks") and hasattr(line.writer, "pending_marks"):
                     parser.expect_marks(line.writer.pending_marks)
                 if carrier.max_lead_ms is not None:
@@ -373,20 +378,24 @@ def _free_a_line(state: IvrState) -> bool:
     return True
 
 
-def _outcome_saver(state: IvrState, line: Line):
+def _twiml_outcome(transfer, ended_by_bot: bool) -> str | None:
+    return twiml.transfer(transfer.target, transfer.summary) if transfer else twiml.hangup() if ended_by_bot else None
+
+
+def _outcome_saver(state: IvrState, line: Line, key: str, render):
     """How the call goes on after a stream the bot ended (hang up, or its transfer), saved once
-    for /twiml/fallback on whichever pod Twilio asks: before our side closes the stream, or
-    when the stream has ended otherwise."""
+    under `key` for whoever asks next (/twiml/fallback on whichever pod Twilio asks; an Asterisk
+    dialplan): before our side closes the stream, or when the stream has ended otherwise.
+    `render(transfer_to, ended_by_bot)` writes it in the asker's form."""
     saved = False
 
     async def save() -> None:
         nonlocal saved
-        transfer = line.transfer_to
-        doc = twiml.transfer(transfer.target, transfer.summary) if transfer else twiml.hangup() if line.ended_by_bot else None
+        doc = render(line.transfer_to, line.ended_by_bot)
         if doc is None or saved:
             return
         saved = True
-        await state.shared.put_outcome(line.start.call_sid, doc)
+        await state.shared.put_outcome(key, doc)
 
     return save
 

@@ -252,3 +252,23 @@ def test_plivo_transfer_xml_is_signed_and_dials_only_a_number_or_sip_uri():
     bad = "/plivo/transfer?to=%3C%2FDial%3E"
     sig = get_signature_v3(PLIVO_TOKEN.encode(), construct_post_url("https://bot.example.com" + bad, dict(params)).decode(), b"n2").decode()
     assert client.post(bad, data=params, headers={"X-Plivo-Signature-V3": sig, "X-Plivo-Signature-V3-Nonce": "n2"}).status_code == 400
+
+
+def test_without_call_control_an_asterisk_dialplan_asks_how_the_call_goes_on(stack, tmp_path):
+    """No ARI (here: it fails): the bot only ends the stream, and the dialplan's CURL() of
+    /asterisk/outcome/{id} learns it was a transfer and to whom, once."""
+    import httpx
+    from urllib.parse import parse_qs
+
+    stack.reset()
+    call_id = _call_id("asterisk-ws")
+    _ari_channels(stack, "asterisk-ws", call_id)
+    stack.ari.fail_with = 500
+    _call(stack, tmp_path, "asterisk-ws", TRANSFER, call_id)
+    base = stack.ws_base.replace("ws", "http", 1)
+    answer = httpx.get(f"{base}/asterisk/outcome/{call_id}")
+    assert answer.status_code == 200
+    form = parse_qs(answer.text)
+    assert form["action"] == ["transfer"] and form["to"] == [STAFF_LINE] and form["summary"][0]
+    assert httpx.get(f"{base}/asterisk/outcome/{call_id}").text == "action=none"  # taken once
+    assert httpx.get(f"{base}/asterisk/outcome/no-such-call").text == "action=none"

@@ -134,6 +134,16 @@ def test_exotel_and_asterisk_take_basic_credentials_on_the_upgrade():
     assert [type(e) for e in Recorder.instances[-1].events[:2]] == [Start, Media]
 
 
+def test_the_asterisk_outcome_takes_the_same_basic_credentials():
+    c = client(IVR_ASTERISK_BASIC_AUTH="ast:pw")
+    assert c.get("/asterisk/outcome/abc").status_code == 403
+    wrong = {"authorization": "Basic " + base64.b64encode(b"ast:nope").decode()}
+    assert c.get("/asterisk/outcome/abc", headers=wrong).status_code == 403
+    good = {"authorization": "Basic " + base64.b64encode(b"ast:pw").decode()}
+    answer = c.get("/asterisk/outcome/abc", headers=good)
+    assert (answer.status_code, answer.text) == (200, "action=none")
+
+
 def test_once_any_secret_is_set_a_carrier_without_its_own_is_refused():
     c = client(TWILIO_AUTH_TOKEN="12345678901234567890123456789012")
     for path in ("/media/telnyx", "/media/plivo", "/media/exotel", "/media/vonage", "/media/asterisk"):
