@@ -80,6 +80,10 @@ def test_a_call_over_each_carrier(bot, tmp_path, carrier):
     assert report["call"]["ended_by"] == "bot"
     # What the caller heard is what the bot said: the greeting's audio reached the caller's ear.
     assert report["bot"]["speech"] and report["bot"]["speech"][0][0] < 3000
+    # Paced audio keeps the line fed: with AudioSocket's small lead a top-up later than the lead
+    # once left it dry for 20 ms in every 80 (hundreds of underruns a call); a late wake-up of a
+    # busy machine may still cost one or two.
+    assert report["bot"]["underruns"] <= 3, report["bot"]["underruns"]
 
 
 def test_audiosocket_barge_in_stops_the_bot_by_pacing_alone(bot, tmp_path):

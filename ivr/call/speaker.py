@@ -29,7 +29,7 @@ from ivr.call.turn import BotTurn
 from ivr.providers.base import BrainOutput, TextDelta, TextToSpeech, ToolCall
 
 #: Top the carrier's queue up when it has fallen this far under the lead: a few frames per
-#: wake-up rather than one.
+#: wake-up rather than one (at most half the lead: see Speaker.top_up_s).
 TOP_UP_S = 0.06
 
 
@@ -44,6 +44,9 @@ class Speaker:
         self.cache = cache
         self.split = split
         self.lead_s = lead_s
+        # Never wait for the queue to fall further than the lead itself: with a small lead
+        # (AudioSocket's 40 ms) a fixed top-up would let the line run dry for a frame each time.
+        self.top_up_s = min(TOP_UP_S, lead_s / 2)
         self.marks = marks
         self.goodbye_timeout_s = goodbye_timeout_s
         self.on_first_audio = on_first_audio
@@ -183,7 +186,7 @@ class Speaker:
             now = time.now()
             ahead = clock.queued(now)
             if ahead >= self.lead_s - 1e-6:
-                await time.wait(turn.changed, until=now + ahead - self.lead_s + TOP_UP_S)
+                await time.wait(turn.changed, until=now + ahead - self.lead_s + self.top_up_s)
                 continue
             # Nothing may await between the gate check and the send: a cut or a pause (which
             # runs between our awaits) must find no frame of this turn after its clear.
