@@ -199,6 +199,32 @@ async def test_a_paused_caller_is_held_and_the_turn_is_one_sentence():
     await gate.aclose()
 
 
+@pytest.mark.parametrize("text, goodbye", [
+    ("No thanks, that's all.", True), ("Thank you.", True), ("Okay, bye.", True), ("That is all", True),
+    ("Thank you for", False), ("That's all I", False), ("I'd like a cake.", False), ("Thanks,", False),
+])
+def test_a_closing(text, goodbye):
+    from ivr.turn.words import sounds_like_a_goodbye
+
+    assert sounds_like_a_goodbye(text) is goodbye
+
+
+async def test_a_closing_ends_after_the_timer_whatever_the_model_says():
+    verdicts = _Verdicts(0.01)
+    gate, inner = await _gate(verdicts, fallback_ms=600, max_silence_ms=1500)
+    await _audio(gate, 1000)
+    inner.push(SpeechStarted(100))
+    inner.push(EndOfTurn("No thanks, that's all.", 900))
+    await _next(gate)
+    await _settle(gate)
+    assert gate.decisions[-1].complete and verdicts.heard == []  # the model was not asked
+    await _audio(gate, 400)
+    assert gate._events.empty()  # a closing waits the plain timer, not a question's zero
+    await _audio(gate, 200)
+    assert await _next(gate) == EndOfTurn("No thanks, that's all.", 900)
+    await gate.aclose()
+
+
 async def test_the_last_words_hold_a_turn_the_model_calls_finished():
     gate, inner = await _gate(_Verdicts(0.99), max_silence_ms=1500)
     await _audio(gate, 1000)

@@ -4,6 +4,8 @@ Wraps any `SttSession` that ends turns on silence (the embedded engine with a sh
 Deepgram nova with its endpointing). Each `EndOfTurn` it emits is held until judged:
 
 - a whole question as the recogniser wrote it ("Where are you located?"): the turn ends at once;
+- a closing ("No thanks, that's all."): the turn ends after `fallback_ms` of silence, whatever
+  the model would say (it doubts short closings on phone audio);
 - the caller is done (Smart Turn says complete, and the text does not stop on "is", "and"... or
   in the middle of a phone number): the turn ends after `fallback_ms` of silence, the old timer
   (short pauses such as "No thanks ... that's all" stay inside the turn);
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from ivr import metrics
 from ivr.providers.base import CallContext, EndOfTurn, Final, Interim, SpeechStarted, SttEvent
 from ivr.turn.model import WINDOW_S, SmartTurn, TurnModelBusy, TurnVerdict
-from ivr.turn.words import sounds_like_a_question, sounds_unfinished
+from ivr.turn.words import sounds_like_a_goodbye, sounds_like_a_question, sounds_unfinished
 
 log = logging.getLogger("ivr.turn")
 
@@ -270,11 +272,13 @@ class TurnGate:
         received = time.perf_counter()
         unfinished = self._opts.use_text and sounds_unfinished(text)
         question = self._opts.use_text and not unfinished and sounds_like_a_question(text)
+        goodbye = self._opts.use_text and not unfinished and not question and sounds_like_a_goodbye(text)
         # The caller already went on (a start after this end): no need to ask.
         resumed = self._last_start_ms > event.at_ms
         verdict: TurnVerdict | None = None
-        if question:
-            # A whole question: answered at once, without waiting for the model.
+        if question or goodbye:
+            # A whole question (answered at once) or a closing (ended by the plain timer): the
+            # text has decided, the model is not waited for.
             early, self._early = self._early, None
             if early is not None and early.done() and not early.cancelled() and early.exception() is None:
                 verdict = early.result()
@@ -289,8 +293,8 @@ class TurnGate:
         if self._closed:
             return
         threshold = self._opts.threshold_after_pause if held is not None else self._opts.threshold
-        complete = not resumed and (question or (verdict is not None and verdict.probability >= threshold
-                                                  and not unfinished))
+        complete = not resumed and (question or goodbye or (verdict is not None and verdict.probability >= threshold
+                                                            and not unfinished))
         decision = TurnDecision(event.at_ms, text, complete, verdict.probability if verdict else None, unfinished,
                                 verdict.compute_ms if verdict else 0.0, (time.perf_counter() - received) * 1000,
                                 question, verdict.cpu_ms if verdict else 0.0,

@@ -100,3 +100,20 @@ def sounds_like_a_question(text: str) -> bool:
         and words[-1] not in OBJECT_PRONOUNS
         and not sounds_unfinished(last.rstrip("?"))
     )
+
+
+#: How a caller who is done closes: "No thanks, that's all." The model doubts such short
+#: statements on phone audio (0.01 for that one), which left them to the ceiling.
+CLOSINGS = tuple(tuple(c.split()) for c in (
+    "that's all", "that is all", "that's it", "that's everything", "goodbye", "bye", "thank you", "thanks",
+))
+
+
+def sounds_like_a_goodbye(text: str) -> bool:
+    """True when the turn ends with a closing ("..., that's all.", "Thank you.", "Bye."): the
+    caller is done, and the turn ends after the plain timer's silence without the model."""
+    if sounds_unfinished(text):
+        return False
+    words = _words(text)
+    return any(tuple(words[-len(c):]) == c for c in CLOSINGS)
+
