@@ -139,15 +139,21 @@ def install(state, run_stream: Callable[..., Awaitable[None]]) -> list:
         params = {"From": str(form.get("From", "")), "To": str(form.get("To", ""))}
         return Response(telnyx.answer(url, params), media_type="application/xml")
 
+    def plivo_refusal(request: Request, form: dict[str, str]) -> Response | None:
+        """403 for a request Plivo did not sign (V3), when PLIVO_AUTH_TOKEN is set; else None."""
+        if not settings.plivo_auth_token:
+            return None
+        url = state.public.webhook_url(request)
+        params = form if request.method == "POST" else {}
+        if plivo.verify_webhook(settings.plivo_auth_token, request.method, url, params,
+                                request.headers.get(plivo.NONCE_HEADER, ""), request.headers.get(plivo.SIGNATURE_HEADER, "")):
+            return None
+        return _forbidden("plivo", "X-Plivo-Signature-V3 missing or not valid")
+
     async def plivo_answer(request: Request) -> Response:
         form = {k: str(v) for k, v in (await request.form()).items()}
-        if settings.plivo_auth_token:
-            url = state.public.webhook_url(request)
-            params = form if request.method == "POST" else {}
-            if not plivo.verify_webhook(settings.plivo_auth_token, request.method, url, params,
-                                        request.headers.get(plivo.NONCE_HEADER, ""),
-                                        request.headers.get(plivo.SIGNATURE_HEADER, "")):
-                return _forbidden("plivo", "X-Plivo-Signature-V3 missing or not valid")
+        if (refused := plivo_refusal(request, form)) is not None:
+            return refused
         call_id = form.get("CallUUID") or request.query_params.get("CallUUID", "")
         headers = {"From": form.get("From", ""), "To": form.get("To", "")}
         if settings.plivo_auth_token:
@@ -160,13 +166,8 @@ def install(state, run_stream: Callable[..., Awaitable[None]]) -> list:
     async def plivo_transfer(request: Request) -> Response:
         """The Plivo XML a transfer sends the caller to (ivr.telephony.plivo_control's `aleg_url`)."""
         form = {k: str(v) for k, v in (await request.form()).items()}
-        if settings.plivo_auth_token:
-            url = state.public.webhook_url(request)
-            params = form if request.method == "POST" else {}
-            if not plivo.verify_webhook(settings.plivo_auth_token, request.method, url, params,
-                                        request.headers.get(plivo.NONCE_HEADER, ""),
-                                        request.headers.get(plivo.SIGNATURE_HEADER, "")):
-                return _forbidden("plivo", "X-Plivo-Signature-V3 missing or not valid")
+        if (refused := plivo_refusal(request, form)) is not None:
+            return refused
         target = request.query_params.get("to", "")
         if not TRANSFER_TARGET.fullmatch(target):
             return PlainTextResponse("to: a phone number or a sip: URI\n", status_code=400)
