@@ -101,17 +101,6 @@ class Room:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class RecordingFactory(CallFactory):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = []
-
-    def __call__(self, line):
-        call = super().__call__(line)
-        self.calls.append(call)
-        return call
-
-
 @pytest.fixture(scope="module")
 def room():
     if shutil.which("pactl") is None:
@@ -168,7 +157,7 @@ def median_db(values: list[float]) -> float | None:
 
 async def place_call(providers, room, *, loop: bool, chrome_wide: bool, init: str = "") -> dict:
     """The caller says the sentence over the greeting, then again once the bot is quiet."""
-    factory = RecordingFactory(providers)
+    factory = CallFactory(providers)
     app = create_app(Settings.from_env({}), handler_factory=factory)
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--use-fake-ui-for-media-stream"]
     if not chrome_wide:
@@ -213,7 +202,7 @@ async def place_call(providers, room, *, loop: bool, chrome_wide: bool, init: st
                 if caller is not None and caller.poll() is None:
                     caller.kill()
                 await browser.close()
-    call = factory.calls[-1]
+    call = factory.recent[-1]  # CallFactory keeps the latest calls
     over, later = " / ".join(lines[:before]), " / ".join(lines[before:])
     # The microphone while only the bot talks: from its first audio until the caller starts.
     first = next(f["t"] for f in watch["frames"] if f["media"] > 0)
