@@ -121,6 +121,7 @@ async def _transcribe(stt, ulaw: bytes, realtime: bool) -> int:
     await printer
     elapsed = time.perf_counter() - started
     redecodes = getattr(stt, "redecodes", {})
-    again = ", ".join(f"{n} {why}" for why, n in redecodes.items() if n)
+    again = ", ".join([f"{n} {why}" for why, n in redecodes.items() if n]
+                      + ([f"{stt.joins} joined with the speech after a short pause"] if getattr(stt, "joins", 0) else []))
     print(f"{len(ulaw) / 8000:.2f} s of audio in {elapsed:.2f} s" + (f"; decoded again: {again}" if again else ""), file=sys.stderr)
     return 0
