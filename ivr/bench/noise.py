@@ -122,7 +122,8 @@ def coughs(rng: np.random.Generator, dbfs: float) -> np.ndarray:
 def music(dbfs: float) -> np.ndarray:
     # A tune of notes with harmonics (hold music), then a chord.
     notes = [262, 294, 330, 349, 392, 440, 494, 523, 494, 440, 392, 349, 330, 294, 262, 330]
-    parts = [_ramp(_tone([f, 2 * f, 3 * f], 0.25) * np.exp(-np.arange(int(0.25 * RATE)) / RATE / 0.3), 10) for f in notes]
+    decay = np.exp(-np.arange(int(0.25 * RATE)) / RATE / 0.3)
+    parts = [_ramp(_tone([f, 2 * f, 3 * f], 0.25) * decay, 10) for f in notes]
     chord = _ramp(_tone([262, 330, 392, 524, 660], SECONDS - 0.25 * len(notes)), 10)
     return _level(np.concatenate(parts + [chord]), dbfs)
 
@@ -169,7 +170,8 @@ def vocal(rng: np.random.Generator, kind: str, dbfs: float) -> np.ndarray:
         for at in (0.8, 3.0):
             m = int(0.35 * RATE)
             tt = np.arange(m) / RATE
-            burst = _band(rng.standard_normal(m), 300, 3200) * 0.6 + _voice(rng, 0.35, 90, [(500, 200), (1500, 300)])[:m]
+            hiss = _band(rng.standard_normal(m), 300, 3200) * 0.6
+            burst = hiss + _voice(rng, 0.35, 90, [(500, 200), (1500, 300)])[:m]
             events.append((at, burst * (1 - np.exp(-tt / 0.01)) * np.exp(-tt / 0.12)))
     for at, sound in events:
         i = int(at * RATE)

@@ -277,25 +277,25 @@ class MoonshineModel:
         return self.decode(audio, speech).text
 
     def decode(self, audio: np.ndarray, speech: bool = True) -> "Decoded":
-        """16 kHz float32 mono -> the text and how sure the decoder was of it. `speech`: the
-        audio is known to hold speech, so the text may not end before its first token (as
-        Whisper suppresses its end token there): given espeak-ng's "Do you have parking?"
-        Moonshine otherwise often writes nothing at all."""
+        """16 kHz float32 mono -> the text, and the decoder's belief that there was none.
+        `speech`: the audio is known to hold speech, so the text may not end before its first
+        token (as Whisper suppresses its end token there): given espeak-ng's "Do you have
+        parking?" Moonshine otherwise often writes nothing at all."""
         if len(audio) < MIN_SAMPLES:
             audio = np.pad(audio, (0, MIN_SAMPLES - len(audio)))
         hidden = self.encoder.run(None, {"input_values": audio[None, :].astype(np.float32)})[0]
         result = self.first.run(None, {"input_ids": np.array([[BOS]], np.int64), "encoder_hidden_states": hidden})
         past: dict[str, np.ndarray] = {}
         ids: list[int] = []
-        logprobs: list[float] = []
         end_first = 0.0
         for step in range(int(len(audio) / 16000 * TOKENS_PER_S) + 5):
-            logits = result[0][0, -1].astype(np.float64)
-            # Log-probabilities before the end is suppressed: how likely the decoder found each.
-            shifted = logits - logits.max()
-            logp = shifted - np.log(np.exp(shifted).sum())
+            logits = result[0][0, -1]
             if step == 0:
-                end_first = float(np.exp(logp[EOS]))
+                # Read before the end is suppressed. (The tokens' own log-probabilities told the
+                # voice sounds from speech no better: "mmm" and a hard synthetic question both
+                # averaged -0.88.)
+                p = np.exp(logits - logits.max())
+                end_first = float(p[EOS] / p.sum())
                 if speech:
                     logits[EOS] = -np.inf
             token = int(np.argmax(logits))
@@ -306,13 +306,12 @@ class MoonshineModel:
             if token == EOS:
                 break
             ids.append(token)
-            logprobs.append(float(logp[token]))
             feed = {name: value for name, value in past.items() if name in self.next_inputs}
             feed["input_ids"] = np.array([[token]], np.int64)
             result = self.next.run(None, feed)
         raw = b"".join(self.tokens[t] for t in ids if 2 < t < len(self.tokens))
         text = raw.decode("utf-8", "replace").replace("\u2581", " ").strip()
-        return Decoded(text, end_first, tuple(logprobs))
+        return Decoded(text, end_first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,8 +320,6 @@ class Decoded:
     #: P(end of text) at the first token, before any suppression: the decoder's own belief that
     #: the audio holds no words.
     end_first: float
-    #: The log-probability of each token written.
-    logprobs: tuple[float, ...]
 
 
 class MoonshineStt(WhisperStt):

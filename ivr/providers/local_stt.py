@@ -499,16 +499,16 @@ class LocalSttSession:
     # --- endpointing ---------------------------------------------------------------------------
 
     def _on_speech_start(self, at_ms: int) -> None:
-        held, self._held = self._held, None
-        if self._segment_start is None and held is not None:
+        held = self._held
+        if held is not None and self._segment_start is None:
             # The caller went on after a short pause: the stretch and what follows are decoded as
             # one, and the held stretch's own decode is dropped (not started, if still queued).
+            self._held = None
             held.job.cancel()
             self._segment_start = held.start_ms
             self._engine.joins += 1
             STT_JOINED.inc()
-        elif held is not None:
-            self._chain(self._emit_final(held.job, held.start_ms, held.end_ms))
+        self._release_held()
         if self._segment_start is None:
             # Pre-roll, but never speech already decoded: a word must not come out twice. The
             # silence that closed the last stretch may be heard again: a word that follows a short
