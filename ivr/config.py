@@ -126,6 +126,9 @@ class Settings:
     )
     stt_threads: int = field(default=0, metadata={"help": "CPU threads per transcription (0: cores, at most 4)"})
     stt_beam_size: int = field(default=1, metadata={"help": "Whisper beam size (1 is fastest)"})
+    stt_join_pause_ms: int = field(
+        default=300, metadata={"help": "a stretch of speech waits this long (ms after it ended) for the caller to go on, and is then decoded with what follows (a comma, a word cut in two); 0: each stretch alone"}
+    )
     stt_end_of_turn_ms: int = field(
         default=600, metadata={"help": "silence (ms) that ends the caller's turn: with the turn model, a statement it calls finished; without it (IVR_TURN_MODEL=off, or it failed), every turn"}
     )
@@ -292,6 +295,8 @@ class Settings:
             raise ConfigError(f"IVR_TURN_MIN_SILENCE_MS: {self.turn_min_silence_ms} ms is shorter than the VAD can tell a pause")
         if self.turn_max_silence_ms < self.stt_end_of_turn_ms:
             raise ConfigError(f"IVR_TURN_MAX_SILENCE_MS: {self.turn_max_silence_ms} is shorter than IVR_STT_END_OF_TURN_MS ({self.stt_end_of_turn_ms})")
+        if not 0 <= self.stt_join_pause_ms <= 2000:
+            raise ConfigError(f"IVR_STT_JOIN_PAUSE_MS: {self.stt_join_pause_ms} is not between 0 and 2000")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"IVR_LOG_LEVEL: {self.log_level!r} is not debug, info, warning or error")
 

@@ -35,6 +35,11 @@ def test_the_turn_model_can_be_turned_off():
     assert providers.stt.options.end_of_turn_ms == 600  # the plain timer
 
 
+def test_stretches_joined_across_short_pauses_is_a_setting():
+    assert build(Settings.from_env({})).stt.inner.options.join_pause_ms == 300
+    assert build(Settings.from_env({"IVR_STT_JOIN_PAUSE_MS": "0"})).stt.inner.options.join_pause_ms == 0
+
+
 @pytest.mark.parametrize(
     "env, variable",
     [
@@ -44,6 +49,7 @@ def test_the_turn_model_can_be_turned_off():
         ({"IVR_FLOW": "/no/such/flow.yaml"}, "IVR_FLOW"),
         ({"IVR_VAD_THRESHOLD": "0.2", "IVR_VAD_NEG_THRESHOLD": "0.4"}, "IVR_VAD"),
         ({"IVR_STT_END_OF_TURN_MS": "10"}, "IVR_STT_END_OF_TURN_MS"),
+        ({"IVR_STT_JOIN_PAUSE_MS": "-1"}, "IVR_STT_JOIN_PAUSE_MS"),
         ({"IVR_TTS_VOICE": "/no/voice.onnx"}, "IVR_TTS_VOICE"),
         ({"IVR_TURN_MODEL": "/no/turn.onnx"}, "IVR_TURN_MODEL"),
         ({"IVR_TURN_MODEL": "maybe"}, "IVR_TURN_MODEL"),
