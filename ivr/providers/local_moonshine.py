@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,15 @@ BOS, EOS = 1, 2
 TOKENS_PER_S = 6.5
 #: A stretch with this much voiced audio holds words: Moonshine must write at least one.
 SPEECH_MS = 300
+#: What `prepare` makes, each saved as NAME.onnx in the model cache (ivr.providers.model_cache).
+PREPARED = ("encoder", "first", "next")
+PREPARED_FILES = tuple(f"{name}.onnx" for name in PREPARED)
+CACHE_NAME = "moonshine-base-en"
+#: The module a child process runs to prepare the model (this one; not __name__, which is
+#: "__main__" when it runs so).
+PREPARER = "ivr.providers.local_moonshine"
+#: Raised whenever `prepare` makes different graphs from the same files: the cache's key holds it.
+PREPARE_VERSION = "1"
 #: The encoder needs a little audio (its convolutions take 64 samples to one step, then 3, then 2).
 MIN_SAMPLES = 4000
 
@@ -236,6 +246,23 @@ def prepare(directory: Path) -> dict[str, bytes]:
     return prepared
 
 
+def prepared_key(directory: Path) -> str:
+    """The cache key of what `prepare` makes of `directory` with the installed packages."""
+    from importlib.metadata import version
+
+    from ivr.providers.model_cache import fingerprint
+
+    parts = [PREPARE_VERSION] + [f"{p}={version(p)}" for p in ("moonshine-cpp", "onnx", "onnxruntime")]
+    return fingerprint(parts, [directory / "encoder_model.ort", directory / "decoder_model_merged.ort"])
+
+
+def write_prepared(folder: Path) -> None:
+    """`prepare` the installed model into `folder` (run in a child process: see model_cache)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in prepare(model_dir()).items():
+        (folder / f"{name}.onnx").write_bytes(data)
+
+
 class _Without(logging.Filter):
     def __init__(self, text: str) -> None:
         super().__init__()
@@ -249,15 +276,24 @@ class MoonshineModel:
     """Moonshine's encoder and decoder as ONNX Runtime sessions, decoded greedily with the
     decoder's key/value cache. Thread-safe (ONNX Runtime's run is): one for every call."""
 
-    def __init__(self, directory: Path, threads: int = 1) -> None:
+    def __init__(self, directory: Path, threads: int = 1, cache: str | None = None) -> None:
+        import shutil
+
         import onnxruntime as ort
+
+        from ivr.providers.model_cache import prepared_folder
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        sessions = {name: ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-                    for name, model in prepare(directory).items()}  # fmt: skip
+        folder, temporary = prepared_folder(CACHE_NAME, prepared_key(directory), PREPARED_FILES, PREPARER, cache)
+        try:
+            sessions = {name: ort.InferenceSession(str(folder / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+                        for name in PREPARED}  # fmt: skip
+        finally:
+            if temporary:
+                shutil.rmtree(folder, ignore_errors=True)
         self.encoder, self.first, self.next = sessions["encoder"], sessions["first"], sessions["next"]
         self.tokens = load_tokens(directory / "tokenizer.bin")
         self.outputs = [o.name for o in self.first.get_outputs()]
@@ -295,8 +331,10 @@ class MoonshineModel:
 class MoonshineStt(WhisperStt):
     """WhisperStt's stretches and turns, each stretch transcribed by Moonshine base English."""
 
-    def __init__(self, model_path: str | None = None, **kwargs) -> None:
+    def __init__(self, model_path: str | None = None, model_cache: str | None = None, **kwargs) -> None:
         super().__init__(MODEL_NAME, **kwargs)
+        #: IVR_MODEL_CACHE (None: from the environment): where the prepared model is kept.
+        self.model_cache = model_cache
         # The threads are fixed (_load_model): one model for the process, whatever the engine.
         self._model = shared_model(("moonshine", MODEL_NAME), "Moonshine base English", self._load_model)
 
@@ -305,7 +343,7 @@ class MoonshineStt(WhisperStt):
         # second thread cost more in waiting than it saved (float weights: 13-17 ms a step on
         # one thread, 15-29 ms on two; the encoder about the same either way). Calls decoded at
         # once each have a worker of the pool.
-        return MoonshineModel(model_dir(), threads=1)
+        return MoonshineModel(model_dir(), threads=1, cache=self.model_cache)
 
     def transcribe_pcm8(self, pcm8: bytes) -> str:
         audio = np.frombuffer(resample(pcm8, RATE, 16000), dtype="<i2").astype(np.float32) / 32768.0
@@ -332,3 +370,26 @@ def without_repeats(text: str) -> str:
         else:
             i += 1
     return " ".join(tokens)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m ivr.providers.local_moonshine prepare [FOLDER]`: prepare the model into FOLDER,
+    or into the model cache (IVR_MODEL_CACHE) when none is given, e.g. while building an image."""
+    if len(argv) not in (1, 2) or argv[0] != "prepare":
+        print("usage: python -m ivr.providers.local_moonshine prepare [FOLDER]", file=sys.stderr)
+        return 2
+    if len(argv) == 2:
+        write_prepared(Path(argv[1]))
+        return 0
+    from ivr.providers.model_cache import prepared_folder
+
+    folder, temporary = prepared_folder(CACHE_NAME, prepared_key(model_dir()), PREPARED_FILES, PREPARER)
+    if temporary:
+        print("the model cache cannot be written: set IVR_MODEL_CACHE to a writable folder", file=sys.stderr)
+        return 1
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

