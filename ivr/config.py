@@ -125,6 +125,11 @@ class Settings:
         metadata={"help": "words to prime the embedded recogniser with: none, flow (the call flow's route "
                   "phrases and slots, with IVR_BRAIN=flow), or any text"},
     )
+    stt_bias: float = field(
+        default=0.0,
+        metadata={"help": "how strongly Moonshine (IVR_STT_MODEL=moonshine) favours the words the call flow "
+                  "expects at the caller's node: a bonus in nats per token of those phrases (0: off)"},
+    )
     stand_ins: str = field(
         default="on-failure",
         metadata={"help": "when the embedded engines standing in for a cloud provider load: on-failure "
@@ -284,6 +289,8 @@ class Settings:
             raise ConfigError("IVR_REDIS_URL: must start with redis://, rediss:// or unix://")
         if self.outbound_rate < 0:
             raise ConfigError(f"IVR_OUTBOUND_RATE: {self.outbound_rate} is negative")
+        if not 0 <= self.stt_bias <= 10:
+            raise ConfigError(f"IVR_STT_BIAS: {self.stt_bias} is not between 0 (off) and 10")
         if not 20 <= self.playout_lead_ms <= 10000:
             raise ConfigError(f"IVR_PLAYOUT_LEAD_MS: {self.playout_lead_ms} is not between 20 and 10000")
         if self.stand_ins.strip().lower() not in ("on-failure", "preload"):

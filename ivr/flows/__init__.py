@@ -442,3 +442,20 @@ def prompt_words(flow: Flow) -> str:
             seen.setdefault(node.collect.slot.replace("_", " "), None)
     words = ", ".join(seen)
     return f"{flow.name}. {words}." if flow.name else f"{words}."
+
+
+#: What a caller says into a digits slot: the digits as words (a recogniser writes them so).
+DIGIT_WORDS = ("zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def expected_phrases(flow: Flow, node: Node) -> tuple[str, ...]:
+    """What a caller at `node` is likely to say next, for a recogniser to listen for: the node's
+    route phrases, the digits for a digits slot, then the routes that apply everywhere."""
+    seen: dict[str, None] = {}
+    for route in node.routes:
+        seen.update(dict.fromkeys(route.phrases))
+    if node.collect is not None and node.collect.type == "digits":
+        seen.update(dict.fromkeys(DIGIT_WORDS))
+    for route in flow.anywhere:
+        seen.update(dict.fromkeys(route.phrases))
+    return tuple(seen)

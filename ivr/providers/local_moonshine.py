@@ -33,6 +33,7 @@ import numpy as np
 
 from ivr.audio import resample
 from ivr.providers.local_stt import RATE, WhisperStt, voiced_ms
+from ivr.providers.phrase_bias import BiasCache, PhraseBias
 from ivr.providers.workers import shared_model
 
 #: The name IVR_STT_MODEL takes, and the package and folder that carry the model's files.
@@ -299,10 +300,12 @@ class MoonshineModel:
         self.outputs = [o.name for o in self.first.get_outputs()]
         self.next_inputs = {i.name for i in self.next.get_inputs()}
 
-    def transcribe(self, audio: np.ndarray, speech: bool = True) -> str:
+    def transcribe(self, audio: np.ndarray, speech: bool = True, bias: PhraseBias | None = None) -> str:
         """16 kHz float32 mono -> text. `speech`: the audio is known to hold speech, so the text
         may not end before its first token (as Whisper suppresses its end token there): given
-        espeak-ng's "Do you have parking?" Moonshine otherwise often writes nothing at all."""
+        espeak-ng's "Do you have parking?" Moonshine otherwise often writes nothing at all.
+        `bias`: phrases to favour (ivr.providers.phrase_bias); None decodes plainly."""
+        cursor = bias.cursor() if bias else None
         if len(audio) < MIN_SAMPLES:
             audio = np.pad(audio, (0, MIN_SAMPLES - len(audio)))
         hidden = self.encoder.run(None, {"input_values": audio[None, :].astype(np.float32)})[0]
@@ -313,7 +316,7 @@ class MoonshineModel:
             logits = result[0][0, -1]
             if step == 0 and speech:
                 logits[EOS] = -np.inf
-            token = int(np.argmax(logits))
+            token = int(np.argmax(logits)) if cursor is None else cursor.choose(logits)
             for name, value in zip(self.outputs[1:], result[1:]):
                 # The cross-attention cache comes from the first step alone.
                 if step == 0 or ".encoder." not in name:
@@ -337,6 +340,7 @@ class MoonshineStt(WhisperStt):
         self.model_cache = model_cache
         # The threads are fixed (_load_model): one model for the process, whatever the engine.
         self._model = shared_model(("moonshine", MODEL_NAME), "Moonshine base English", self._load_model)
+        self._biases = BiasCache(self.options.bias)
 
     def _load_model(self):
         # One thread per decode: a decoder step is small, and on a shared 2-core machine a
@@ -345,10 +349,12 @@ class MoonshineStt(WhisperStt):
         # once each have a worker of the pool.
         return MoonshineModel(model_dir(), threads=1, cache=self.model_cache)
 
-    def transcribe_pcm8(self, pcm8: bytes) -> str:
+    def transcribe_pcm8(self, pcm8: bytes, expected: tuple[str, ...] = ()) -> str:
         audio = np.frombuffer(resample(pcm8, RATE, 16000), dtype="<i2").astype(np.float32) / 32768.0
         speech = voiced_ms(pcm8) >= SPEECH_MS
-        return without_repeats(self._model.get().transcribe(audio, speech=speech))
+        model = self._model.get()
+        bias = self._biases.get(expected, model.tokens)
+        return without_repeats(model.transcribe(audio, speech=speech, bias=bias))
 
 
 _NUMBER = re.compile(r"^(?:\d+|zero|oh|one|two|three|four|five|six|seven|eight|nine|ten)$")

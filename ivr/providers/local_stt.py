@@ -170,6 +170,10 @@ class SttOptions:
     #: Whisper's temperature fallback on the full-window decode: sampled again at these
     #: temperatures while the text looks unreliable (low log-probability or repetitive). (): off.
     fallback_temperatures: tuple[float, ...] = ()
+    #: How strongly a decoder without a prompt (Moonshine) favours the phrases the caller is
+    #: expected to say at this point of the call (`LocalSttSession.expect`): a bonus in nats added
+    #: to each token of such a phrase (ivr.providers.phrase_bias). 0: off.
+    bias: float = 0.0
 
 
 class WhisperStt:
@@ -229,8 +233,9 @@ class WhisperStt:
         await self.load()
         return LocalSttSession(self, self.vad.create(sample_rate=RATE))
 
-    def transcribe_pcm8(self, pcm8: bytes) -> str:
-        """Blocking: 8 kHz 16-bit PCM -> text. Runs on a worker thread."""
+    def transcribe_pcm8(self, pcm8: bytes, expected: tuple[str, ...] = ()) -> str:
+        """Blocking: 8 kHz 16-bit PCM -> text. Runs on a worker thread. Whisper's priming is the
+        global prompt (`SttOptions.prompt`): `expected` is not used here."""
         model = self._model.get()
         # Whisper needs 16 kHz float32; given 8 kHz it silently produces nonsense.
         audio = np.frombuffer(resample(pcm8, RATE, 16000), dtype="<i2").astype(np.float32) / 32768.0
@@ -326,8 +331,9 @@ class WhisperStt:
             self._prompt = (tokenizer, prompt, list(get_suppressed_tokens(tokenizer, [-1])))
         return self._prompt
 
-    async def transcribe(self, pcm8: bytes) -> str:
-        return await self.pool.run(self.transcribe_pcm8, pcm8)
+    async def transcribe(self, pcm8: bytes, expected: tuple[str, ...] = ()) -> str:
+        """`expected`: the phrases the caller is likely to say (see `LocalSttSession.expect`)."""
+        return await self.pool.run(self.transcribe_pcm8, pcm8, expected)
 
 
 def voiced_ms(pcm8: bytes) -> int:
@@ -415,6 +421,7 @@ class LocalSttSession:
         self._turn_texts: list[str] = []
         self._tail: asyncio.Task | None = None  # last emitting task: Finals go out in order
         self._tasks: set[asyncio.Task] = set()
+        self._expected: tuple[str, ...] = ()
 
     # --- the interface -------------------------------------------------------------------------
 
@@ -465,6 +472,11 @@ class LocalSttSession:
             task.cancel()
         self._tail = None
         self._events.put_nowait(_CLOSED)
+
+    def expect(self, phrases) -> None:
+        """The phrases the caller is likely to say now: each stretch cut from here on is decoded
+        with them (an engine with `SttOptions.bias` favours them)."""
+        self._expected = tuple(phrases)
 
     def __aiter__(self) -> "LocalSttSession":
         return self
@@ -547,7 +559,7 @@ class LocalSttSession:
 
     def _decode(self, pcm: bytes, start_ms: int, end_ms: int):
         # Start decoding now, in parallel with any earlier decode; emit in order.
-        job = asyncio.ensure_future(self._engine.transcribe(pcm))
+        job = asyncio.ensure_future(self._engine.transcribe(pcm, self._expected))
         self._tasks.add(job)
         job.add_done_callback(self._tasks.discard)
 

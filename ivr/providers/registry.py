@@ -125,7 +125,8 @@ def _whisper_stt(settings: Settings, shared: _Shared) -> SpeechToText:
     end_of_turn_ms = settings.stt_end_of_turn_ms
     if model is not None:
         end_of_turn_ms = min(settings.turn_min_silence_ms, end_of_turn_ms)
-    options = SttOptions(end_of_turn_ms=end_of_turn_ms, beam_size=settings.stt_beam_size, prompt=_stt_prompt(settings))
+    options = SttOptions(end_of_turn_ms=end_of_turn_ms, beam_size=settings.stt_beam_size, prompt=_stt_prompt(settings),
+                         bias=settings.stt_bias)
     return embedded_stt(
         model_path=settings.stt_model or None,
         model_cache=settings.model_cache or None,
