@@ -47,17 +47,17 @@ def test_without_phrases_or_weight_the_choice_is_the_plain_argmax():
 
 def test_a_phrase_split_across_tokens_is_followed_and_its_continuation_favoured():
     cursor = PhraseBias(["pickup"], TOKENS, weight=1.0).cursor()
-    assert cursor.choose(logits(_pick=0.0, _the=-0.5)) == ID[S + "pick"]
-    assert cursor.choose(logits(le=0.0, up=-0.7)) == ID["up"]  # "pickup", not "pickle"
-    assert cursor.bonus == pytest.approx(2.0)
+    assert cursor.choose(logits(_the=0.0, _pick=-0.5)) == ID[S + "pick"]  # 5 of 7 characters
+    assert cursor.choose(logits(le=0.0, up=-0.2)) == ID["up"]  # "pickup", not "pickle"
+    assert cursor.bonus == pytest.approx(1.0)
 
 
 def test_every_way_of_spelling_a_phrase_in_tokens_is_an_edge():
-    bias = PhraseBias(["pickup"], TOKENS, weight=1.0)
+    bias = PhraseBias(["pickup"], TOKENS, weight=7.0)  # a nat a character
     cursor = bias.cursor()
     for token in (S + "p", "ick", "up"):
-        assert cursor.choose(logits(**{token.replace(S, "_"): -0.5, "_the": 0.0})) == ID[token]
-    assert cursor.bonus == pytest.approx(3.0)
+        assert cursor.choose(logits(**{token.replace(S, "_"): -1.5, "_the": 0.0})) == ID[token]
+    assert cursor.bonus == pytest.approx(7.0)
 
 
 def test_a_continuation_is_favoured_only_after_its_phrase_began():
@@ -76,10 +76,30 @@ def test_a_phrase_may_begin_only_at_a_word_boundary_and_in_either_case():
     assert cursor.choose(logits(o=0.0, ours=-0.1)) == ID["o"]  # "ours" inside "hours" is no phrase start
 
 
+def test_a_capitalised_phrase_is_favoured_only_where_a_sentence_begins():
+    cursor = PhraseBias(["hours"], TOKENS, weight=1.0).cursor()
+    cursor.choose(logits(_the=0.0))
+    assert cursor.choose(logits(_ours=0.0, _Hours=-0.5)) == ID[S + "ours"]  # "the Hours": no
+    cursor.choose(logits(**{".": 0.0}))
+    assert cursor.choose(logits(_ours=0.0, _Hours=-0.5)) == ID[S + "Hours"]  # ". Hours": yes
+
+
+def test_a_whole_phrase_earns_the_weight_however_it_is_split():
+    bias = PhraseBias(["pickup"], TOKENS, weight=1.0)
+    for split in ([S + "pick", "up"], [S + "p", "ick", "up"]):
+        cursor = bias.cursor()
+        for token in split:
+            cursor.advance(ID[token])
+        assert cursor.bonus == pytest.approx(1.0)
+    cursor = bias.cursor()
+    # "▁p" is 2 of the 7 characters of "▁pickup": a one-letter start earns little.
+    assert cursor.choose(logits(_the=0.0, _p=-0.3)) == ID[S + "the"]
+
+
 def test_an_abandoned_phrase_has_its_bonus_withdrawn_and_a_finished_one_keeps_it():
     cursor = PhraseBias(["pickup"], TOKENS, weight=1.0).cursor()
     cursor.choose(logits(_pick=0.0))
-    assert cursor.bonus == pytest.approx(1.0)
+    assert cursor.bonus == pytest.approx(5 / 7)
     cursor.choose(logits(le=0.0, up=-5.0))  # "pickle": left the phrase
     assert cursor.bonus == pytest.approx(0.0)
     assert cursor.node == 0
@@ -91,9 +111,9 @@ def test_an_abandoned_phrase_has_its_bonus_withdrawn_and_a_finished_one_keeps_it
 
 
 def test_a_phrase_of_several_words_is_favoured_word_after_word():
-    cursor = PhraseBias(["check my order"], TOKENS, weight=1.0).cursor()
+    cursor = PhraseBias(["check my order"], TOKENS, weight=3.0).cursor()
     assert cursor.choose(logits(_check=0.0)) == ID[S + "check"]
-    assert cursor.choose(logits(_mine=0.0, _my=-0.5)) == ID[S + "my"]
+    assert cursor.choose(logits(_mine=0.0, _my=-0.5)) == ID[S + "my"]  # 3 of 15 characters: 0.6
     assert cursor.choose(logits(_the=0.0, _order=-0.9)) == ID[S + "order"]
     assert cursor.changed == 2
 
