@@ -126,9 +126,9 @@ class Settings:
                   "phrases and slots, with IVR_BRAIN=flow), or any text"},
     )
     stt_bias: float = field(
-        default=0.0,
+        default=1.5,
         metadata={"help": "how strongly Moonshine (IVR_STT_MODEL=moonshine) favours the words the call flow "
-                  "expects at the caller's node: a bonus in nats per token of those phrases (0: off)"},
+                  "expects at the caller's node: the bonus in nats a whole phrase earns (0: off)"},
     )
     stand_ins: str = field(
         default="on-failure",

@@ -357,7 +357,7 @@ async def test_moonshine_biased_to_the_node_hears_its_phrase_and_other_nodes_cha
     from ivr.providers.local_stt import SttOptions, embedded_stt
 
     ulaw = (SAMPLES / "espeak_thats_all.ulaw").read_bytes()  # "No thank you, that's all."
-    biased = embedded_stt("moonshine", vad=vad_engine, options=SttOptions(bias=2.0), workers=1)
+    biased = embedded_stt("moonshine", vad=vad_engine, options=SttOptions(bias=1.5), workers=1)
     await biased.load()
     flow = load_flow()
 

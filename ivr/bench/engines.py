@@ -235,7 +235,7 @@ def _stt_sets(directory: str) -> dict[str, list[Sample]]:
 
 
 #: The weight of the bias variants: IVR_STT_BIAS's recommended value (benchmarks/README.md).
-BIAS_WEIGHT = 2.0
+BIAS_WEIGHT = 1.5
 
 #: Decoding choices and models measured side by side by --stt-variants: name -> (model, options).
 #: "default" is the engine IVR_STT_MODEL gives (empty: Moonshine where installed); Whisper's

@@ -14,7 +14,10 @@ moves on to `next`; otherwise it waits for the caller and says `prompt`. A waiti
 `collect`s a slot or offers `routes`. A route matches the caller's words (`match`: phrases,
 matched as whole words, the longest match wins) or a key (`dtmf`), and then does what a node does
 (`say`, an action, or `goto` a node; without `goto` it stays and waits again). `anywhere` routes
-apply in every node after the node's own routes (talk to a person, goodbye...).
+apply in every node after the node's own routes (talk to a person, goodbye...). What a waiting
+node expects (its phrases, the digits of a digits slot, the `anywhere` phrases:
+`expected_phrases`) is also what the embedded recogniser listens for while the call is there
+(IVR_STT_BIAS).
 
 `collect`: `slot` (name), `type` `digits` (keys ended by `terminator`, default `#`, or spoken
 digits; `min`/`max` digits) or `text` (the caller's words); then `next` or `goto` a node.

@@ -18,7 +18,9 @@ products int8 again, as kernels that read int8 weights. A token then costs ~5 ms
 ~15 ms: reading 130 MB of weights for each token is what takes the time).
 
 The VAD, the stretches and the turns are WhisperStt's (this engine is a WhisperStt that decodes
-differently); Whisper's prompt, beam and window options do not apply.
+differently); Whisper's prompt, beam and window options do not apply. In their place, the greedy
+decoder favours the phrases the call flow expects at the caller's node (`SttOptions.bias`,
+IVR_STT_BIAS; ivr.providers.phrase_bias).
 """
 
 from __future__ import annotations

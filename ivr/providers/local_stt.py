@@ -171,8 +171,9 @@ class SttOptions:
     #: temperatures while the text looks unreliable (low log-probability or repetitive). (): off.
     fallback_temperatures: tuple[float, ...] = ()
     #: How strongly a decoder without a prompt (Moonshine) favours the phrases the caller is
-    #: expected to say at this point of the call (`LocalSttSession.expect`): a bonus in nats added
-    #: to each token of such a phrase (ivr.providers.phrase_bias). 0: off.
+    #: expected to say at this point of the call (`LocalSttSession.expect`): the bonus in nats a
+    #: whole phrase earns, shared among its tokens (ivr.providers.phrase_bias). 0: off.
+    #: IVR_STT_BIAS gives the server 1.5 (benchmarks/README.md); an engine built here, none.
     bias: float = 0.0
 
 
