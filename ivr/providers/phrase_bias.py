@@ -23,7 +23,8 @@ the roots), some microseconds beside the decoder's ~5 ms.
 
 When the text leaves a phrase before its end, the bonus given along it is withdrawn from the
 running total (`BiasCursor.bonus`, what biasing added to the transcript's log-probability), and
-the next token may only begin a new phrase.
+the next token may only begin a new phrase. A greedy decoder cannot take back the tokens the
+bonus chose; that is why the weight is small and a one-letter start earns almost nothing.
 """
 
 from __future__ import annotations
