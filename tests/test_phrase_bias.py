@@ -172,3 +172,13 @@ async def test_the_call_tells_the_recogniser_what_the_flow_node_expects_when_the
     assert session.expected[-1] == expected_phrases(flow, flow.nodes["check_order"])
     assert "four" in session.expected[-1]
     await call.close("test over")
+
+
+async def test_the_turn_gate_passes_the_phrases_to_the_recogniser_it_wraps():
+    from ivr.turn.gate import TurnGatedStt
+
+    stt = ExpectingStt()
+    gate = await TurnGatedStt(stt, model=None).open()  # type: ignore[arg-type]
+    gate.expect(("hours", "pickup"))
+    assert stt.sessions[0].expected == [("hours", "pickup")]
+    await gate.aclose()
