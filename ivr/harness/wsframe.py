@@ -6,60 +6,25 @@ one message per 20 ms frame. Through a general WebSocket library each message wa
 machine, an async context and a queue with a future and a task switch; several times the cost
 of the message itself. A client's frames are simple (a header, a 4-byte mask, the masked
 payload; the server's are unmasked), so they are built and parsed here, and `wsclient` drives
-them on the transport. Masks come from the OS a few thousand at a time.
+them on the transport. Frames out are built by `ivr.wsframes`, shared with the cloud adapters.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 
-from websockets.frames import Close
 from websockets.exceptions import ProtocolError as _CloseError
+from websockets.frames import Close
 
-try:  # websockets' C extension, present in its wheels
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
+from ivr.wsframes import MaskSource, client_frame  # noqa: F401  (the writing half)
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _FIN = 0x80
 _MASKED = 0x80
-_MASK_BATCH = 4096
 #: Close codes (RFC 6455, 7.4.1) the reader fails a connection with.
 PROTOCOL_ERROR, INVALID_DATA, MESSAGE_TOO_BIG = 1002, 1007, 1009
 _unpack_h = struct.Struct("!H").unpack_from
 _unpack_q = struct.Struct("!Q").unpack_from
-
-
-class MaskSource:
-    """Unpredictable 4-byte masking keys (RFC 6455, 5.3), one read of the OS's randomness per
-    thousand keys rather than one per frame."""
-
-    __slots__ = ("_pool", "_pos")
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._pos = 0
-
-    def next(self) -> bytes:
-        pos = self._pos
-        if pos + 4 > len(self._pool):
-            self._pool, pos = os.urandom(_MASK_BATCH), 0
-        self._pos = pos + 4
-        return self._pool[pos : pos + 4]
-
-
-def client_frame(payload: bytes, mask: bytes, opcode: int = OP_TEXT) -> bytes:
-    """One unfragmented, masked frame carrying `payload`."""
-    n = len(payload)
-    if n < 126:
-        header = bytes((_FIN | opcode, _MASKED | n))
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", _FIN | opcode, _MASKED | 126, n)
-    else:
-        header = struct.pack("!BBQ", _FIN | opcode, _MASKED | 127, n)
-    return header + mask + apply_mask(payload, mask)
 
 
 class FrameError(Exception):
