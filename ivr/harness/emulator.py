@@ -238,7 +238,7 @@ class TwilioEmulator:
                 done.set_result(True)
                 return None
             frame = self.voice.next_frame(k * FRAME_BYTES)
-            if not self._ws.send_now(self.side.media(frame, due)):
+            if not self._ws.send_frame_now(self.side.media_bytes(frame, due), self.side.media_text):
                 done.set_result(False)  # the connection is closing
                 return None
             # Early by less than the timer resolution counts as on time.
@@ -322,8 +322,11 @@ class TwilioEmulator:
             return
         for event in events:
             if isinstance(event, OutMedia):
+                changes = self.playback.voice_changes
                 self.playback.on_media(now, event.payload)
-                if self._bot_changed is not None:
+                # A step waiting on the bot is woken only when the bot's voice changed: its
+                # answer depends on nothing else but the clock, which its timer watches.
+                if self._bot_changed is not None and self.playback.voice_changes != changes:
                     self._notify_bot_changed()
                 continue
             if isinstance(event, BotHangup):
@@ -504,6 +507,9 @@ class TcpConnection:
             return False
         self._writer.write(data)
         return True
+
+    def send_frame_now(self, data: bytes, text: bool) -> bool:
+        return self.send_now(data)  # AudioSocket has no frames of its own but its packets
 
     async def send(self, data: bytes) -> None:
         if not self.send_now(data):

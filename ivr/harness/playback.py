@@ -74,6 +74,8 @@ class TwilioPlayback:
         self.clears: list[float] = []
         #: Voiced stretches of what plays, [start, end) samples, merged across 20 ms gaps.
         self.voiced: list[list[int]] = []
+        #: Counts the changes to `voiced`: what plays silent changes no answer about the voice.
+        self.voice_changes = 0
         self._play_end = 0
         self._pending: deque[MarkRecord] = deque()
 
@@ -182,7 +184,10 @@ class TwilioPlayback:
         return marks
 
     def _add_voiced(self, start: int, payload: bytes) -> None:
-        for i in voiced_blocks(payload):
+        blocks = voiced_blocks(payload)
+        if blocks:
+            self.voice_changes += 1
+        for i in blocks:
             a = start + i
             b = min(a + FRAME_BYTES, start + len(payload))
             if self.voiced and a <= self.voiced[-1][1] + FRAME_BYTES:
@@ -191,6 +196,7 @@ class TwilioPlayback:
                 self.voiced.append([a, b])
 
     def _cut_voiced(self, now: int) -> None:
+        self.voice_changes += 1
         while self.voiced and self.voiced[-1][0] >= now:
             self.voiced.pop()
         if self.voiced and self.voiced[-1][1] > now:

@@ -73,6 +73,13 @@ class WebSocketClient(asyncio.Protocol):
             self.transport.write(client_frame(message, _masks.next(), OP_BINARY))
         return True
 
+    def send_frame_now(self, payload: bytes, text: bool) -> bool:
+        """`send_now` for a message already in bytes: a text frame (UTF-8) or a binary one."""
+        if self.state != "open":
+            return False
+        self.transport.write(client_frame(payload, _masks.next(), OP_TEXT if text else OP_BINARY))
+        return True
+
     async def send(self, message: str | bytes) -> None:
         """`send_now`, then wait while the transport's buffer is over its high-water mark;
         ConnectionClosed once the connection is no longer open."""
