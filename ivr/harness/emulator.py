@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 from ivr.audio import FRAME_BYTES, FRAME_MS
 from ivr.harness.carriers import SIDES, CarrierSide, Hangup as BotHangup
 from ivr.harness.clock import CallClock, FramePacer
+from ivr.harness.playback import to_sample
 from ivr.harness.plan import After, CallPlan, Dtmf, Hangup, Say, Wait
 from ivr.harness.record import CallRecord
 from ivr.harness.voice import CallerVoice, Utterance
@@ -268,6 +269,17 @@ class TwilioEmulator:
     def _hung_up_by(self, due: float) -> bool:
         return self._hangup.is_set() or (self._hangup_at is not None and due >= self._hangup_at)
 
+    def _counts_now(self, end_before: int) -> bool:
+        """Did the bot's last stretch of voice just grow past the point where it counts as speech
+        since the caller's (not speech the caller cut, see `_fire_time`)?
+
+        Otherwise a stretch that only grew longer moves every answer of a waiting step later, not
+        earlier (the end of speech, the next edge), so the step's own timer, which re-reads the
+        playback when it fires, is soon enough: it is not woken by every frame of the bot's voice."""
+        voiced = self.playback.voiced
+        threshold = to_sample(self._reference_ms + CUT_WITHIN_MS)
+        return bool(voiced) and end_before < threshold <= voiced[-1][1]
+
     def _notify_bot_changed(self) -> None:
         changed, self._bot_changed = self._bot_changed, None
         if changed is not None and not changed.done():
@@ -322,11 +334,13 @@ class TwilioEmulator:
             return
         for event in events:
             if isinstance(event, OutMedia):
-                changes = self.playback.voice_changes
-                self.playback.on_media(now, event.payload)
-                # A step waiting on the bot is woken only when the bot's voice changed: its
-                # answer depends on nothing else but the clock, which its timer watches.
-                if self._bot_changed is not None and self.playback.voice_changes != changes:
+                playback = self.playback
+                if self._bot_changed is None:
+                    playback.on_media(now, event.payload)
+                    continue
+                changes, end = playback.voice_changes, playback.voiced[-1][1] if playback.voiced else 0
+                playback.on_media(now, event.payload)
+                if playback.voice_changes != changes or self._counts_now(end):
                     self._notify_bot_changed()
                 continue
             if isinstance(event, BotHangup):
@@ -450,6 +464,10 @@ class TwilioEmulator:
             # Nothing changes the answer but the bot's audio and the clock passing the next edge
             # of what it plays: wait for whichever comes first, not for every frame.
             wake = fire if fire is not None else self.playback.next_edge_ms(now) + after.seconds * 1000
+            cut_edge = self._reference_ms + CUT_WITHIN_MS
+            if fire is None and now < cut_edge:
+                # A voice begun over the caller's counts once it has played past the cut window.
+                wake = min(wake, cut_edge)
             await self._bot_change_or(min(wake, deadline))
 
     async def _sleep_until(self, call_ms: float) -> None:

@@ -74,7 +74,8 @@ class TwilioPlayback:
         self.clears: list[float] = []
         #: Voiced stretches of what plays, [start, end) samples, merged across 20 ms gaps.
         self.voiced: list[list[int]] = []
-        #: Counts the changes to `voiced`: what plays silent changes no answer about the voice.
+        #: Counts the changes to `voiced` other than its last stretch growing longer: a new
+        #: stretch, or a clear's cut. Growing only moves the edges later (see next_edge_ms).
         self.voice_changes = 0
         self._play_end = 0
         self._pending: deque[MarkRecord] = deque()
@@ -145,9 +146,14 @@ class TwilioPlayback:
         """Voiced stretches that played (at least partly) after `ref_ms`, up to `now_ms`."""
         ref, now = to_sample(ref_ms), to_sample(now_ms)
         out = []
-        for start, end in self.voiced:
-            if end > ref and start <= now:
+        # From the latest back to the first that ended by `ref`: the stretches are in order,
+        # and a long call's early ones are never asked about again.
+        for start, end in reversed(self.voiced):
+            if end <= ref:
+                break
+            if start <= now:
                 out.append((to_ms(start), to_ms(min(end, now))))
+        out.reverse()
         return out
 
     def next_edge_ms(self, now_ms: float) -> float:
@@ -184,16 +190,14 @@ class TwilioPlayback:
         return marks
 
     def _add_voiced(self, start: int, payload: bytes) -> None:
-        blocks = voiced_blocks(payload)
-        if blocks:
-            self.voice_changes += 1
-        for i in blocks:
+        for i in voiced_blocks(payload):
             a = start + i
             b = min(a + FRAME_BYTES, start + len(payload))
             if self.voiced and a <= self.voiced[-1][1] + FRAME_BYTES:
                 self.voiced[-1][1] = max(self.voiced[-1][1], b)
             else:
                 self.voiced.append([a, b])
+                self.voice_changes += 1
 
     def _cut_voiced(self, now: int) -> None:
         self.voice_changes += 1
