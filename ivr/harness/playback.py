@@ -32,6 +32,8 @@ def voiced_blocks(payload: bytes) -> list[int]:
     audioop's RMS per block (as speech.frame_levels_db takes it), in C: this runs for every bot
     frame of every call under `ivr load`, where numpy's per-call overhead showed."""
     pcm = ulaw_to_pcm16(payload)
+    if len(payload) <= FRAME_BYTES:  # one frame a message, as ivr sends: no slice to copy
+        return [0] if audioop.rms(pcm, 2) > _BOT_VOICE_RMS else []
     return [i for i in range(0, len(payload), FRAME_BYTES)
             if audioop.rms(pcm[2 * i : 2 * (i + FRAME_BYTES)], 2) > _BOT_VOICE_RMS]
 

@@ -23,7 +23,6 @@ _FIN = 0x80
 _MASKED = 0x80
 #: Close codes (RFC 6455, 7.4.1) the reader fails a connection with.
 PROTOCOL_ERROR, INVALID_DATA, MESSAGE_TOO_BIG = 1002, 1007, 1009
-_unpack_h = struct.Struct("!H").unpack_from
 _unpack_q = struct.Struct("!Q").unpack_from
 
 
@@ -86,7 +85,7 @@ class FrameReader:
             if n == 126:
                 if end - pos < 4:
                     break
-                n = _unpack_h(data, pos + 2)[0]
+                n = (data[pos + 2] << 8) | data[pos + 3]
                 head = 4
             elif n == 127:
                 if end - pos < 10:
