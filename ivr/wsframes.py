@@ -51,16 +51,20 @@ class MaskSource:
 masks = MaskSource()
 
 
+_head16 = struct.Struct("!BBH").pack
+_head64 = struct.Struct("!BBQ").pack
+
+
 def client_frame(payload: bytes, mask: bytes, opcode: int = OP_TEXT) -> bytes:
     """One unfragmented, masked frame carrying `payload`."""
     n = len(payload)
     if n < 126:
         header = bytes((_FIN | opcode, _MASKED | n))
     elif n < 1 << 16:
-        header = struct.pack("!BBH", _FIN | opcode, _MASKED | 126, n)
+        header = _head16(_FIN | opcode, _MASKED | 126, n)
     else:
-        header = struct.pack("!BBQ", _FIN | opcode, _MASKED | 127, n)
-    return header + mask + apply_mask(payload, mask)
+        header = _head64(_FIN | opcode, _MASKED | 127, n)
+    return b"".join((header, mask, apply_mask(payload, mask)))
 
 
 def write_now(ws, payload: bytes, opcode: int = OP_BINARY) -> bool:

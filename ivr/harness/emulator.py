@@ -211,6 +211,9 @@ class TwilioEmulator:
         self._frames_done = done = asyncio.get_running_loop().create_future()
         self._frame_k = 0
         self._max_frames = int(self.options.max_call_s * 1000 / FRAME_MS)
+        # Bound once: the pacer calls _send_frame for every call every 20 ms.
+        self._write_media = self._ws.frame_writer(self.side.media_text)
+        self._media_bytes = self.side.media_bytes
         self._pacer.add(self.clock.monotonic_at(0.0), self._send_frame)
         if not await done or self._ended.is_set():
             return  # the connection went first: the receive task records how
@@ -239,7 +242,7 @@ class TwilioEmulator:
                 done.set_result(True)
                 return None
             frame = self.voice.next_frame(k * FRAME_BYTES)
-            if not self._ws.send_frame_now(self.side.media_bytes(frame, due), self.side.media_text):
+            if not self._write_media(self._media_bytes(frame, due)):
                 done.set_result(False)  # the connection is closing
                 return None
             # Early by less than the timer resolution counts as on time.
@@ -528,6 +531,9 @@ class TcpConnection:
 
     def send_frame_now(self, data: bytes, text: bool) -> bool:
         return self.send_now(data)  # AudioSocket has no frames of its own but its packets
+
+    def frame_writer(self, text: bool):
+        return self.send_now
 
     async def send(self, data: bytes) -> None:
         if not self.send_now(data):
