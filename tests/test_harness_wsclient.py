@@ -14,9 +14,8 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosedError, InvalidHandshake
 
 from ivr.harness.wsclient import connect
-from ivr.harness.wsframe import (
-    OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader, MaskSource, client_frame,
-)
+from ivr.harness.wsframe import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader
+from ivr.wsframes import MaskSource, client_frame
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

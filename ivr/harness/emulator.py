@@ -529,11 +529,8 @@ class TcpConnection:
         self._writer.write(data)
         return True
 
-    def send_frame_now(self, data: bytes, text: bool) -> bool:
-        return self.send_now(data)  # AudioSocket has no frames of its own but its packets
-
     def frame_writer(self, text: bool):
-        return self.send_now
+        return self.send_now  # AudioSocket's packets are its frames: nothing to add
 
     async def send(self, data: bytes) -> None:
         if not self.send_now(data):

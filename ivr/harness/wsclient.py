@@ -23,15 +23,14 @@ from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, Inv
 from websockets.frames import OK_CLOSE_CODES, Close
 from websockets.uri import parse_uri
 
-from ivr.harness.wsframe import (
-    OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader, MaskSource, client_frame, parse_close,
-)
+from ivr.harness.wsframe import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader, parse_close
+from ivr.wsframes import client_frame
+from ivr.wsframes import masks as _masks
 
 _HEAD_END = b"\r\n\r\n"
 _MAX_HEAD = 1 << 16
 _NORMAL = 1000
 _NO_STATUS = 1005  # a close frame with no code, answered with none
-_masks = MaskSource()
 
 Handler = Callable[[str | bytes], None]
 
@@ -74,8 +73,8 @@ class WebSocketClient(asyncio.Protocol):
         return True
 
     def frame_writer(self, text: bool) -> Callable[[bytes], bool]:
-        """`send_frame_now` bound to one kind of frame, for a message sent every 20 ms: the
-        lookups are done once, not per frame."""
+        """A writer of one kind of frame (text: UTF-8 bytes, or binary), for a message sent every
+        20 ms: the lookups are done once, not per frame. It returns False once not open."""
         opcode, write, mask = (OP_TEXT if text else OP_BINARY), self.transport.write, _masks.next
 
         def send(payload: bytes) -> bool:
@@ -85,13 +84,6 @@ class WebSocketClient(asyncio.Protocol):
             return True
 
         return send
-
-    def send_frame_now(self, payload: bytes, text: bool) -> bool:
-        """`send_now` for a message already in bytes: a text frame (UTF-8) or a binary one."""
-        if self.state != "open":
-            return False
-        self.transport.write(client_frame(payload, _masks.next(), OP_TEXT if text else OP_BINARY))
-        return True
 
     async def send(self, message: str | bytes) -> None:
         """`send_now`, then wait while the transport's buffer is over its high-water mark;

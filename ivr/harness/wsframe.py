@@ -1,12 +1,11 @@
-"""RFC 6455 framing for the harness's client side, sans I/O: masked frames out, the server's
-frames in.
+"""RFC 6455 framing for the harness's client side, sans I/O: the server's frames in.
 
-The load generator sends one text message per call every 20 ms and reads the bot's audio as
-one message per 20 ms frame. Through a general WebSocket library each message walks a state
-machine, an async context and a queue with a future and a task switch; several times the cost
-of the message itself. A client's frames are simple (a header, a 4-byte mask, the masked
-payload; the server's are unmasked), so they are built and parsed here, and `wsclient` drives
-them on the transport. Frames out are built by `ivr.wsframes`, shared with the cloud adapters.
+The load generator reads the bot's audio as one message per 20 ms frame per call. Through a
+general WebSocket library each message walks a state machine, a queue with a future and a task
+switch; several times the cost of the message itself. A server's frames are simple (a header and
+the unmasked payload), so they are parsed here and `wsclient` hands the messages on from the
+transport's `data_received`. The client's own frames (masked) are built by `ivr.wsframes`,
+which the cloud adapters share.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ import struct
 
 from websockets.exceptions import ProtocolError as _CloseError
 from websockets.frames import Close
-
-from ivr.wsframes import MaskSource, client_frame  # noqa: F401  (the writing half)
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _FIN = 0x80
