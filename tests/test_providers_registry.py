@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ivr.config import ConfigError, Settings
+from ivr.providers.local_stt import default_model_name
 from ivr.providers.registry import build
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -21,7 +22,9 @@ def test_defaults_are_the_embedded_engines_and_the_example_flow():
     providers = build(Settings.from_env({}))
     # The embedded recogniser, its turns judged by the end-of-turn model (Smart Turn v3).
     assert type(providers.stt).__name__ == "TurnGatedStt"
-    assert type(providers.stt.inner).__name__ == "WhisperStt"
+    # Moonshine where its package is installed (the local extra on Linux x86-64), else tiny.en.
+    expected = "MoonshineStt" if default_model_name() == "moonshine" else "WhisperStt"
+    assert type(providers.stt.inner).__name__ == expected
     assert providers.stt.inner.options.end_of_turn_ms == 200  # the model's floor, not the 600 ms timer
     assert type(providers.tts).__name__ == "PiperTts"
     assert type(providers.brain).__name__ == "FlowBrain"
@@ -30,7 +33,7 @@ def test_defaults_are_the_embedded_engines_and_the_example_flow():
 
 
 def test_the_turn_model_can_be_turned_off():
-    providers = build(Settings.from_env({"IVR_TURN_MODEL": "off"}))
+    providers = build(Settings.from_env({"IVR_TURN_MODEL": "off", "IVR_STT_MODEL": "tiny.en"}))
     assert type(providers.stt).__name__ == "WhisperStt"
     assert providers.stt.options.end_of_turn_ms == 600  # the plain timer
 

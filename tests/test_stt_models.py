@@ -21,6 +21,26 @@ def test_model_names_resolve_to_their_engines(tmp_path):
     assert type(embedded_stt(str(tmp_path))) is WhisperStt
 
 
+def test_the_default_is_moonshine_where_installed_else_tiny_en(monkeypatch):
+    pytest.importorskip("faster_whisper")
+    from ivr.providers.local_stt import TINY, default_model_name, default_model_path
+
+    check_model(TINY)  # the packaged model, never a download
+    tiny = embedded_stt(TINY)
+    assert type(tiny) is WhisperStt and tiny.model_path == default_model_path()
+    monkeypatch.setattr(local_moonshine, "PACKAGE", "no_such_package_for_moonshine")
+    assert default_model_name() == TINY
+    assert type(embedded_stt(None)) is WhisperStt
+    monkeypatch.undo()
+    try:
+        local_moonshine.model_dir()
+    except RuntimeError:
+        pytest.skip("moonshine-cpp is not installed here")
+    assert default_model_name() == "moonshine"
+    assert type(embedded_stt(None)) is MoonshineStt
+    assert type(embedded_stt("")) is MoonshineStt
+
+
 def test_an_unknown_model_name_is_a_clear_error():
     pytest.importorskip("faster_whisper")
     with pytest.raises(ValueError) as error:

@@ -29,6 +29,7 @@ import numpy as np
 
 from ivr.audio import FRAME_BYTES, pcm16_to_ulaw, resample, ulaw_silence, ulaw_to_pcm16
 from ivr.providers.feed import feed_call_audio
+from ivr.providers.local_stt import TINY
 
 DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
 
@@ -41,6 +42,8 @@ class Sample:
     name: str
     text: str
     ulaw: bytes  # 8 kHz mu-law, as from a phone line
+    #: The node of the bench's flow (`flow_prompt`) at which a caller says it ("": the menu).
+    node: str = ""
 
 
 #: Written forms a recogniser may choose for a spoken word (as Whisper's own English normaliser).
@@ -107,10 +110,13 @@ def load_samples(directory: str | Path) -> list[Sample]:
     return samples
 
 
-async def transcribe_call(stt, ulaw: bytes, realtime: bool = False, tail_ms: int = 1000):
+async def transcribe_call(stt, ulaw: bytes, realtime: bool = False, tail_ms: int = 1000, expected: tuple[str, ...] = ()):
     """Feed `ulaw` (+ silence) to a new session in 20 ms frames; returns (events, end_of_turn wall
-    times by event index, wall time at which the audio clock passed the last speech)."""
+    times by event index, wall time at which the audio clock passed the last speech).
+    `expected`: the phrases the session is told the caller is likely to say."""
     session = await stt.open()
+    if expected and hasattr(session, "expect"):
+        session.expect(expected)
     events: list = []
     stamps: list[float] = []
 
@@ -214,11 +220,12 @@ async def _bench_wer(stt, samples: list[Sample], label: str = "") -> None:
     print(f"STT RTF (fed as fast as it goes): {elapsed / audio_s:.3f}")
 
 
-async def _wer(stt, samples: list[Sample], show_errors: bool = False) -> tuple[int, int, float]:
+async def _wer(stt, samples: list[Sample], show_errors: bool = False, expect=None) -> tuple[int, int, float]:
+    """`expect(sample)`: the phrases the recogniser is told to expect for it (None: none)."""
     errors = words = 0
     start = time.perf_counter()
     for sample in samples:
-        events, _, _ = await transcribe_call(stt, sample.ulaw)
+        events, _, _ = await transcribe_call(stt, sample.ulaw, expected=expect(sample) if expect else ())
         text = _turn_text(events)
         e, n = word_errors(sample.text, text)
         errors, words = errors + e, words + n
@@ -233,31 +240,41 @@ def _stt_sets(directory: str) -> dict[str, list[Sample]]:
     return stt_sets(directory) if Path(directory).is_dir() else {}
 
 
+#: The weight of the bias variants: IVR_STT_BIAS's recommended value (benchmarks/README.md).
+BIAS_WEIGHT = 1.5
+
 #: Decoding choices and models measured side by side by --stt-variants: name -> (model, options).
-#: "today" is the decoder before short transcripts were decoded again.
+#: "default" is the engine IVR_STT_MODEL gives (empty: Moonshine where installed); Whisper's
+#: decoding choices are measured on tiny.en. "today" is tiny.en's decoder before short
+#: transcripts were decoded again.
 STT_VARIANTS: dict[str, tuple[str | None, dict]] = {
-    "today": (None, {"min_words_per_s": 0, "prompt": "", "pre_roll_into_silence": False, "pad_with_silence": False}),
-    "featurepad": (None, {"pad_with_silence": False}),
-    "redecode30s": (None, {"redecode_window_ms": 0}),
+    "today": (TINY, {"min_words_per_s": 0, "prompt": "", "pre_roll_into_silence": False, "pad_with_silence": False}),
+    "featurepad": (TINY, {"pad_with_silence": False}),
+    "redecode30s": (TINY, {"redecode_window_ms": 0}),
     "default": (None, {}),
-    "noprompt": (None, {"prompt": ""}),
-    "flowprompt": (None, {"prompt": "FLOW"}),
-    "beam5": (None, {"beam_size": 5}),
-    "fallback": (None, {"fallback_temperatures": (0.2, 0.4, 0.6, 0.8, 1.0)}),
-    "window30s": (None, {"window_pad_ms": 0}),
-    "pad3s": (None, {"window_pad_ms": 3000}),
-    "preroll400": (None, {"pre_roll_ms": 400}),
+    "tiny": (TINY, {}),
+    "noprompt": (TINY, {"prompt": ""}),
+    "flowprompt": (TINY, {"prompt": "FLOW"}),
+    "beam5": (TINY, {"beam_size": 5}),
+    "fallback": (TINY, {"fallback_temperatures": (0.2, 0.4, 0.6, 0.8, 1.0)}),
+    "window30s": (TINY, {"window_pad_ms": 0}),
+    "pad3s": (TINY, {"window_pad_ms": 3000}),
+    "preroll400": (TINY, {"pre_roll_ms": 400}),
     "base": ("base", {}),
     "base-beam5": ("base", {"beam_size": 5}),
     # CTranslate2's arithmetic (not a decoding option: given to the engine, not SttOptions).
-    "float32": (None, {"compute_type": "float32"}),
-    "int8f32": (None, {"compute_type": "int8_float32"}),
+    "float32": (TINY, {"compute_type": "float32"}),
+    "int8f32": (TINY, {"compute_type": "int8_float32"}),
     "base-float32": ("base", {"compute_type": "float32"}),
     # Moonshine base English (IVR_STT_MODEL=moonshine): Whisper's options do not apply.
     "moonshine": ("moonshine", {}),
     # Each stretch decoded alone, however short the pause that ended it (before joins).
-    "nojoin": (None, {"join_pause_ms": 0}),
+    "nojoin": (TINY, {"join_pause_ms": 0}),
     "moonshine-nojoin": ("moonshine", {"join_pause_ms": 0}),
+    # Moonshine favouring what the flow expects at each clip's node (IVR_STT_BIAS); a weight of
+    # its own as "moonshine-bias@2". "biasflow": every node's phrases at once, wherever the caller is.
+    "moonshine-bias": ("moonshine", {"bias": BIAS_WEIGHT, "expect": "node"}),
+    "moonshine-biasflow": ("moonshine", {"bias": BIAS_WEIGHT, "expect": "flow"}),
 }
 
 
@@ -301,18 +318,22 @@ async def _bench_stt_variants(
     from ivr.providers.local_stt import embedded_stt
 
     chosen = list(STT_VARIANTS) if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in STT_VARIANTS]
+    unknown = [n for n in chosen if n.partition("@")[0] not in STT_VARIANTS]
     if unknown:
         print(f"unknown STT variants: {', '.join(unknown)} (known: {', '.join(STT_VARIANTS)})")
         return
     timed = [s for speech in sets.values() for s in speech[:timed_clips]]
     print(f"STT variants (WER per set; end of speech -> final transcript over {len(timed)} clips fed in real time):")
     for name in chosen:
-        model, overrides = STT_VARIANTS[name]
+        base, _, weight = name.partition("@")
+        model, overrides = STT_VARIANTS[base]
         if overrides.get("prompt") == "FLOW":
             overrides = dict(overrides, prompt=flow_prompt())
         overrides = dict(overrides)
+        if weight:
+            overrides["bias"] = float(weight)
         compute_type = overrides.pop("compute_type", stt.compute_type)
+        expect = flow_expectations(overrides.pop("expect", ""))
         try:
             engine = embedded_stt(
                 model_path=model or stt.model_path,
@@ -329,13 +350,13 @@ async def _bench_stt_variants(
         figures = []
         busy = audio_s = 0.0
         for set_name, speech in sets.items():
-            errors, words, elapsed = await _wer(engine, speech, show_errors=os.environ.get("IVR_BENCH_SHOW_ERRORS") == "1")
+            errors, words, elapsed = await _wer(engine, speech, show_errors=os.environ.get("IVR_BENCH_SHOW_ERRORS") == "1", expect=expect)
             figures.append(f"{set_name} {100 * errors / max(words, 1):.1f} % ({errors}/{words})")
             busy, audio_s = busy + elapsed, audio_s + sum(len(s.ulaw) for s in speech) / 8000
         figures.append(f"RTF {busy / max(audio_s, 1e-9):.3f}")
         to_final = []
         for sample in timed:
-            to_final += _final_latency(*await transcribe_call(engine, sample.ulaw, realtime=True))
+            to_final += _final_latency(*await transcribe_call(engine, sample.ulaw, realtime=True, expected=expect(sample) if expect else ()))
         latency = f"final p50 {1000 * statistics.median(to_final):.0f} ms" if to_final else "no finals"
         redecodes = sum(engine.redecodes.values())
         noise_figure = f"; {await _noise_words(engine, noise)}" if noise else ""
@@ -347,6 +368,20 @@ def flow_prompt() -> str:
     from ivr.flows import load_flow, prompt_words
 
     return prompt_words(load_flow())
+
+
+def flow_expectations(how: str):
+    """What the recogniser is told to expect for a clip of the bench's flow: "node", the phrases of
+    the clip's node (the menu, `main`, when it has none); "flow", every node's; "": None."""
+    from ivr.flows import expected_phrases, load_flow
+
+    if not how:
+        return None
+    flow = load_flow()
+    if how == "flow":
+        everything = tuple(dict.fromkeys(p for node in flow.nodes.values() for p in expected_phrases(flow, node)))
+        return lambda sample: everything
+    return lambda sample: expected_phrases(flow, flow.nodes[sample.node or "main"])
 
 
 def _final_latency(events, stamps, started) -> list[float]:

@@ -9,6 +9,8 @@
   `asterisk-core-sounds-en`. Not shipped: the bench builds this set where the package is.
 - synthetic: questions a caller asks, from piper (the `.ulaw` files of the sample directory) and
   from espeak-ng when it is installed.
+- flow: answers a caller gives at a node of the example flow (the menu, the order number, the
+  menu after an order), from espeak-ng; each clip knows its node, for the recogniser's bias.
 """
 
 from __future__ import annotations
@@ -38,6 +40,22 @@ ESPEAK_QUESTIONS = (
 )
 ESPEAK_VOICES = ("en-us", "en-gb")
 
+#: What callers say at the nodes of the example flow (ivr/flows/example.yaml): (node, words).
+FLOW_ANSWERS = (
+    ("main", "What are your opening hours?"),
+    ("main", "I want to pick up my order."),
+    ("main", "Is my order ready for pickup?"),
+    ("main", "Can I get directions to the shop?"),
+    ("main", "I'd like to place an order for a cake."),
+    ("main", "When do you close today?"),
+    ("check_order", "It's four seven two nine."),
+    ("check_order", "Order number eight three six one."),
+    ("check_order", "Five five zero one two."),
+    ("main_quiet", "No thank you, that's all."),
+    ("main_quiet", "Can I talk to someone?"),
+    ("main_quiet", "I want to check another order."),
+)
+
 
 def recorded(directory: str | Path) -> list[Sample]:
     directory = Path(directory)
@@ -56,6 +74,18 @@ def synthetic(directory: str | Path) -> list[Sample]:
             for i, text in enumerate(ESPEAK_QUESTIONS):
                 wav = subprocess.run([espeak, "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
                 samples.append(Sample(f"espeak-{voice}-{i}", text, _wav_to_line(wav)))
+    return samples
+
+
+def flow_answers() -> list[Sample]:
+    espeak = shutil.which("espeak-ng")
+    if not espeak:
+        return []
+    samples = []
+    for voice in ESPEAK_VOICES:
+        for i, (node, text) in enumerate(FLOW_ANSWERS):
+            wav = subprocess.run([espeak, "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
+            samples.append(Sample(f"flow-{voice}-{i}", text, _wav_to_line(wav), node))
     return samples
 
 
@@ -99,5 +129,5 @@ def _wav_to_line(data: bytes) -> bytes:
 
 
 def stt_sets(directory: str | Path) -> dict[str, list[Sample]]:
-    sets = {"recorded": recorded(directory), "asterisk": asterisk(), "synthetic": synthetic(directory)}
+    sets = {"recorded": recorded(directory), "asterisk": asterisk(), "synthetic": synthetic(directory), "flow": flow_answers()}
     return {name: samples for name, samples in sets.items() if samples}

@@ -302,6 +302,7 @@ class Call(Endings, ListeningHandler):
         turn_texts: list[str] = []
         async for event in self._stt:
             if isinstance(event, SpeechStarted):
+                self._expect_now()
                 self._silent_since = None
                 self._wake.set()
                 if self.options.min_speech_ms and self.caller_ms - event.at_ms < self.options.min_speech_ms:
@@ -322,6 +323,19 @@ class Call(Endings, ListeningHandler):
                 turn_texts.clear()
                 self._pending_timing = TurnTiming(self._arrival_of(event.at_ms), monotonic())
                 await self._end_of_caller_turn(text)
+
+    def _expect_now(self) -> None:
+        """Tell the recogniser what the caller is likely to say: asked afresh at each start of
+        speech, since the brain (a flow's node) may have moved on with any bot turn, and the
+        stretch that begins now is decoded only once it ends."""
+        expected = getattr(self._brain, "expected", None)
+        expect = getattr(self._stt, "expect", None)
+        if expected is None or expect is None:
+            return
+        try:
+            expect(expected())
+        except Exception:
+            self.log.exception("could not pass the expected phrases to the recogniser")
 
     async def _check_pending_barge_in(self) -> None:
         at_ms = self._barge_pending_at

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         print("ivr load: --calls must be at least 1, --duration positive, --ramp not negative")
         return 2
     if args.carrier != "twilio":
-        # Its frames are written straight to the socket in Twilio's format (ivr.harness.wsframe).
+        # The load's calls are made as Twilio's (ivr.harness.load names no other carrier).
         print(f"ivr load: --carrier {args.carrier}: load runs speak Twilio only; replay other carriers with ivr replay --carrier")
         return 2
     # uvloop where it is installed (it comes with uvicorn[standard], as the server uses it): the

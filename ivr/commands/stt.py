@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", help="WAV, FLAC, or headerless 8 kHz mu-law (.ulaw)")
     p.add_argument("--realtime", action="store_true", help="feed the audio at the pace of a call")
     p.add_argument("--end-of-turn-ms", type=int, default=None, metavar="MS", help="[IVR_STT_END_OF_TURN_MS]")
-    p.add_argument("--model", default=None, help="faster-whisper model directory or name, base, or moonshine [IVR_STT_MODEL]")
+    p.add_argument("--model", default=None, help="moonshine, tiny.en, base, or a faster-whisper model directory (default: moonshine where installed, else tiny.en) [IVR_STT_MODEL]")
     p.add_argument("--prompt", default=None, help="flow, none, or words to prime the recogniser with [IVR_STT_PROMPT]")
     p.add_argument("-v", "--verbose", action="store_true", help="log engine loading")
     p.set_defaults(func=run)

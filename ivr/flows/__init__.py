@@ -14,7 +14,10 @@ moves on to `next`; otherwise it waits for the caller and says `prompt`. A waiti
 `collect`s a slot or offers `routes`. A route matches the caller's words (`match`: phrases,
 matched as whole words, the longest match wins) or a key (`dtmf`), and then does what a node does
 (`say`, an action, or `goto` a node; without `goto` it stays and waits again). `anywhere` routes
-apply in every node after the node's own routes (talk to a person, goodbye...).
+apply in every node after the node's own routes (talk to a person, goodbye...). What a waiting
+node expects (its phrases, the digits of a digits slot, the `anywhere` phrases:
+`expected_phrases`) is also what the embedded recogniser listens for while the call is there
+(IVR_STT_BIAS).
 
 `collect`: `slot` (name), `type` `digits` (keys ended by `terminator`, default `#`, or spoken
 digits; `min`/`max` digits) or `text` (the caller's words); then `next` or `goto` a node.
@@ -442,3 +445,20 @@ def prompt_words(flow: Flow) -> str:
             seen.setdefault(node.collect.slot.replace("_", " "), None)
     words = ", ".join(seen)
     return f"{flow.name}. {words}." if flow.name else f"{words}."
+
+
+#: What a caller says into a digits slot: the digits as words (a recogniser writes them so).
+DIGIT_WORDS = ("zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def expected_phrases(flow: Flow, node: Node) -> tuple[str, ...]:
+    """What a caller at `node` is likely to say next, for a recogniser to listen for: the node's
+    route phrases, the digits for a digits slot, then the routes that apply everywhere."""
+    seen: dict[str, None] = {}
+    for route in node.routes:
+        seen.update(dict.fromkeys(route.phrases))
+    if node.collect is not None and node.collect.type == "digits":
+        seen.update(dict.fromkeys(DIGIT_WORDS))
+    for route in flow.anywhere:
+        seen.update(dict.fromkeys(route.phrases))
+    return tuple(seen)

@@ -19,16 +19,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidURI
 
 from ivr.audio import FRAME_BYTES, FRAME_MS
 from ivr.harness.carriers import SIDES, CarrierSide, Hangup as BotHangup
 from ivr.harness.clock import CallClock, FramePacer
+from ivr.harness.playback import to_sample
 from ivr.harness.plan import After, CallPlan, Dtmf, Hangup, Say, Wait
 from ivr.harness.record import CallRecord
 from ivr.harness.voice import CallerVoice, Utterance
-from ivr.harness.wsframe import send_now
+from ivr.harness.wsclient import WebSocketClient, connect
 from ivr.telephony.twilio import CLOCK_RATE_PARAMETER, OutClear, OutMark, OutMedia, ProtocolError
 
 
@@ -130,7 +130,7 @@ class TwilioEmulator:
         )
         self.record.utterances = self.voice.utterances
         self.playback = self.record.playback
-        self._ws: ClientConnection | None = None
+        self._ws: WebSocketClient | TcpConnection | None = None
         #: Resolved when the bot's audio changes (media or clear), for steps waiting on the bot;
         #: made only while one waits, so a frame of bot audio costs nothing more otherwise.
         self._bot_changed: asyncio.Future[None] | None = None
@@ -193,14 +193,14 @@ class TwilioEmulator:
         if self.side.transport == "tcp":
             self._ws = await TcpConnection.open(self.options.url, self.options.connect_timeout_s)
             return
+        # No permessage-deflate (Twilio negotiates none) and no pings of our own (Twilio sends
+        # none); the bot's pings are answered.
         self._ws = await connect(
             self.options.url,
-            additional_headers=signature_headers(self.options) if self.side.name == "twilio" else {},
-            user_agent_header="ivr-replay (Twilio Media Streams emulator)",
-            compression=None,  # Twilio does not negotiate permessage-deflate
+            headers=signature_headers(self.options) if self.side.name == "twilio" else {},
+            user_agent="ivr-replay (Twilio Media Streams emulator)",
             open_timeout=self.options.connect_timeout_s,
             close_timeout=5,
-            ping_interval=None,
             max_size=2**24,
         )
 
@@ -211,6 +211,9 @@ class TwilioEmulator:
         self._frames_done = done = asyncio.get_running_loop().create_future()
         self._frame_k = 0
         self._max_frames = int(self.options.max_call_s * 1000 / FRAME_MS)
+        # Bound once: the pacer calls _send_frame for every call every 20 ms.
+        self._write_media = self._ws.frame_writer(self.side.media_text)
+        self._media_bytes = self.side.media_bytes
         self._pacer.add(self.clock.monotonic_at(0.0), self._send_frame)
         if not await done or self._ended.is_set():
             return  # the connection went first: the receive task records how
@@ -239,7 +242,7 @@ class TwilioEmulator:
                 done.set_result(True)
                 return None
             frame = self.voice.next_frame(k * FRAME_BYTES)
-            if not send_now(self._ws, self.side.media(frame, due)):
+            if not self._write_media(self._media_bytes(frame, due)):
                 done.set_result(False)  # the connection is closing
                 return None
             # Early by less than the timer resolution counts as on time.
@@ -269,6 +272,17 @@ class TwilioEmulator:
     def _hung_up_by(self, due: float) -> bool:
         return self._hangup.is_set() or (self._hangup_at is not None and due >= self._hangup_at)
 
+    def _counts_now(self, end_before: int) -> bool:
+        """Did the bot's last stretch of voice just grow past the point where it counts as speech
+        since the caller's (not speech the caller cut, see `_fire_time`)?
+
+        Otherwise a stretch that only grew longer moves every answer of a waiting step later, not
+        earlier (the end of speech, the next edge), so the step's own timer, which re-reads the
+        playback when it fires, is soon enough: it is not woken by every frame of the bot's voice."""
+        voiced = self.playback.voiced
+        threshold = to_sample(self._reference_ms + CUT_WITHIN_MS)
+        return bool(voiced) and end_before < threshold <= voiced[-1][1]
+
     def _notify_bot_changed(self) -> None:
         changed, self._bot_changed = self._bot_changed, None
         if changed is not None and not changed.done():
@@ -296,8 +310,7 @@ class TwilioEmulator:
 
     async def _receive(self) -> None:
         try:
-            async for message in self._ws:
-                await self._on_bot_message(message)
+            await self._ws.serve(self._on_bot_message)
         except ConnectionClosedError as exc:
             if not self._stop_sent:
                 self.record.error(self.clock.now_ms(), "connection_closed", f"closed abnormally: {exc}")
@@ -311,7 +324,9 @@ class TwilioEmulator:
             self._notify_bot_changed()
             self._stop_frames()
 
-    async def _on_bot_message(self, message: str | bytes) -> None:
+    def _on_bot_message(self, message: str | bytes) -> None:
+        """Each message as it is read (no task switch per message): the playout model, and the
+        echoes that are due at once."""
         if self._stop_sent:
             return  # Twilio has stopped listening
         now = self.clock.now_ms()
@@ -322,12 +337,17 @@ class TwilioEmulator:
             return
         for event in events:
             if isinstance(event, OutMedia):
-                self.playback.on_media(now, event.payload)
-                if self._bot_changed is not None:
+                playback = self.playback
+                if self._bot_changed is None:
+                    playback.on_media(now, event.payload)
+                    continue
+                changes, end = playback.voice_changes, playback.voiced[-1][1] if playback.voiced else 0
+                playback.on_media(now, event.payload)
+                if playback.voice_changes != changes or self._counts_now(end):
                     self._notify_bot_changed()
                 continue
             if isinstance(event, BotHangup):
-                await self._ws.close()  # the carrier ends the call the bot asked it to end
+                self._ws.begin_close()  # the carrier ends the call the bot asked it to end
                 return
             if isinstance(event, OutMark):
                 echoes = self.playback.on_mark(now, event.name)
@@ -339,15 +359,15 @@ class TwilioEmulator:
                 if not self.side.echoes_on_clear:
                     continue  # this carrier drops the pending marks with the audio
             for mark in echoes:
-                await self._echo(mark.name)
+                self._echo(mark.name)
 
-    async def _echo(self, name: str) -> None:
+    def _echo(self, name: str) -> None:
         marks = self.options.marks
         echo = self.side.mark(name)
         if marks.mode == "never" or echo is None:
             return
         if marks.mode == "on":
-            await self._ws.send(echo)
+            self._ws.send_now(echo)  # a closed connection is recorded by the receive task
             return
         task = asyncio.create_task(self._echo_later(name, self.clock.now_ms() + marks.delay_ms))
         self._late_echoes.add(task)
@@ -365,7 +385,7 @@ class TwilioEmulator:
             while True:
                 self._marks_changed.clear()
                 for mark in self.playback.due_marks(self.clock.now_ms()):
-                    await self._echo(mark.name)
+                    self._echo(mark.name)
                 due = self.playback.next_due_ms()
                 if due is None:
                     await self._marks_changed.wait()
@@ -447,6 +467,10 @@ class TwilioEmulator:
             # Nothing changes the answer but the bot's audio and the clock passing the next edge
             # of what it plays: wait for whichever comes first, not for every frame.
             wake = fire if fire is not None else self.playback.next_edge_ms(now) + after.seconds * 1000
+            cut_edge = self._reference_ms + CUT_WITHIN_MS
+            if fire is None and now < cut_edge:
+                # A voice begun over the caller's counts once it has played past the cut window.
+                wake = min(wake, cut_edge)
             await self._bot_change_or(min(wake, deadline))
 
     async def _sleep_until(self, call_ms: float) -> None:
@@ -482,7 +506,7 @@ class TwilioEmulator:
 
 class TcpConnection:
     """Asterisk's AudioSocket end of a call: a TCP connection with the few methods the emulator
-    uses of a WebSocket (send, send_now, iterate what arrives, close)."""
+    uses of a WebSocket client (send, send_now, serve, close)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
@@ -505,6 +529,9 @@ class TcpConnection:
         self._writer.write(data)
         return True
 
+    def frame_writer(self, text: bool):
+        return self.send_now  # AudioSocket's packets are its frames: nothing to add
+
     async def send(self, data: bytes) -> None:
         if not self.send_now(data):
             raise ConnectionClosedError(None, None)
@@ -513,21 +540,23 @@ class TcpConnection:
         except OSError:  # reset by the bot: as a WebSocket would report it
             raise ConnectionClosedError(None, None) from None
 
-    def __aiter__(self):
-        return self
+    async def serve(self, handler) -> None:
+        """Hand what arrives to `handler` until the bot closes the connection."""
+        while True:
+            try:
+                data = await self._reader.read(65536)
+            except OSError:
+                data = b""
+            if not data:
+                return
+            handler(data)
 
-    async def __anext__(self) -> bytes:
-        try:
-            data = await self._reader.read(65536)
-        except OSError:
-            data = b""
-        if not data:
-            raise StopAsyncIteration
-        return data
-
-    async def close(self) -> None:
+    def begin_close(self) -> None:
         if not self._writer.is_closing():
             self._writer.close()
+
+    async def close(self) -> None:
+        self.begin_close()
         try:
             await self._writer.wait_closed()
         except OSError:

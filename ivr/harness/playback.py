@@ -32,6 +32,8 @@ def voiced_blocks(payload: bytes) -> list[int]:
     audioop's RMS per block (as speech.frame_levels_db takes it), in C: this runs for every bot
     frame of every call under `ivr load`, where numpy's per-call overhead showed."""
     pcm = ulaw_to_pcm16(payload)
+    if len(payload) <= FRAME_BYTES:  # one frame a message, as ivr sends: no slice to copy
+        return [0] if audioop.rms(pcm, 2) > _BOT_VOICE_RMS else []
     return [i for i in range(0, len(payload), FRAME_BYTES)
             if audioop.rms(pcm[2 * i : 2 * (i + FRAME_BYTES)], 2) > _BOT_VOICE_RMS]
 
@@ -74,6 +76,9 @@ class TwilioPlayback:
         self.clears: list[float] = []
         #: Voiced stretches of what plays, [start, end) samples, merged across 20 ms gaps.
         self.voiced: list[list[int]] = []
+        #: Counts the changes to `voiced` other than its last stretch growing longer: a new
+        #: stretch, or a clear's cut. Growing only moves the edges later (see next_edge_ms).
+        self.voice_changes = 0
         self._play_end = 0
         self._pending: deque[MarkRecord] = deque()
 
@@ -143,9 +148,14 @@ class TwilioPlayback:
         """Voiced stretches that played (at least partly) after `ref_ms`, up to `now_ms`."""
         ref, now = to_sample(ref_ms), to_sample(now_ms)
         out = []
-        for start, end in self.voiced:
-            if end > ref and start <= now:
+        # From the latest back to the first that ended by `ref`: the stretches are in order,
+        # and a long call's early ones are never asked about again.
+        for start, end in reversed(self.voiced):
+            if end <= ref:
+                break
+            if start <= now:
                 out.append((to_ms(start), to_ms(min(end, now))))
+        out.reverse()
         return out
 
     def next_edge_ms(self, now_ms: float) -> float:
@@ -189,8 +199,10 @@ class TwilioPlayback:
                 self.voiced[-1][1] = max(self.voiced[-1][1], b)
             else:
                 self.voiced.append([a, b])
+                self.voice_changes += 1
 
     def _cut_voiced(self, now: int) -> None:
+        self.voice_changes += 1
         while self.voiced and self.voiced[-1][0] >= now:
             self.voiced.pop()
         if self.voiced and self.voiced[-1][1] > now:

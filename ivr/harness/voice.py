@@ -72,6 +72,11 @@ class CallerVoice:
         """The 160 bytes to send at caller-track sample `position`."""
         if not self._queue:
             return SILENT_FRAME
+        head, offset = self._queue[0], self._offset
+        if offset and offset + FRAME_BYTES < len(head.ulaw):
+            # The middle of an utterance, most frames of it: one slice, no assembling.
+            self._offset = offset + FRAME_BYTES
+            return head.ulaw[offset : offset + FRAME_BYTES]
         out = bytearray()
         while self._queue and len(out) < FRAME_BYTES:
             head = self._queue[0]

@@ -1,87 +1,144 @@
-"""The caller's media frames, written straight to the WebSocket's transport (RFC 6455, 5.2-5.3).
+"""RFC 6455 framing for the harness's client side, sans I/O: the server's frames in.
 
-The load generator sends one text message per call every 20 ms. Through the websockets client
-each send builds an async context, asks the OS for a fresh 4-byte mask (a getrandom system call)
-and walks the protocol's state machine: several times the cost of the message itself. A client
-text frame is only a header, a mask and the masked payload, so it is built here and handed to the
-transport, with masks drawn from the OS a few thousand at a time. Everything else (the opening
-handshake, reading, control frames, closing) stays with websockets.
+The load generator reads the bot's audio as one message per 20 ms frame per call. Through a
+general WebSocket library each message walks a state machine, a queue with a future and a task
+switch; several times the cost of the message itself. A server's frames are simple (a header and
+the unmasked payload), so they are parsed here and `wsclient` hands the messages on from the
+transport's `data_received`. The client's own frames (masked) are built by `ivr.wsframes`,
+which the cloud adapters share.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 
-from websockets.asyncio.client import ClientConnection
-from websockets.protocol import State
+from websockets.exceptions import ProtocolError as _CloseError
+from websockets.frames import Close
 
-try:  # websockets' C extension, present in its wheels
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
-
-_OP_TEXT_FIN = 0x81
-_OP_BINARY_FIN = 0x82
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_FIN = 0x80
 _MASKED = 0x80
-_MASK_BATCH = 4096
+#: Close codes (RFC 6455, 7.4.1) the reader fails a connection with.
+PROTOCOL_ERROR, INVALID_DATA, MESSAGE_TOO_BIG = 1002, 1007, 1009
+_unpack_q = struct.Struct("!Q").unpack_from
 
 
-class MaskSource:
-    """Unpredictable 4-byte masking keys (RFC 6455, 5.3), one read of the OS's randomness per
-    thousand keys rather than one per frame."""
+class FrameError(Exception):
+    """The server broke the framing: fail the connection with `code` (RFC 6455, 7.1.7)."""
 
-    __slots__ = ("_pool", "_pos")
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._pos = 0
-
-    def next(self) -> bytes:
-        pos = self._pos
-        if pos + 4 > len(self._pool):
-            self._pool, pos = os.urandom(_MASK_BATCH), 0
-        self._pos = pos + 4
-        return self._pool[pos : pos + 4]
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.before: list[tuple[int, str | bytes]] = []
 
 
-def client_text_frame(payload: bytes, mask: bytes, opcode: int = _OP_TEXT_FIN) -> bytes:
-    """One unfragmented, masked text (or binary) frame carrying `payload`."""
-    n = len(payload)
-    if n < 126:
-        header = bytes((opcode, _MASKED | n))
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", opcode, _MASKED | 126, n)
-    else:
-        header = struct.pack("!BBQ", opcode, _MASKED | 127, n)
-    return header + mask + apply_mask(payload, mask)
+def parse_close(payload: bytes) -> Close:
+    """A close frame's code and reason (1005 when it has none), or FrameError."""
+    try:
+        return Close.parse(payload)
+    except UnicodeDecodeError:
+        raise FrameError(INVALID_DATA, "close reason is not UTF-8") from None
+    except _CloseError as exc:
+        raise FrameError(PROTOCOL_ERROR, str(exc)) from None
 
 
-_masks = MaskSource()
+class FrameReader:
+    """The server's frames, fed as the bytes arrive however they are split; out come whole
+    messages and control frames as (opcode, payload): text as str, the rest as bytes.
+
+    No extension is negotiated, so the reserved bits must be clear; a server never masks
+    (RFC 6455, 5.1); control frames are short and whole, and may fall between the fragments
+    of a message (5.4, 5.5). A frame that breaks these raises FrameError."""
+
+    __slots__ = ("max_size", "_rest", "_parts", "_part_op", "_part_len")
+
+    def __init__(self, max_size: int = 2**24) -> None:
+        self.max_size = max_size
+        self._rest = b""  # the start of a frame whose end has not arrived
+        self._parts: list[bytes] = []  # fragments of the message being assembled
+        self._part_op = 0  # its opcode, 0 when no message is in fragments
+        self._part_len = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, str | bytes]]:
+        """Whole messages and control frames in `data` (with what came before it). A FrameError
+        carries the messages before the bad frame in `before`."""
+        if self._rest:
+            data = self._rest + data
+        out: list[tuple[int, str | bytes]] = []
+        try:
+            self._parse(data, out)
+        except FrameError as exc:
+            exc.before = out
+            raise
+        return out
+
+    def _parse(self, data: bytes, out: list) -> None:
+        pos, end = 0, len(data)
+        while end - pos >= 2:
+            b0, b1 = data[pos], data[pos + 1]
+            n = b1 & 0x7F
+            head = 2
+            if n == 126:
+                if end - pos < 4:
+                    break
+                n = (data[pos + 2] << 8) | data[pos + 3]
+                head = 4
+            elif n == 127:
+                if end - pos < 10:
+                    break
+                n = _unpack_q(data, pos + 2)[0]
+                head = 10
+                if n >> 63:
+                    raise FrameError(PROTOCOL_ERROR, "payload length with its top bit set")
+            if b1 & _MASKED:
+                raise FrameError(PROTOCOL_ERROR, "a masked frame from the server")
+            if b0 & 0x70:
+                raise FrameError(PROTOCOL_ERROR, "reserved bits set with no extension")
+            if n > self.max_size:
+                raise FrameError(MESSAGE_TOO_BIG, f"a frame of {n} bytes")
+            start = pos + head
+            if end - start < n:
+                break
+            pos = start + n
+            opcode, fin = b0 & 0x0F, b0 & _FIN
+            if opcode & 0x08:
+                if opcode not in (OP_CLOSE, OP_PING, OP_PONG):
+                    raise FrameError(PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+                if not fin or n > 125:
+                    raise FrameError(PROTOCOL_ERROR, "a fragmented or long control frame")
+                out.append((opcode, data[start:pos]))
+            elif fin and (opcode == OP_TEXT or opcode == OP_BINARY) and not self._part_op:
+                out.append((opcode, _message(opcode, memoryview(data)[start:pos])))
+            else:
+                message = self._fragment(opcode, fin, data[start:pos])
+                if message is not None:
+                    out.append(message)
+        self._rest = data[pos:] if pos < end else b""
+
+    def _fragment(self, opcode: int, fin: int, payload: bytes) -> tuple[int, str | bytes] | None:
+        if opcode not in (OP_CONT, OP_TEXT, OP_BINARY):
+            raise FrameError(PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+        if (opcode == OP_CONT) != bool(self._part_op):
+            raise FrameError(PROTOCOL_ERROR, "a continuation with no message begun" if opcode == OP_CONT
+                             else "a new message before the last one ended")
+        if opcode:
+            self._part_op = opcode
+        self._part_len += len(payload)
+        if self._part_len > self.max_size:
+            raise FrameError(MESSAGE_TOO_BIG, f"a message of over {self.max_size} bytes")
+        self._parts.append(payload)
+        if not fin:
+            return None
+        opcode, whole = self._part_op, b"".join(self._parts)
+        self._parts, self._part_op, self._part_len = [], 0, 0
+        return opcode, _message(opcode, whole)
 
 
-def send_text_now(ws: ClientConnection, text: str) -> bool:
-    """Write `text` as one frame at once; False if the connection is no longer open.
-
-    The transport buffers what the socket does not take at once, as a real caller's line would
-    carry on sending while the server is slow to read."""
-    transport = ws.transport
-    if ws.protocol.state is not State.OPEN or transport.is_closing():
-        return False
-    transport.write(client_text_frame(text.encode(), _masks.next()))
-    return True
-
-
-def send_now(connection, message: str | bytes) -> bool:
-    """`send_text_now` for any carrier's frame: text, binary (Vonage, Asterisk), or bytes on
-    AudioSocket's TCP connection (which has a `send_now` of its own)."""
-    own = getattr(connection, "send_now", None)
-    if own is not None:
-        return own(message)
-    if isinstance(message, str):
-        return send_text_now(connection, message)
-    transport = connection.transport
-    if connection.protocol.state is not State.OPEN or transport.is_closing():
-        return False
-    transport.write(client_text_frame(message, _masks.next(), _OP_BINARY_FIN))
-    return True
+def _message(opcode: int, payload) -> str | bytes:
+    if opcode == OP_TEXT:
+        try:
+            return str(payload, "utf-8")  # straight from the read buffer, no bytes copy first
+        except UnicodeDecodeError:
+            raise FrameError(INVALID_DATA, "a text message that is not UTF-8") from None
+    return bytes(payload)

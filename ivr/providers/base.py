@@ -172,6 +172,10 @@ class SttSession(Protocol):
     A session may also offer `speaking: bool` (is the caller speaking now?); the engine uses it
     to hold a barge-in until the speech has lasted `barge_in.min_speech_ms`. Without it, speech
     that started is taken to go on.
+
+    It may also offer `expect(phrases: Sequence[str]) -> None`: the words the caller is likely to
+    say now (the brain's `expected()`, given again whenever the caller starts speaking), which a
+    recogniser may bias its decoding toward. A session without it hears every turn alike.
     """
 
     async def send(self, ulaw: bytes) -> None:
@@ -293,7 +297,11 @@ class BrainSession(Protocol):
     """A session may set `speculative = True` when `respond()` changes nothing until its reply
     is used (its state lives in the history passed in): the engine may then start a reply on an
     EagerEndOfTurn and drop it if the caller goes on. A stateful brain (the call flow) leaves it
-    unset."""
+    unset.
+
+    A session may also offer `expected() -> tuple[str, ...]`: the phrases the caller is likely to
+    say at this point of the call (a flow node's routes, digits for a number), for the
+    recogniser (`SttSession.expect`)."""
 
     def greeting(self) -> AsyncIterator[BrainOutput]:
         """The bot's opening turn."""

@@ -55,6 +55,7 @@ from ivr.providers.base import (
     TurnResumed,
     Word,
 )
+from ivr.wsframes import write_now
 
 log = logging.getLogger("ivr.stt.deepgram")
 
@@ -292,7 +293,10 @@ class DeepgramSocket:
         self._ws = ws
 
     async def send_media(self, ulaw: bytes) -> None:
-        await self._ws.send(ulaw)
+        # Every 40 ms of every call: framed and written at once (ivr.wsframes) while the socket
+        # keeps up; through send(), which waits for it, when it does not.
+        if not write_now(self._ws, ulaw):
+            await self._ws.send(ulaw)
 
     async def send_keep_alive(self) -> None:
         await self._ws.send('{"type": "KeepAlive"}')

@@ -152,6 +152,11 @@ class SwitchingSttSession:
     def on_backup(self) -> bool:
         return self.leg is not None and self.leg.backup
 
+    def expect(self, phrases) -> None:
+        expect = getattr(self.leg.session, "expect", None) if self.leg is not None else None
+        if expect is not None:
+            expect(phrases)
+
     # --- SttSession ----------------------------------------------------------------------------
 
     async def send(self, ulaw: bytes) -> None:

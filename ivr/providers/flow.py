@@ -13,7 +13,7 @@ import string
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
-from ivr.flows import Action, Collect, Flow, FlowError, Node, Route, example_path, load_flow, normalize
+from ivr.flows import Action, Collect, Flow, FlowError, Node, Route, example_path, expected_phrases, load_flow, normalize
 from ivr.flows.digits import spoken_digits
 from ivr.providers.base import BrainOutput, CallContext, CallerInput, TextDelta, ToolCall, Turn
 
@@ -85,6 +85,10 @@ class FlowSession:
 
     async def aclose(self) -> None:
         pass
+
+    def expected(self) -> tuple[str, ...]:
+        """What the caller is likely to say at the node the call is at (see BrainSession)."""
+        return expected_phrases(self.flow, self.node)
 
     # --- one step of the flow ------------------------------------------------------------------
 

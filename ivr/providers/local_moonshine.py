@@ -18,7 +18,9 @@ products int8 again, as kernels that read int8 weights. A token then costs ~5 ms
 ~15 ms: reading 130 MB of weights for each token is what takes the time).
 
 The VAD, the stretches and the turns are WhisperStt's (this engine is a WhisperStt that decodes
-differently); Whisper's prompt, beam and window options do not apply.
+differently); Whisper's prompt, beam and window options do not apply. In their place, the greedy
+decoder favours the phrases the call flow expects at the caller's node (`SttOptions.bias`,
+IVR_STT_BIAS; ivr.providers.phrase_bias).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,7 @@ import numpy as np
 
 from ivr.audio import resample
 from ivr.providers.local_stt import RATE, WhisperStt, voiced_ms
+from ivr.providers.phrase_bias import BiasCache, PhraseBias
 from ivr.providers.workers import shared_model
 
 log = logging.getLogger("ivr.stt")
@@ -47,6 +51,15 @@ BOS, EOS = 1, 2
 TOKENS_PER_S = 6.5
 #: A stretch with this much voiced audio holds words: Moonshine must write at least one.
 SPEECH_MS = 300
+#: What `prepare` makes, each saved as NAME.onnx in the model cache (ivr.providers.model_cache).
+PREPARED = ("encoder", "first", "next")
+PREPARED_FILES = tuple(f"{name}.onnx" for name in PREPARED)
+CACHE_NAME = "moonshine-base-en"
+#: The module a child process runs to prepare the model (this one; not __name__, which is
+#: "__main__" when it runs so).
+PREPARER = "ivr.providers.local_moonshine"
+#: Raised whenever `prepare` makes different graphs from the same files: the cache's key holds it.
+PREPARE_VERSION = "1"
 #: The decoder's own probability of ending at once (no words) at or above which a stretch is not
 #: speech, whatever the VAD said: Moonshine has no "no speech" judgement of its own, and made to
 #: write a first token it writes "Oh." for an "uh", "Mm." for a hum, "Pop, pop, pop." for
@@ -245,6 +258,23 @@ def prepare(directory: Path) -> dict[str, bytes]:
     return prepared
 
 
+def prepared_key(directory: Path) -> str:
+    """The cache key of what `prepare` makes of `directory` with the installed packages."""
+    from importlib.metadata import version
+
+    from ivr.providers.model_cache import fingerprint
+
+    parts = [PREPARE_VERSION] + [f"{p}={version(p)}" for p in ("moonshine-cpp", "onnx", "onnxruntime")]
+    return fingerprint(parts, [directory / "encoder_model.ort", directory / "decoder_model_merged.ort"])
+
+
+def write_prepared(folder: Path) -> None:
+    """`prepare` the installed model into `folder` (run in a child process: see model_cache)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in prepare(model_dir()).items():
+        (folder / f"{name}.onnx").write_bytes(data)
+
+
 class _Without(logging.Filter):
     def __init__(self, text: str) -> None:
         super().__init__()
@@ -258,29 +288,40 @@ class MoonshineModel:
     """Moonshine's encoder and decoder as ONNX Runtime sessions, decoded greedily with the
     decoder's key/value cache. Thread-safe (ONNX Runtime's run is): one for every call."""
 
-    def __init__(self, directory: Path, threads: int = 1) -> None:
+    def __init__(self, directory: Path, threads: int = 1, cache: str | None = None) -> None:
+        import shutil
+
         import onnxruntime as ort
+
+        from ivr.providers.model_cache import prepared_folder
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        sessions = {name: ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-                    for name, model in prepare(directory).items()}  # fmt: skip
+        folder, temporary = prepared_folder(CACHE_NAME, prepared_key(directory), PREPARED_FILES, PREPARER, cache)
+        try:
+            sessions = {name: ort.InferenceSession(str(folder / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+                        for name in PREPARED}  # fmt: skip
+        finally:
+            if temporary:
+                shutil.rmtree(folder, ignore_errors=True)
         self.encoder, self.first, self.next = sessions["encoder"], sessions["first"], sessions["next"]
         self.tokens = load_tokens(directory / "tokenizer.bin")
         self.outputs = [o.name for o in self.first.get_outputs()]
         self.next_inputs = {i.name for i in self.next.get_inputs()}
 
-    def transcribe(self, audio: np.ndarray, speech: bool = True) -> str:
+    def transcribe(self, audio: np.ndarray, speech: bool = True, bias: PhraseBias | None = None) -> str:
         """16 kHz float32 mono -> text (`decode`'s text)."""
-        return self.decode(audio, speech).text
+        return self.decode(audio, speech, bias).text
 
-    def decode(self, audio: np.ndarray, speech: bool = True) -> "Decoded":
+    def decode(self, audio: np.ndarray, speech: bool = True, bias: PhraseBias | None = None) -> "Decoded":
         """16 kHz float32 mono -> the text, and the decoder's belief that there was none.
         `speech`: the audio is known to hold speech, so the text may not end before its first
         token (as Whisper suppresses its end token there): given espeak-ng's "Do you have
-        parking?" Moonshine otherwise often writes nothing at all."""
+        parking?" Moonshine otherwise often writes nothing at all. `bias`: phrases to favour
+        (ivr.providers.phrase_bias); None decodes plainly."""
+        cursor = bias.cursor() if bias else None
         if len(audio) < MIN_SAMPLES:
             audio = np.pad(audio, (0, MIN_SAMPLES - len(audio)))
         hidden = self.encoder.run(None, {"input_values": audio[None, :].astype(np.float32)})[0]
@@ -298,7 +339,7 @@ class MoonshineModel:
                 end_first = float(p[EOS] / p.sum())
                 if speech:
                     logits[EOS] = -np.inf
-            token = int(np.argmax(logits))
+            token = int(np.argmax(logits)) if cursor is None else cursor.choose(logits)
             for name, value in zip(self.outputs[1:], result[1:]):
                 # The cross-attention cache comes from the first step alone.
                 if step == 0 or ".encoder." not in name:
@@ -325,24 +366,29 @@ class Decoded:
 class MoonshineStt(WhisperStt):
     """WhisperStt's stretches and turns, each stretch transcribed by Moonshine base English."""
 
-    def __init__(self, model_path: str | None = None, **kwargs) -> None:
+    def __init__(self, model_path: str | None = None, model_cache: str | None = None, **kwargs) -> None:
         super().__init__(MODEL_NAME, **kwargs)
+        #: IVR_MODEL_CACHE (None: from the environment): where the prepared model is kept.
+        self.model_cache = model_cache
         # The threads are fixed (_load_model): one model for the process, whatever the engine.
         self._model = shared_model(("moonshine", MODEL_NAME), "Moonshine base English", self._load_model)
         #: Stretches whose text was dropped as not speech (`NOT_SPEECH`).
         self.not_speech = 0
+        self._biases = BiasCache(self.options.bias)
 
     def _load_model(self):
         # One thread per decode: a decoder step is small, and on a shared 2-core machine a
         # second thread cost more in waiting than it saved (float weights: 13-17 ms a step on
         # one thread, 15-29 ms on two; the encoder about the same either way). Calls decoded at
         # once each have a worker of the pool.
-        return MoonshineModel(model_dir(), threads=1)
+        return MoonshineModel(model_dir(), threads=1, cache=self.model_cache)
 
-    def transcribe_pcm8(self, pcm8: bytes) -> str:
+    def transcribe_pcm8(self, pcm8: bytes, expected: tuple[str, ...] = ()) -> str:
         audio = np.frombuffer(resample(pcm8, RATE, 16000), dtype="<i2").astype(np.float32) / 32768.0
         speech = voiced_ms(pcm8) >= SPEECH_MS
-        decoded = self._model.get().decode(audio, speech=speech)
+        model = self._model.get()
+        bias = self._biases.get(expected, model.tokens)
+        decoded = model.decode(audio, speech=speech, bias=bias)
         if decoded.end_first >= NOT_SPEECH:
             self.not_speech += 1
             log.debug("not speech (P(no words) %.2f): %r dropped", decoded.end_first, decoded.text)
@@ -369,3 +415,26 @@ def without_repeats(text: str) -> str:
         else:
             i += 1
     return " ".join(tokens)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m ivr.providers.local_moonshine prepare [FOLDER]`: prepare the model into FOLDER,
+    or into the model cache (IVR_MODEL_CACHE) when none is given, e.g. while building an image."""
+    if len(argv) not in (1, 2) or argv[0] != "prepare":
+        print("usage: python -m ivr.providers.local_moonshine prepare [FOLDER]", file=sys.stderr)
+        return 2
+    if len(argv) == 2:
+        write_prepared(Path(argv[1]))
+        return 0
+    from ivr.providers.model_cache import prepared_folder
+
+    folder, temporary = prepared_folder(CACHE_NAME, prepared_key(model_dir()), PREPARED_FILES, PREPARER)
+    if temporary:
+        print("the model cache cannot be written: set IVR_MODEL_CACHE to a writable folder", file=sys.stderr)
+        return 1
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

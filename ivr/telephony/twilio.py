@@ -385,6 +385,8 @@ class TwilioSender:
         self._sequence = 0
         self._chunk = 0
         self._sid_json = orjson.dumps(stream_sid).decode()
+        self._media_format = (b'{"event":"media","sequenceNumber":"%d","media":{"track":"inbound","chunk":"%d",'
+                              b'"timestamp":"%d","payload":"%s"},"streamSid":' + orjson.dumps(stream_sid) + b"}")
 
     def _next(self) -> int:
         self._sequence += 1
@@ -412,12 +414,15 @@ class TwilioSender:
         ).decode()
 
     def media(self, ulaw: bytes, timestamp_ms: int) -> str:
+        return self.media_utf8(ulaw, timestamp_ms).decode()
+
+    def media_utf8(self, ulaw: bytes, timestamp_ms: int) -> bytes:
+        """`media()` as the UTF-8 bytes a text frame carries: a load run sends one per call every
+        20 ms, built in one step with no str between."""
         self._chunk += 1
-        return (
-            '{"event":"media","sequenceNumber":"' + str(self._next()) + '","media":{"track":"inbound","chunk":"'
-            + str(self._chunk) + '","timestamp":"' + str(timestamp_ms) + '","payload":"'
-            + binascii.b2a_base64(ulaw, newline=False).decode("ascii") + '"},"streamSid":' + self._sid_json + "}"
-        )
+        self._sequence += 1
+        return self._media_format % (self._sequence, self._chunk, timestamp_ms,
+                                     binascii.b2a_base64(ulaw, newline=False))
 
     def dtmf(self, digit: str) -> str:
         return orjson.dumps(

@@ -195,6 +195,11 @@ class TurnGate:
             await self._pump
         self._events.put_nowait(_END)
 
+    def expect(self, phrases) -> None:
+        expect = getattr(self._inner, "expect", None)
+        if expect is not None:
+            expect(phrases)
+
     def __aiter__(self) -> "TurnGate":
         return self
 
