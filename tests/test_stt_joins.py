@@ -48,7 +48,7 @@ class CountingDecoder:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def transcribe(self, pcm8: bytes) -> str:
+    async def transcribe(self, pcm8: bytes, expected: tuple[str, ...] = ()) -> str:
         await self.gate.wait()
         ms = len(pcm8) // 16
         self.decoded.append(ms)
