@@ -166,3 +166,45 @@ def test_the_merged_decoders_if_becomes_one_model_per_branch():
         np.testing.assert_allclose(session.run(None, {reads: x})[0], x @ w)
     with pytest.raises(ValueError, match="one If node"):
         if_branches(branches["then_branch"])
+
+
+class _ShortThenWhole:
+    """A Moonshine stand-in that ends after one word unless its end is held back."""
+
+    tokens: list = []
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def decode(self, audio, speech=True, bias=None, min_tokens=1):
+        self.calls.append(min_tokens)
+        text = "I" if min_tokens <= 1 else "Hi, what time do you open on Saturday?"
+        return local_moonshine.Decoded(text, end_first=0.01)
+
+
+class _Ready:
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def get(self):
+        return self.model
+
+
+def test_moonshine_decodes_again_a_transcript_far_shorter_than_its_speech():
+    from ivr.metrics import STT_REDECODES
+
+    stt = embedded_stt("moonshine")
+    fake = _ShortThenWhole()
+    stt._model = _Ready(fake)
+    t = np.arange(3 * 8000) / 8000
+    three_seconds = (8000 * np.sin(2 * np.pi * 220 * t)).astype("<i2").tobytes()
+    before = STT_REDECODES.labels("short")._value.get()
+    assert stt.transcribe_pcm8(three_seconds) == "Hi, what time do you open on Saturday?"
+    # Held back for at least a word a second of speech, and counted.
+    assert fake.calls == [1, 3]
+    assert stt.redecodes["short"] == 1
+    assert STT_REDECODES.labels("short")._value.get() == before + 1
+    # A short answer to short speech is left alone.
+    fake.calls.clear()
+    assert stt.transcribe_pcm8(three_seconds[: 8000 // 2]) == "I"
+    assert fake.calls == [1]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from ivr.audio import resample
-from ivr.providers.local_stt import RATE, WhisperStt, voiced_ms
+from ivr.metrics import STT_REDECODES
+from ivr.providers.local_stt import RATE, WhisperStt, lost_words, voiced_ms, word_count
 from ivr.providers.phrase_bias import BiasCache, PhraseBias
 from ivr.providers.workers import shared_model
 
@@ -315,12 +317,12 @@ class MoonshineModel:
         """16 kHz float32 mono -> text (`decode`'s text)."""
         return self.decode(audio, speech, bias).text
 
-    def decode(self, audio: np.ndarray, speech: bool = True, bias: PhraseBias | None = None) -> "Decoded":
+    def decode(self, audio: np.ndarray, speech: bool = True, bias: PhraseBias | None = None, min_tokens: int = 1) -> "Decoded":
         """16 kHz float32 mono -> the text, and the decoder's belief that there was none.
         `speech`: the audio is known to hold speech, so the text may not end before its first
-        token (as Whisper suppresses its end token there): given espeak-ng's "Do you have
-        parking?" Moonshine otherwise often writes nothing at all. `bias`: phrases to favour
-        (ivr.providers.phrase_bias); None decodes plainly."""
+        `min_tokens` tokens (as Whisper suppresses its end token there): given espeak-ng's "Do
+        you have parking?" Moonshine otherwise often writes nothing at all. `bias`: phrases to
+        favour (ivr.providers.phrase_bias); None decodes plainly."""
         cursor = bias.cursor() if bias else None
         if len(audio) < MIN_SAMPLES:
             audio = np.pad(audio, (0, MIN_SAMPLES - len(audio)))
@@ -337,8 +339,8 @@ class MoonshineModel:
                 # averaged -0.88.)
                 p = np.exp(logits - logits.max())
                 end_first = float(p[EOS] / p.sum())
-                if speech:
-                    logits[EOS] = -np.inf
+            if speech and len(ids) < min_tokens:
+                logits[EOS] = -np.inf
             token = int(np.argmax(logits)) if cursor is None else cursor.choose(logits)
             for name, value in zip(self.outputs[1:], result[1:]):
                 # The cross-attention cache comes from the first step alone.
@@ -385,7 +387,8 @@ class MoonshineStt(WhisperStt):
 
     def transcribe_pcm8(self, pcm8: bytes, expected: tuple[str, ...] = ()) -> str:
         audio = np.frombuffer(resample(pcm8, RATE, 16000), dtype="<i2").astype(np.float32) / 32768.0
-        speech = voiced_ms(pcm8) >= SPEECH_MS
+        voiced = voiced_ms(pcm8)
+        speech = voiced >= SPEECH_MS
         model = self._model.get()
         bias = self._biases.get(expected, model.tokens)
         decoded = model.decode(audio, speech=speech, bias=bias)
@@ -393,7 +396,18 @@ class MoonshineStt(WhisperStt):
             self.not_speech += 1
             log.debug("not speech (P(no words) %.2f): %r dropped", decoded.end_first, decoded.text)
             return ""
-        return without_repeats(decoded.text)
+        text = without_repeats(decoded.text)
+        if lost_words(text, voiced, self.options.min_words_per_s) != "short":
+            return text
+        # The decoder ended long before the speech did ("I" for a 3-second question, as
+        # Whisper did on a short window): decode again, its end held back until it has written
+        # as many tokens as the speech has words at the least. The longer reading is kept.
+        self.redecodes["short"] += 1
+        STT_REDECODES.labels("short").inc()
+        least = math.ceil(self.options.min_words_per_s * voiced / 1000)
+        again = without_repeats(model.decode(audio, speech=True, bias=bias, min_tokens=least).text)
+        log.info("re-decoded %d ms of speech (short): %r -> %r", voiced, text, again)
+        return again if word_count(again) > word_count(text) else text
 
 
 _NUMBER = re.compile(r"^(?:\d+|zero|oh|one|two|three|four|five|six|seven|eight|nine|ten)$")
