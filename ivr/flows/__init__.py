@@ -73,6 +73,7 @@ from typing import Any, Mapping
 import yaml
 
 from ivr.errors import UserError
+from ivr.flows.digits import DIGIT_WORDS
 
 RESERVED_TOP_LEVEL = ("barge_in", "silence", "voice", "llm", "system_prompt", "tools", "transfers")
 TOP_LEVEL = ("name", "greeting", "start", "nodes", "variables", "fallback", "anywhere", "outbound")
@@ -447,8 +448,6 @@ def prompt_words(flow: Flow) -> str:
     return f"{flow.name}. {words}." if flow.name else f"{words}."
 
 
-#: What a caller says into a digits slot: the digits as words (a recogniser writes them so).
-DIGIT_WORDS = ("zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def expected_phrases(flow: Flow, node: Node) -> tuple[str, ...]:

@@ -17,6 +17,10 @@ UNITS = {
     "zero": 0, "oh": 0, "o": 0, "nought": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
     "six": 6, "seven": 7, "eight": 8, "nine": 9,
 }  # fmt: skip
+#: The digit words a recogniser is told to listen for at a digits slot (ivr.flows.expected_phrases):
+#: UNITS' words but the one letter "o", which a bias would push into every word it begins, and
+#: "nought", rare on the line.
+DIGIT_WORDS = tuple(word for word in UNITS if word not in ("o", "nought"))
 TEENS = {
     "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
     "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19,
