@@ -420,8 +420,7 @@ class TwilioSender:
         """`media()` as the UTF-8 bytes a text frame carries: a load run sends one per call every
         20 ms, built in one step with no str between."""
         self._chunk += 1
-        self._sequence += 1
-        return self._media_format % (self._sequence, self._chunk, timestamp_ms,
+        return self._media_format % (self._next(), self._chunk, timestamp_ms,
                                      binascii.b2a_base64(ulaw, newline=False))
 
     def dtmf(self, digit: str) -> str:
