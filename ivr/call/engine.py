@@ -26,6 +26,7 @@ from collections import deque
 from time import monotonic
 from typing import AsyncIterator, Awaitable, Callable
 
+from ivr import loopbound
 from ivr import metrics
 from ivr.audio import FRAME_MS
 from ivr.call.cache import PromptCache
@@ -119,9 +120,9 @@ class Call(Endings, ListeningHandler):
         self._ending = False
         self._main: asyncio.Task | None = None
         self._group: asyncio.TaskGroup | None = None
-        self._ready = asyncio.Event()
-        self._closed = asyncio.Event()
-        self._wake = asyncio.Event()
+        self._ready = loopbound.Event()
+        self._closed = loopbound.Event()
+        self._wake = loopbound.Event()
         #: Awaited before the greeting; returns the context the brain gets (ivr.outbound.amd:
         #: an outbound call waits for the answering-machine verdict). None: greet at once.
         self.before_greeting: Callable[[CallContext], Awaitable[CallContext]] | None = None

@@ -20,6 +20,7 @@ import contextlib
 import time
 from typing import AsyncIterator, Callable
 
+from ivr import loopbound
 from ivr.audio import PhoneEncoder
 from ivr.call.cache import PromptCache
 from ivr.call.playout import PlayoutClock
@@ -82,7 +83,7 @@ class Speaker:
     # --- making the frames -----------------------------------------------------------------
 
     async def _produce(self, turn: BotTurn, outputs: AsyncIterator[BrainOutput], tts_state: list) -> None:
-        queue: asyncio.Queue = asyncio.Queue()
+        queue: asyncio.Queue = loopbound.Queue()
 
         async def add_piece(text: str) -> None:
             index = len(turn.ledger.pieces)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
+from ivr import loopbound
 from ivr.providers.base import BrainOutput
 
 
@@ -27,7 +28,7 @@ class Speculation:
         self._items: list[BrainOutput] = []
         self._error: BaseException | None = None
         self._done = False
-        self._changed = asyncio.Event()
+        self._changed = loopbound.Event()
         self.task = group.create_task(self._collect(outputs), name="speculation")
 
     async def _collect(self, outputs: AsyncIterator[BrainOutput]) -> None:

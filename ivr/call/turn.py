@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ivr import loopbound
 from ivr.call.ledger import HeardLedger
 from ivr.providers.base import ToolCall, Turn, WordTiming
 
@@ -56,7 +57,7 @@ class BotTurn:
         self.paused = False
         self.produced = False  # making frames has stopped: every frame there will be is in `frames`
         self.made_whole = False  # and it stopped because the turn was made to its end
-        self.changed = asyncio.Event()
+        self.changed = loopbound.Event()
         self.task: asyncio.Task | None = None
         self.tools: list[ToolCall] = []
         self.first_audio_at: float | None = None

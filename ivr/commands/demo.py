@@ -39,8 +39,10 @@ class _Server:
     def __init__(self, app, port: int) -> None:
         import uvicorn
 
+        from ivr.ws_protocol import websocket_protocol
+
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None, ws=websocket_protocol()))
         self.thread = threading.Thread(target=self.server.run, name="ivr-server", daemon=True)
 
     def __enter__(self) -> "_Server":

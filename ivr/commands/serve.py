@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     for line in startup_lines(settings):
         print(f"ivr serve: {line}", flush=True)
     from ivr.drain import Drain, DrainingServer
+    from ivr.ws_protocol import websocket_protocol
 
     config = uvicorn.Config(
         app,
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         forwarded_allow_ips=settings.forwarded_allow_ips,
         log_config=None,
         timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+        ws=websocket_protocol(),
     )
     server = DrainingServer(config, Drain.for_app(app))
     try:

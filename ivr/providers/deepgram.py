@@ -41,6 +41,7 @@ from urllib.parse import urlencode
 
 import orjson
 
+from ivr import loopbound
 from ivr.config import ConfigError, Settings
 from ivr.providers import cloud
 from ivr.providers.health import Health
@@ -364,9 +365,9 @@ class DeepgramSession:
         self._sent = 0
         self.protocol: Transcript | FluxTurns = FluxTurns() if engine.flux else Transcript()
         self.reconnects = 0
-        self._events: asyncio.Queue = asyncio.Queue()
+        self._events: asyncio.Queue = loopbound.Queue()
         self._conn: Any = None
-        self._connected = asyncio.Event()
+        self._connected = loopbound.Event()
         self._closed = False
         self._released = False
         self._last_audio = time.monotonic()
@@ -410,7 +411,7 @@ class DeepgramSession:
                 with contextlib.suppress(Exception):
                     await conn.send_force_end_turn()
             return
-        self._finalized = asyncio.Event()
+        self._finalized = loopbound.Event()
         try:
             await conn.send_finalize()
             async with asyncio.timeout(FINALIZE_WAIT_S):

@@ -38,6 +38,7 @@ from urllib.parse import quote, urlencode
 import websockets
 from websockets.asyncio.client import connect
 
+from ivr import loopbound
 from ivr.config import ConfigError, Settings
 from ivr.audio.resample import prepare as prepare_resampler
 from ivr.providers import cloud
@@ -317,7 +318,7 @@ class ElevenLabsStream:
         self.audio_sent = False
         self.ended = False
         self.done = False
-        self._out: asyncio.Queue = asyncio.Queue()
+        self._out: asyncio.Queue = loopbound.Queue()
         self._opened: asyncio.Future | None = None
         self._asked_at = 0.0
         self._retried = False

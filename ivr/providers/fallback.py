@@ -27,6 +27,7 @@ import dataclasses
 import logging
 from typing import Any, AsyncIterator, Callable, Sequence
 
+from ivr import loopbound
 from ivr import metrics
 from ivr.providers import cloud
 from ivr.providers.base import (
@@ -132,7 +133,7 @@ class SwitchingSttSession:
         self._turn_finals: list[str] = []  # Final texts since the last EndOfTurn, from any session
         self._carry: list[str] = []  # those of them from sessions before the current one
         self._in_turn = False
-        self._events: asyncio.Queue = asyncio.Queue()
+        self._events: asyncio.Queue = loopbound.Queue()
         self._closed = False
         self._returning: asyncio.Task | None = None
 

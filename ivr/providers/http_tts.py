@@ -24,6 +24,7 @@ from typing import AsyncIterator, Literal
 
 import numpy as np
 
+from ivr import loopbound
 from ivr.audio.resample import SUPPORTED_RATES
 from ivr.providers import cloud
 from ivr.providers.base import AudioChunk
@@ -143,7 +144,7 @@ _CANCEL = object()
 class _Piece:
     index: int
     text: str
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue = field(default_factory=loopbound.Queue)
     task: asyncio.Task | None = None
 
 
@@ -181,7 +182,7 @@ class PieceStream:
         self.ended = False
         self.cancelled = False
         self.failed = False
-        self._wake = asyncio.Event()
+        self._wake = loopbound.Event()
 
     async def push(self, text: str) -> int:
         if self.ended:

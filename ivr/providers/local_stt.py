@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ivr import loopbound
 from ivr.audio import resample, ulaw_to_pcm16
 from ivr.metrics import STT_JOINED, STT_REDECODES
 from ivr.providers.base import CallContext, EndOfTurn, Final, SpeechStarted, SttEvent
@@ -438,7 +439,7 @@ class LocalSttSession:
         self._engine = engine
         self._vad = vad
         self._opts = engine.options
-        self._events: asyncio.Queue = asyncio.Queue()
+        self._events: asyncio.Queue = loopbound.Queue()
         self._closed = False
         self._buf = bytearray()  # recent caller audio, 8 kHz PCM16
         self._buf_start_ms = 0  # audio clock time of _buf[0]

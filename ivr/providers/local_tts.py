@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ivr import loopbound
 from ivr.providers.base import AudioChunk, WordTiming
 from ivr.providers.workers import WorkerPool, default_workers, shared_model
 
@@ -238,8 +239,8 @@ class PiperStream:
 
     def __init__(self, engine: PiperTts) -> None:
         self._engine = engine
-        self._text: asyncio.Queue = asyncio.Queue()
-        self._out: asyncio.Queue = asyncio.Queue()
+        self._text: asyncio.Queue = loopbound.Queue()
+        self._out: asyncio.Queue = loopbound.Queue()
         self._pieces = 0
         self._ended = False
         self._finished = False

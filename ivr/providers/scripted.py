@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
+from ivr import loopbound
 from ivr.providers.base import AudioChunk, BrainOutput, CallContext, CallerInput, SttEvent, TextDelta
 
 _END = object()
@@ -18,7 +19,7 @@ class ScriptedSttSession:
     """Yields the events its driver pushes; `speaking` is whatever the driver says."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.queue: asyncio.Queue = loopbound.Queue()
         self.audio = bytearray()
         self.speaking = True
 
@@ -99,7 +100,7 @@ class InstantTtsStream:
     """Each piece at once as `ms_per_char` of 8 kHz mu-law per character (a provider's ulaw_8000)."""
 
     def __init__(self, ms_per_char: int) -> None:
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.queue: asyncio.Queue = loopbound.Queue()
         self.n = 0
         self.ms_per_char = ms_per_char
         self.cancelled = False

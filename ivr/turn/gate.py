@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from ivr import metrics
+from ivr import loopbound, metrics
 from ivr.providers.base import CallContext, EndOfTurn, Final, Interim, SpeechStarted, SttEvent
 from ivr.turn.model import WINDOW_S, SmartTurn, TurnModelBusy, TurnVerdict
 from ivr.turn.words import sounds_like_a_goodbye, sounds_like_a_question, sounds_unfinished
@@ -121,7 +121,7 @@ class TurnGate:
         self._inner = inner
         self._model = model
         self._opts = options
-        self._events: asyncio.Queue = asyncio.Queue()
+        self._events: asyncio.Queue = loopbound.Queue()
         self._closed = False
         # The last seconds of caller audio, 8 kHz mu-law, for the model.
         self._audio = bytearray()
@@ -131,7 +131,7 @@ class TurnGate:
         self._turn_start_ms: int | None = None  # first speech of the turn being gated
         self._last_start_ms = -1  # last SpeechStarted
         self._judged_at_ms = 0  # audio clock when the model's last audio was taken
-        self._idle = asyncio.Event()  # the pump waits for the wrapped session's next event
+        self._idle = loopbound.Event()  # the pump waits for the wrapped session's next event
         self._was_speaking = False
         self._has_vad = False
         self._stall_timer: asyncio.TimerHandle | None = None
