@@ -1,4 +1,4 @@
-"""ivr.loopbound: the Queue and Event a call waits on, and the uvicorn protocol that uses one."""
+"""ivr.loopbound: the Queue and Event a call waits on."""
 
 import asyncio
 from unittest import mock
@@ -66,21 +66,3 @@ def test_a_queue_used_from_another_loop_still_fails():
 
     with pytest.raises(RuntimeError):
         asyncio.run(second())
-
-def test_the_server_runs_uvicorns_protocol_with_a_bound_receive_queue():
-    import uvicorn
-
-    from ivr.ws_protocol import websocket_protocol
-
-    protocol = websocket_protocol()
-    if protocol == "auto":
-        pytest.skip("this uvicorn has no sans-I/O WebSocket protocol")
-    config = uvicorn.Config(lambda scope, receive, send: None, ws=protocol)
-    config.load()
-    from uvicorn.server import ServerState
-
-    async def build():
-        return protocol(config=config, server_state=ServerState(), app_state={})
-
-    instance = asyncio.run(build())
-    assert isinstance(instance.queue, loopbound.Queue)
