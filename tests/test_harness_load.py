@@ -10,10 +10,14 @@ import threading
 
 import pytest
 
-from fakebot import FakeBot
-from ivr.harness.load import LoadOptions, run_load_with_monitor
+from fakebot import FakeBot, tone_ulaw
+from ivr.audio import FRAME_BYTES
+from ivr.harness.load import LoadFigures, LoadOptions, run_load_with_monitor
+from ivr.harness.record import CallRecord
+from ivr.harness.report import build_report, ms, percentiles
 from ivr.harness.samples import sample_calls
-from test_harness_report import conversational_bot, script
+from ivr.harness.voice import Utterance
+from test_harness_report import conversational_bot, replay_against, script
 
 
 async def test_concurrent_calls_and_their_figures():
@@ -32,6 +36,72 @@ async def test_concurrent_calls_and_their_figures():
     assert summary["server"]["pid"] == os.getpid() and summary["server"]["samples"] >= 1
     assert 2.5 < summary["wall_seconds"] < 10
     assert updates and max(f.active for f in updates) <= 4
+
+
+def assert_load_counts_what_the_report_says(record: CallRecord) -> None:
+    report = build_report(record)
+    figures = LoadFigures()
+    figures.add(record)
+    turns, barges, bot = report["turns"], report["barge_ins"], report["bot"]
+    # The load keeps its times unrounded; the report rounds them to 0.1 ms.
+    assert [ms(t) for t in figures.response_ms] == [t["response_latency_ms"] for t in turns if t["response_latency_ms"] is not None]
+    assert figures.unanswered_turns == sum(t["response_latency_ms"] is None for t in turns)
+    assert [ms(t) for t in figures.barge_in_ms] == [b["latency_ms"] for b in barges if b["latency_ms"] is not None]
+    assert figures.barge_ins_without_clear == sum(b["latency_ms"] is None for b in barges)
+    assert figures.frames_after_clear == sum(b["frames_after_clear"] for b in barges)
+    assert percentiles(figures.frame_lag_ms) == report["caller"]["frame_lag_ms"]
+    assert [ms(j) for j in figures.jitter_ms] == ([bot["jitter_ms"]] if bot["media_messages"] else [])
+    assert percentiles(figures.lead_ms) == bot["lead_ms"]
+    assert len(figures.lead_ms) == bot["media_messages"]
+    assert figures.underruns == bot["underruns"]
+    kinds = [e["kind"] for e in report["errors"]]
+    assert figures.timeouts == kinds.count("timeout") and figures.cut == ("max_duration" in kinds)
+    assert figures.completed == 1 and figures.failed == (report["call"]["failed"] or "harness_error" in kinds)
+    if figures.failures:
+        assert figures.failures[0]["error"] in report["errors"] + [None]
+
+
+async def test_load_figures_are_the_reports_figures_of_replayed_calls():
+    """A load run counts each call without building its report: it must count what the report
+    says of the same call (turns answered and not, barge-ins, leaked audio, pacing)."""
+    for leak in (False, True):
+        record = await replay_against(conversational_bot(leak_after_clear=leak))
+        assert build_report(record)["barge_ins"]
+        assert_load_counts_what_the_report_says(record)
+
+
+def paced_record() -> CallRecord:
+    """A call built by hand: bot audio paced in real time with a late frame, an underrun and a
+    clear, the caller speaking over it, a key, a timeout and the length limit."""
+    record = CallRecord(name="paced", kind="script", source="test", url="", speed=1.0, call_sid="CA1",
+                        stream_sid="MZ1", params={}, started_at="", connected=True, ended_by="caller")
+    playback = record.playback
+    tone = tone_ulaw(20)
+    t = 0.0
+    for k in range(60):
+        t = k * 20.0 + (7.0 if k == 10 else 0.0) + (120.0 if k >= 30 else 0.0)
+        playback.on_media(t, tone)
+    playback.on_media(t + 5, tone * 10)  # ahead of its time: a lead, no jitter
+    playback.on_clear(t + 30)
+    playback.on_media(t + 35, tone)  # after the clear, while the caller still speaks
+    caller = Utterance(tone_ulaw(600), text="over the bot")
+    caller.start_sample = int((t - 100) * 8)
+    record.utterances.append(caller)
+    record.dtmf.append(("5", t + 900))
+    record.frame_lag_ms.extend([0.0, 0.4, 3.2, 0.0, 12.5])
+    record.caller += bytes(FRAME_BYTES * 5)
+    record.error(500.0, "timeout", "bot did not oblige")
+    record.error(t + 1000, "max_duration", "hung up")
+    record.end_ms = t + 1000
+    return record
+
+
+def test_load_figures_are_the_reports_figures_of_a_paced_call():
+    record = paced_record()
+    report = build_report(record)
+    assert report["bot"]["underruns"] >= 1 and report["bot"]["jitter_ms"] > 0
+    assert report["barge_ins"] and report["barge_ins"][0]["frames_after_clear"] >= 1
+    assert_load_counts_what_the_report_says(record)
 
 
 async def test_refused_connections_are_failed_calls():

@@ -16,7 +16,8 @@ from typing import Callable, Mapping
 from ivr.harness.clock import FramePacer
 from ivr.harness.emulator import MarkEchoes, ReplayOptions, TwilioEmulator
 from ivr.harness.plan import CallPlan
-from ivr.harness.report import build_report, percentiles
+from ivr.harness.record import CallRecord
+from ivr.harness.report import all_turns, barge_in_clear, bot_pacing, bot_voiced_ms, error_entry, percentiles, turn_timings
 
 FORMAT = "ivr.load.summary/1"
 #: Error kinds that mean the call itself failed (not merely a slow or silent bot).
@@ -39,7 +40,9 @@ class LoadOptions:
 
 @dataclass
 class LoadFigures:
-    """Running totals, readable while the load runs (the progress display shows them)."""
+    """Running totals, readable while the load runs (the progress display shows them).
+
+    Times are kept unrounded; they are rounded once, in the percentiles of the summary."""
 
     started: int = 0
     active: int = 0
@@ -58,35 +61,41 @@ class LoadFigures:
     timeouts: int = 0
     failures: list[dict] = field(default_factory=list)
 
-    def add(self, record) -> None:
-        report = build_report(record)
-        errors = report["errors"]
-        failed = record.failed or any(e["kind"] in FAILURE_KINDS for e in errors)
+    def add(self, record: CallRecord) -> None:
+        """Count a finished call: the figures the report has for it (the same functions give
+        them), without the rest of the report, which a load run would build for every call."""
+        errors = record.errors
+        failure = next((e for e in errors if e.kind in FAILURE_KINDS), None)
         self.completed += 1
-        if failed:
+        if record.failed or failure is not None:
             self.failed += 1
             if len(self.failures) < MAX_LISTED_FAILURES:
-                first = next((e for e in errors if e["kind"] in FAILURE_KINDS), errors[0] if errors else None)
-                self.failures.append({"call": record.name, "call_sid": record.call_sid, "error": first})
-        if any(e["kind"] == "max_duration" for e in errors):
+                first = failure or (errors[0] if errors else None)
+                self.failures.append({"call": record.name, "call_sid": record.call_sid,
+                                      "error": None if first is None else error_entry(first)})
+        if any(e.kind == "max_duration" for e in errors):
             self.cut += 1
-        self.timeouts += sum(e["kind"] == "timeout" for e in errors)
-        for turn in report["turns"]:
-            if turn["response_latency_ms"] is not None:
-                self.response_ms.append(turn["response_latency_ms"])
-            else:
+        self.timeouts += sum(e.kind == "timeout" for e in errors)
+        voiced = bot_voiced_ms(record)
+        for turn in turn_timings(record, voiced, all_turns(record, voiced)[1]):
+            latency = turn.response_latency_ms
+            if latency is None:
                 self.unanswered_turns += 1
-        for barge in report["barge_ins"]:
-            if barge["latency_ms"] is None:
-                self.barge_ins_without_clear += 1
             else:
-                self.barge_in_ms.append(barge["latency_ms"])
-            self.frames_after_clear += barge["frames_after_clear"]
+                self.response_ms.append(latency)
+            if turn.barge_in:
+                clear = barge_in_clear(record, turn)
+                if clear.latency_ms is None:
+                    self.barge_ins_without_clear += 1
+                else:
+                    self.barge_in_ms.append(clear.latency_ms)
+                self.frames_after_clear += clear.frames_after_clear
         self.frame_lag_ms.extend(record.frame_lag_ms)
-        if report["bot"]["media_messages"]:
-            self.jitter_ms.append(report["bot"]["jitter_ms"])
-            self.lead_ms.extend(max(0.0, m["play_ms"] - m["recv_ms"]) for m in report["bot"]["media"])
-        self.underruns += report["bot"]["underruns"]
+        if record.playback.media:
+            pacing = bot_pacing(record.playback)
+            self.jitter_ms.append(pacing.jitter_ms)
+            self.lead_ms.extend(pacing.lead_ms)
+            self.underruns += pacing.underruns
 
 
 async def run_load(

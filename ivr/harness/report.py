@@ -27,13 +27,15 @@ Turn detection, latency and barge-in rules:
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from ivr.audio import FRAME_BYTES
-from ivr.harness.playback import BotMedia, to_ms, voiced_blocks
-from ivr.harness.record import CallRecord
+from ivr.harness.playback import SAMPLES_PER_MS, BotMedia, TwilioPlayback, to_ms, voiced_blocks
+from ivr.harness.record import CallError, CallRecord
 
 FORMAT = "ivr.replay.report/1"
 #: The playout queue running dry for less than this between two bot messages is an audible gap
@@ -109,49 +111,126 @@ def key_turns(dtmf: list[tuple[str, float]], voiced: list[tuple[float, float]],
     return turns
 
 
+def bot_voiced_ms(record: CallRecord) -> list[tuple[float, float]]:
+    """The bot's voiced stretches as played, call-clock ms, those begun before the call ended."""
+    end = record.end_ms
+    return [(to_ms(a), to_ms(b)) for a, b in record.playback.voiced if to_ms(a) < end]
+
+
+def all_turns(record: CallRecord, voiced: list[tuple[float, float]]) -> tuple[list[dict], list[dict]]:
+    """(the spoken turns, every turn: spoken and keyed, in order of their start)."""
+    spoken = caller_turns(record)
+    turns = sorted(spoken + key_turns(record.dtmf, voiced, spoken), key=lambda t: t["caller_speech_start_ms"])
+    return spoken, turns
+
+
+def first_voice(voiced: list[tuple[float, float]], after_ms: float, before_ms: float) -> float | None:
+    for start, _ in voiced:
+        if after_ms <= start < before_ms:
+            return start
+    return None
+
+
+@dataclass(slots=True)
+class TurnTiming:
+    """A caller turn's figures, unrounded call-clock ms: what the report and a load run count."""
+
+    start_ms: float
+    end_ms: float
+    #: The caller's next turn, or the call's end: the bot's answer must come before it.
+    next_start_ms: float
+    bot_first_ms: float | None
+    barge_in: bool
+
+    @property
+    def response_latency_ms(self) -> float | None:
+        return None if self.bot_first_ms is None else self.bot_first_ms - self.end_ms
+
+
+def turn_timings(record: CallRecord, voiced: list[tuple[float, float]], turns: list[dict]) -> list[TurnTiming]:
+    spurts = talk_spurts(voiced)
+    out = []
+    for i, turn in enumerate(turns):
+        start, stop = turn["caller_speech_start_ms"], turn["caller_speech_end_ms"]
+        next_start = turns[i + 1]["caller_speech_start_ms"] if i + 1 < len(turns) else record.end_ms
+        # Keys are heard by Twilio, not over the bot's voice: pressing one is not a barge-in.
+        # The test on the voiced stretches goes before `playing_at`, which reads every media.
+        barge = turn["caller_keys"] is None and (any(a <= start < b for a, b in spurts) or (
+            any(0 <= start - b < SPURT_BRIDGE_MS for _, b in voiced) and playing_at(record, start)
+        ))
+        out.append(TurnTiming(start, stop, next_start, first_voice(voiced, stop, next_start), barge))
+    return out
+
+
+@dataclass(slots=True)
+class BargeInClear:
+    """How the bot answered a barge-in: its first `clear`, and the bot audio that still came
+    after it while the caller spoke."""
+
+    start_ms: float
+    clear_ms: float | None
+    bytes_after_clear: int
+
+    @property
+    def latency_ms(self) -> float | None:
+        return None if self.clear_ms is None else self.clear_ms - self.start_ms
+
+    @property
+    def frames_after_clear(self) -> int:
+        return math.ceil(self.bytes_after_clear / FRAME_BYTES)
+
+
+def barge_in_clear(record: CallRecord, turn: TurnTiming) -> BargeInClear:
+    start, stop = turn.start_ms, turn.end_ms
+    clear = next((t for t in record.playback.clears if start <= t < turn.next_start_ms), None)
+    leaked = 0
+    if clear is not None:
+        media = record.playback.media
+        # The media arrived in order: start at the first after the clear, stop past `stop`.
+        for i in range(bisect_right(media, clear, key=_recv_ms), len(media)):
+            item = media[i]
+            if item.recv_ms > stop:
+                break
+            leaked += len(item.payload)
+    return BargeInClear(start, clear, leaked)
+
+
+def _recv_ms(item: BotMedia) -> float:
+    return item.recv_ms
+
+
+def error_entry(error: CallError) -> dict:
+    return {"ms": ms(error.ms), "kind": error.kind, "detail": error.detail}
+
+
 def build_report(record: CallRecord, bot_text: BotText | None = None) -> dict:
     playback = record.playback
     end = record.end_ms
-    voiced = [(to_ms(a), to_ms(b)) for a, b in playback.voiced if to_ms(a) < end]
-    spoken = caller_turns(record)
-    turns = sorted(spoken + key_turns(record.dtmf, voiced, spoken), key=lambda t: t["caller_speech_start_ms"])
-    spurts = talk_spurts(voiced)
-
-    def first_voice(after_ms: float, before_ms: float) -> float | None:
-        for start, _ in voiced:
-            if after_ms <= start < before_ms:
-                return start
-        return None
+    voiced = bot_voiced_ms(record)
+    spoken, turns = all_turns(record, voiced)
 
     def text_between(a: float | None, b: float) -> str | None:
         return bot_text(a, b) if bot_text is not None and a is not None else None
 
     first_caller = turns[0]["caller_speech_start_ms"] if turns else end
-    greeting_ms = first_voice(0.0, first_caller)
+    greeting_ms = first_voice(voiced, 0.0, first_caller)
     report_turns, barge_ins = [], []
-    for i, turn in enumerate(turns):
-        start, stop = turn["caller_speech_start_ms"], turn["caller_speech_end_ms"]
-        next_start = turns[i + 1]["caller_speech_start_ms"] if i + 1 < len(turns) else end
-        bot_first = first_voice(stop, next_start)
-        # Keys are heard by Twilio, not over the bot's voice: pressing one is not a barge-in.
-        barge = turn["caller_keys"] is None and (any(a <= start < b for a, b in spurts) or (
-            playing_at(record, start) and any(0 <= start - b < SPURT_BRIDGE_MS for _, b in voiced)
-        ))
+    for i, (turn, timing) in enumerate(zip(turns, turn_timings(record, voiced, turns))):
         report_turns.append(
             {
                 "index": i,
                 "caller_text": turn["caller_text"],
                 "caller_keys": turn["caller_keys"],
-                "caller_speech_start_ms": ms(start),
-                "caller_speech_end_ms": ms(stop),
-                "bot_first_audio_ms": ms(bot_first),
-                "response_latency_ms": ms(None if bot_first is None else bot_first - stop),
-                "bot_text": text_between(bot_first, next_start),
-                "barge_in": barge,
+                "caller_speech_start_ms": ms(timing.start_ms),
+                "caller_speech_end_ms": ms(timing.end_ms),
+                "bot_first_audio_ms": ms(timing.bot_first_ms),
+                "response_latency_ms": ms(timing.response_latency_ms),
+                "bot_text": text_between(timing.bot_first_ms, timing.next_start_ms),
+                "barge_in": timing.barge_in,
             }
         )
-        if barge:
-            barge_ins.append(_barge_in(record, i, start, stop, next_start, voiced))
+        if timing.barge_in:
+            barge_ins.append(_barge_in(record, i, timing, voiced))
     return {
         "format": FORMAT,
         "call": _call(record),
@@ -164,7 +243,7 @@ def build_report(record: CallRecord, bot_text: BotText | None = None) -> dict:
         ],
         "clears": [ms(t) for t in playback.clears],
         "dtmf": [{"digit": d, "ms": ms(t)} for d, t in record.dtmf],
-        "errors": [{"ms": ms(e.ms), "kind": e.kind, "detail": e.detail} for e in record.errors],
+        "errors": [error_entry(e) for e in record.errors],
         "caller": {
             "frames_sent": len(record.caller) // FRAME_BYTES,
             "frame_lag_ms": percentiles(record.frame_lag_ms),
@@ -203,12 +282,9 @@ def audible_stop(voiced, start: float, stop: float) -> float | None:
     return max(heard) if heard else None
 
 
-def _barge_in(record: CallRecord, turn: int, start: float, stop: float, next_start: float, voiced) -> dict:
-    clears = [t for t in record.playback.clears if start <= t < next_start]
-    clear = clears[0] if clears else None
-    leaked = 0
-    if clear is not None:
-        leaked = sum(len(m.payload) for m in record.playback.media if clear < m.recv_ms <= stop)
+def _barge_in(record: CallRecord, turn: int, timing: TurnTiming, voiced) -> dict:
+    start, stop, next_start = timing.start_ms, timing.end_ms, timing.next_start_ms
+    clear = barge_in_clear(record, timing)
     # How long the caller heard the bot talk over them.
     overlap = sum(max(0.0, min(b, next_start) - max(a, start)) for a, b in voiced if a < stop)
     stop_at = audible_stop(voiced, start, stop)
@@ -216,11 +292,11 @@ def _barge_in(record: CallRecord, turn: int, start: float, stop: float, next_sta
     return {
         "turn": turn,
         "caller_speech_start_ms": ms(start),
-        "clear_ms": ms(clear),
-        "latency_ms": ms(None if clear is None else clear - start),
+        "clear_ms": ms(clear.clear_ms),
+        "latency_ms": ms(clear.latency_ms),
         "bot_talked_over_ms": ms(overlap),
-        "frames_after_clear": math.ceil(leaked / FRAME_BYTES),
-        "bytes_after_clear": leaked,
+        "frames_after_clear": clear.frames_after_clear,
+        "bytes_after_clear": clear.bytes_after_clear,
         "audible_stop_ms": ms(stop_at),
         "audible_stop_latency_ms": ms(None if stop_at is None else stop_at - start),
         "quiet_ms": ms(None if stop_at is None else after - stop_at),
@@ -247,35 +323,59 @@ def repeated_ms(media: list[BotMedia]) -> float:
     return repeated
 
 
+@dataclass(slots=True)
+class BotPacing:
+    """How the bot's audio arrived against its playout."""
+
+    #: Per media message: how long before its play time it arrived (0 when it played at once).
+    lead_ms: list[float]
+    jitter_ms: float
+    underruns: int
+    underrun_ms: float
+
+
+def bot_pacing(playback: TwilioPlayback) -> BotPacing:
+    media = playback.media
+    clears = sorted(playback.clears)
+    jitter, gaps, gap_ms = 0.0, 0, 0.0
+    leads = []
+    previous: BotMedia | None = None
+    for item in media:
+        recv = item.recv_ms
+        lead = item.play_start / SAMPLES_PER_MS - recv
+        leads.append(lead if lead > 0.0 else 0.0)
+        if previous is not None:
+            # A clear between the two (the first at or after the previous one's arrival) means the
+            # queue was emptied on purpose: no underrun, and no arrival interval to measure.
+            c = bisect_left(clears, previous.recv_ms)
+            if c == len(clears) or clears[c] > recv:
+                previous_ms = len(previous.payload) / SAMPLES_PER_MS
+                dry = recv - (previous.play_start + len(previous.payload)) / SAMPLES_PER_MS
+                if 0 < dry < UNDERRUN_MAX_MS:
+                    gaps += 1
+                    gap_ms += dry
+                if lead < PACED_LEAD_MS and dry < UNDERRUN_MAX_MS:
+                    # RFC 3550 interarrival jitter, media time = audio duration of the previous
+                    # piece. Only for audio paced in real time: audio sent ahead sits in the
+                    # queue, where arrival jitter cannot be heard (its margin is the lead instead).
+                    d = (recv - previous.recv_ms) - previous_ms
+                    jitter += (abs(d) - jitter) / 16
+        previous = item
+    return BotPacing(leads, jitter, gaps, gap_ms)
+
+
 def _bot(record: CallRecord, voiced: list[tuple[float, float]]) -> dict:
     media = record.playback.media
-    clears = record.playback.clears
-    jitter, gaps, gap_ms = 0.0, 0, 0.0
-    leads = [to_ms(m.play_start) - m.recv_ms for m in media]
-    previous: BotMedia | None = None
-    for item, lead in zip(media, leads):
-        if previous is not None and not any(previous.recv_ms <= c <= item.recv_ms for c in clears):
-            prev_end_ms = to_ms(previous.play_start + len(previous.payload))
-            dry = item.recv_ms - prev_end_ms
-            if 0 < dry < UNDERRUN_MAX_MS:
-                gaps += 1
-                gap_ms += dry
-            if lead < PACED_LEAD_MS and dry < UNDERRUN_MAX_MS:
-                # RFC 3550 interarrival jitter, media time = audio duration of the previous piece.
-                # Only for audio paced in real time: audio sent ahead sits in the queue, where
-                # arrival jitter cannot be heard (its margin is the lead instead).
-                d = (item.recv_ms - previous.recv_ms) - to_ms(len(previous.payload))
-                jitter += (abs(d) - jitter) / 16
-        previous = item
+    pacing = bot_pacing(record.playback)
     return {
         "media_messages": len(media),
         "bytes": sum(len(m.payload) for m in media),
         "played_ms": ms(sum(to_ms(m.kept) for m in media)),
         "dropped_ms": ms(sum(to_ms(len(m.payload) - m.kept) for m in media)),
-        "jitter_ms": ms(jitter),
-        "lead_ms": percentiles([max(0.0, lead) for lead in leads]),
-        "underruns": gaps,
-        "underrun_ms": ms(gap_ms),
+        "jitter_ms": ms(pacing.jitter_ms),
+        "lead_ms": percentiles(pacing.lead_ms),
+        "underruns": pacing.underruns,
+        "underrun_ms": ms(pacing.underrun_ms),
         "repeated_ms": ms(repeated_ms(media)),
         "speech": [[ms(a), ms(b)] for a, b in voiced],
         "media": [
