@@ -17,6 +17,7 @@ import binascii
 import uuid
 from typing import Callable, Mapping
 
+import orjson
 
 from ivr.audio import pcm16_to_ulaw, ulaw_to_pcm16
 from ivr.telephony import asterisk_ws, audiosocket, exotel, plivo, telnyx, vonage
@@ -79,6 +80,23 @@ class TwilioSide(CarrierSide):
         super().__init__(call_id, stream_id, account_id, params)
         # Every 20 ms of every call of a load run: the sender's bytes, with no call between.
         self.media_bytes = self._twilio.media_utf8
+
+    def parse(self, message: str | bytes) -> list:
+        """The bot's media (50 messages a second per call) read with parse_outbound's checks in
+        fewer steps; anything else, and anything it would refuse, goes through parse_outbound."""
+        if type(message) is str:
+            try:
+                msg = orjson.loads(message)
+                media = msg["media"]
+                if msg["event"] == "media" and msg["streamSid"] == self.stream_id and type(media) is dict:
+                    payload = media["payload"]
+                    if type(payload) is str:
+                        payload = binascii.a2b_base64(payload, strict_mode=True)
+                        if payload:
+                            return [OutMedia(payload)]
+            except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error, ValueError):
+                pass
+        return [parse_outbound(message, self.stream_id)]
 
 
 class _TwilioShapedSide(CarrierSide):

@@ -36,6 +36,9 @@ from ivr.telephony.twilio import CLOCK_RATE_PARAMETER, OutClear, OutMark, OutMed
 CUT_WITHIN_MS = 200.0
 
 
+_monotonic = time.monotonic
+
+
 def _sid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
@@ -214,6 +217,10 @@ class TwilioEmulator:
         # Bound once: the pacer calls _send_frame for every call every 20 ms.
         self._write_media = self._ws.frame_writer(self.side.media_text)
         self._media_bytes = self.side.media_bytes
+        self._frame_lags, self._caller_track = self.record.frame_lag_ms, self.record.caller
+        self._frames_t0, self._frames_speed = self.clock.monotonic_at(0.0), self.clock.speed
+        overridden = type(self)._notify_tick is not TwilioEmulator._notify_tick
+        self._tick = self._notify_tick if overridden else None
         self._pacer.add(self.clock.monotonic_at(0.0), self._send_frame)
         if not await done or self._ended.is_set():
             return  # the connection went first: the receive task records how
@@ -238,23 +245,29 @@ class TwilioEmulator:
         k = self._frame_k
         due = k * FRAME_MS
         try:
-            if self._ended.is_set() or self._hung_up_by(due):
+            hangup_at = self._hangup_at
+            if self._ended.is_set() or self._hangup.is_set() or (hangup_at is not None and due >= hangup_at):
                 done.set_result(True)
                 return None
             frame = self.voice.next_frame(k * FRAME_BYTES)
             if not self._write_media(self._media_bytes(frame, due)):
                 done.set_result(False)  # the connection is closing
                 return None
+            # The clock read after the write: the lag is when the frame went out, not when its
+            # turn came. CallClock.now_ms() and monotonic_at(), inline: this runs for every frame.
+            t0, speed = self._frames_t0, self._frames_speed
+            lag = (_monotonic() - t0) * 1000.0 * speed - due
             # Early by less than the timer resolution counts as on time.
-            self.record.frame_lag_ms.append(max(0.0, self.clock.now_ms() - due))
-            self.record.caller += frame
+            self._frame_lags.append(lag if lag > 0.0 else 0.0)
+            self._caller_track += frame
             self._frame_k = k = k + 1
-            self._notify_tick()
+            if self._tick is not None:
+                self._tick()
             if k >= self._max_frames:
                 self.record.error(self.clock.now_ms(), "max_duration", f"hung up after {self.options.max_call_s:g} s")
                 done.set_result(True)
                 return None
-            return self.clock.monotonic_at(k * FRAME_MS)
+            return t0 + k * FRAME_MS / 1000.0 / speed
         except Exception as exc:  # a harness bug: surfaces in run() as a harness_error
             done.set_exception(exc)
             return None
@@ -268,9 +281,6 @@ class TwilioEmulator:
         done = self._frames_done
         if done is not None and not done.done():
             done.set_result(True)
-
-    def _hung_up_by(self, due: float) -> bool:
-        return self._hangup.is_set() or (self._hangup_at is not None and due >= self._hangup_at)
 
     def _counts_now(self, end_before: int) -> bool:
         """Did the bot's last stretch of voice just grow past the point where it counts as speech

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from urllib.parse import urlsplit
 
 
@@ -25,6 +26,11 @@ def find_listening_pid(url: str) -> int | None:
     return None
 
 
+#: How often the server's child processes are listed again: listing them reads every process's
+#: /proc entry, a large share of the load generator's own CPU had it run every second.
+CHILDREN_EVERY_S = 10.0
+
+
 class ServerMonitor:
     """Samples the process (and its children) once a second: CPU % of one core, resident memory."""
 
@@ -36,15 +42,24 @@ class ServerMonitor:
         self.cpu: list[float] = []
         self.rss_mb: list[float] = []
         self._process = psutil.Process(pid)
+        #: The children by pid, the same objects from one sample to the next: cpu_percent(None)
+        #: measures since the previous call on the same object (a new one reads 0).
+        self._children: dict[int, object] = {}
+        self._children_at = float("-inf")
         self._task: asyncio.Task | None = None
 
     def _processes(self):
         import psutil
 
-        try:
-            return [self._process, *self._process.children(recursive=True)]
-        except psutil.Error:
-            return [self._process]
+        now = time.monotonic()
+        if now - self._children_at >= CHILDREN_EVERY_S:
+            self._children_at = now
+            try:
+                found = self._process.children(recursive=True)
+            except psutil.Error:
+                found = []
+            self._children = {c.pid: self._children.get(c.pid, c) for c in found}
+        return [self._process, *self._children.values()]
 
     def _sample(self, first: bool = False) -> None:
         import psutil
