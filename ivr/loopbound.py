@@ -30,3 +30,32 @@ class Queue(_BoundOnce, asyncio.Queue, Generic[T]):
 
 class Event(_BoundOnce, asyncio.Event):
     pass
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """`event.wait()` for at most `timeout` seconds: True if it was set. The same as under
+    `asyncio.timeout()`, which asks for the running loop and the current task (a getpid() each)
+    every time; here the event's own loop answers, once it is bound."""
+    loop = event._loop or asyncio.get_running_loop()  # type: ignore[attr-defined]
+    task = asyncio.current_task(loop)
+    if task is None:
+        raise RuntimeError("wait_event() must run in a task")
+    cancelling = task.cancelling()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = loop.call_at(loop.time() + timeout, expire)
+    try:
+        await event.wait()
+        return True
+    except asyncio.CancelledError:
+        # Ours only if the timer fired and no one else cancelled the task meanwhile.
+        if expired and task.uncancel() <= cancelling:
+            return event.is_set()
+        raise
+    finally:
+        timer.cancel()

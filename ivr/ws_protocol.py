@@ -11,6 +11,10 @@ changes for the messages every call receives 50 times a second.
   or over the size limit) goes to `websockets` whole, as it would have, so the protocol's
   rules and close codes stay theirs. Frames are split here only on connections whose opening
   request ended a read exactly, so `websockets` is known to stand at a frame boundary.
+- uvicorn stops reading the socket after every message and starts again once the application
+  has taken it: two changes to the event loop's poller per caller frame (2 % of the server's
+  CPU at 150 calls). Here reading stops once `ws_max_queue` messages wait (uvicorn's own
+  setting, which its sans-I/O protocol does not use), and starts again when they are taken.
 """
 
 from __future__ import annotations
@@ -93,6 +97,16 @@ def websocket_protocol() -> type[asyncio.Protocol] | str:
                     and not self.conn.reader.buffer and not self.conn.extensions
                     and self.conn.parser_exc is None and hasattr(self.conn, "current_size")):
                 self.own_frames = True
+
+        def send_receive_event_to_app(self) -> None:
+            paused, self.read_paused = self.read_paused, True  # so uvicorn's own does not pause
+            try:
+                super().send_receive_event_to_app()
+            finally:
+                self.read_paused = paused
+            if not paused and self.queue.qsize() >= self.config.ws_max_queue and not self.transport.is_closing():
+                self.read_paused = True
+                self.transport.pause_reading()
 
         def _split(self, data: bytes) -> None:
             if self._rest:

@@ -66,3 +66,43 @@ def test_a_queue_used_from_another_loop_still_fails():
 
     with pytest.raises(RuntimeError):
         asyncio.run(second())
+
+
+def test_wait_event_times_out_is_set_and_passes_other_cancellations_on():
+    async def main():
+        loop = asyncio.get_running_loop()
+        event = loopbound.Event()
+        t0 = loop.time()
+        assert await loopbound.wait_event(event, 0.05) is False
+        assert loop.time() - t0 >= 0.045
+        loop.call_later(0.01, event.set)
+        assert await loopbound.wait_event(event, 5) is True
+        event.clear()
+
+        # Someone else's cancellation is theirs, not a timeout.
+        waiter = asyncio.create_task(loopbound.wait_event(event, 5))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+        # Cancelled by someone else in the same moment as the timer fires: still cancelled.
+        waiter = asyncio.create_task(loopbound.wait_event(event, 0.02))
+        loop.call_later(0.02, waiter.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+        # Set in the same moment as the timer fires: set wins.
+        loop.call_later(0.03, event.set)
+        assert await loopbound.wait_event(event, 0.03) is True
+
+        # No cancellation is left behind on the waiting task.
+        assert asyncio.current_task().cancelling() == 0
+
+        # A stdlib Event, not yet bound to a loop, works the same.
+        plain = asyncio.Event()
+        assert await loopbound.wait_event(plain, 0.01) is False
+        loop.call_soon(plain.set)
+        assert await loopbound.wait_event(plain, 1) is True
+
+    asyncio.run(main())

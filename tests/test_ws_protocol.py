@@ -251,3 +251,60 @@ def test_receive_queue_is_bound_once():
         return protocol(config=config, server_state=ServerState(), app_state={})
 
     assert isinstance(asyncio.run(build()).queue, loopbound.Queue)
+
+
+def test_reading_stops_once_the_queue_is_full_and_starts_again_when_it_is_taken():
+    instances: list = []
+
+    class Watching(websocket_protocol()):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            instances.append(self)
+
+    got: list[str] = []
+    go = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        await go.wait()
+        while (message := await receive())["type"] == "websocket.receive":
+            got.append(message["text"])
+
+    async def run():
+        port = _free_port()
+        config = uvicorn.Config(slow_app, host="127.0.0.1", port=port, ws=Watching, ws_max_queue=8, log_level="critical",
+                                log_config=None, lifespan="off", ws_ping_interval=None, ws_per_message_deflate=False)
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET /media HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        await reader.readuntil(b"\r\n\r\n")
+        paused_seen = []
+        for i in range(40):
+            writer.write(text(f"m{i}"))
+            await writer.drain()
+            await asyncio.sleep(0.005)
+            paused_seen.append(instances[0].read_paused)
+        queued = instances[0].queue.qsize()
+        go.set()
+        for _ in range(200):
+            if len(got) == 40:
+                break
+            await asyncio.sleep(0.01)
+        resumed = not instances[0].read_paused
+        writer.close()
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        return paused_seen, queued, resumed
+
+    paused_seen, queued, resumed = asyncio.run(run())
+    assert got == [f"m{i}" for i in range(40)]
+    assert not paused_seen[0] and paused_seen[-1]  # read on at first, stopped once 8 waited
+    assert 8 <= queued < 40 and resumed

@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Mapping, Protocol
 
+from ivr import loopbound
 from ivr.telephony.twilio import CLOCK_RATE_PARAMETER
 
 
@@ -59,9 +60,4 @@ class WallTime:
         delay = (until - self.now()) / self.rate
         if delay <= 0:
             return False
-        try:
-            async with asyncio.timeout(delay):
-                await event.wait()
-            return True
-        except TimeoutError:
-            return event.is_set()
+        return await loopbound.wait_event(event, delay)
