@@ -8,7 +8,7 @@ from prometheus_client import Counter, Gauge
 ACTIVE_CALLS = Gauge("ivr_active_calls", "Media streams connected now")
 CALLS = Counter("ivr_calls_total", "Media streams accepted", ["outcome"])
 FRAMES_IN = Counter("ivr_frames_in_total", "Caller media messages accepted")
-FRAMES_OUT = Counter("ivr_frames_out_total", "Bot media messages sent")
+FRAMES_OUT = Counter("ivr_frames_out_total", "Bot audio frames (20 ms) sent, however many a message carries")
 PROTOCOL_ERRORS = Counter("ivr_protocol_errors_total", "Inbound messages skipped as malformed", ["kind"])
 MEDIA_ANOMALIES = Counter(
     "ivr_media_anomalies_total",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Awaitable, Callable, NamedTuple, Protocol
+from typing import Awaitable, Callable, NamedTuple, Protocol, Sequence
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
@@ -52,6 +52,10 @@ class Line:
         self.has_clear = has_clear
         self.has_marks = has_marks
         self._flush = getattr(self.writer, "flush", None)
+        #: The most 20 ms frames one `media` message may carry: more than one only where the
+        #: carrier documents outbound audio of any size (the writer says; a fixed-frame one, or
+        #: one that gathers frames itself, takes them one at a time).
+        self.max_frames_per_message = max(1, int(getattr(self.writer, "max_frames_per_message", 1)))
         self.closed = False
         #: The caller hung up (or the socket died) while we were sending: later sends are dropped.
         self.gone = False
@@ -78,9 +82,15 @@ class Line:
         if self._capture is not None:
             self._capture.write(t_ms, raw)
 
-    async def send_media(self, ulaw_frame: bytes) -> None:
-        message = self.writer.media(ulaw_frame)
-        metrics.FRAMES_OUT.inc()
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        """Frames of the bot's audio, in order, as one message (or none while a writer gathers).
+
+        One message, not one per frame: a caller that splits a batch here would await between
+        its sends, and a cut in between would find frames of the turn after its clear."""
+        if not 0 < len(frames) <= self.max_frames_per_message:
+            raise ValueError(f"{len(frames)} frames for one message; this carrier takes 1 to {self.max_frames_per_message}")
+        message = self.writer.media(frames[0] if len(frames) == 1 else b"".join(frames))
+        metrics.FRAMES_OUT.inc(len(frames))
         if message is not None:
             await self._send(message)
 

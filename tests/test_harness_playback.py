@@ -42,3 +42,26 @@ def test_voice_changes_counts_new_stretches_and_cuts_not_growth():
     assert p.voice_changes == 2 and len(p.voiced) == 2
     p.on_clear(30.0)
     assert p.voice_changes == 3 and p.voiced == [[0, 30 * 8]]  # cut where the clear came
+
+
+def test_one_message_of_many_frames_plays_as_those_frames_one_by_one():
+    # Twilio takes outbound media of any size and plays it in order: a bot that sends a top-up
+    # as one message must be heard, marked and cut exactly as if it sent each frame.
+    audio = tone(3, LOUD) + tone(2, QUIET) + tone(4, LOUD)
+    frames = [audio[i : i + FRAME_BYTES] for i in range(0, len(audio), FRAME_BYTES)]
+    split = 5 * FRAME_BYTES
+    by_frame, by_message = TwilioPlayback(), TwilioPlayback()
+    for p, (piece_a, piece_b) in ((by_frame, (frames[:5], frames[5:])), (by_message, ([audio[:split]], [audio[split:]]))):
+        for payload in piece_a:
+            p.on_media(10.0, payload)
+        assert p.on_mark(10.0, "a") == []
+        for payload in piece_b:
+            p.on_media(10.0, payload)
+        assert p.on_mark(10.0, "b") == []
+    for p in (by_frame, by_message):
+        assert [m.due_ms for m in p.marks] == [110.0, 190.0]
+        assert p.voiced == [[80, 80 + 3 * FRAME_BYTES], [80 + 5 * FRAME_BYTES, 80 + 9 * FRAME_BYTES]]
+        assert [m.name for m in p.due_marks(110.0)] == ["a"]
+        assert [m.name for m in p.on_clear(150.0)] == ["b"]  # a clear halfway through the second message
+    assert np.array_equal(by_frame.heard_pcm(2000), by_message.heard_pcm(2000))
+    assert by_message.media[1].kept == (150 - 110) * 8 and by_message.media[1].cut

@@ -71,8 +71,12 @@ class _TimingLine:
     marks: list = field(default_factory=list)
     got_media: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def send_media(self, frame: bytes) -> None:
-        self.writer.media(frame)
+    @property
+    def max_frames_per_message(self) -> int:
+        return self.writer.max_frames_per_message
+
+    async def send_frames(self, frames: list[bytes]) -> None:
+        self.writer.media(b"".join(frames))
         if self.first_media_at is None:
             self.first_media_at = time.perf_counter()
             self.got_media.set()

@@ -49,6 +49,9 @@ class Speaker:
         # (AudioSocket's 40 ms) a fixed top-up would let the line run dry for a frame each time.
         self.top_up_s = min(TOP_UP_S, lead_s / 2)
         self.marks = marks
+        # Frames sent in one go leave as one message where the carrier takes any size: each
+        # message costs a JSON build, a base64 and a write, whatever it carries.
+        self.max_batch = getattr(line, "max_frames_per_message", 1)
         self.goodbye_timeout_s = goodbye_timeout_s
         self.on_first_audio = on_first_audio
         self.emit = emit
@@ -190,16 +193,34 @@ class Speaker:
                 await time.wait(turn.changed, until=now + ahead - self.lead_s + self.top_up_s)
                 continue
             # Nothing may await between the gate check and the send: a cut or a pause (which
-            # runs between our awaits) must find no frame of this turn after its clear.
+            # runs between our awaits) must find no frame of this turn after its clear. So a
+            # batch is one send, and the gate is checked again before the next.
             while turn.cursor < len(turn.frames) and turn.gate_open and not turn.paused and clock.queued(now) < self.lead_s - 1e-6:
-                pos = turn.cursor
-                turn.cursor += 1
-                clock.sent(now, turn.number, pos)
+                first = pos = turn.cursor
+                end = min(self._batch_end(turn), first + self.max_batch)
+                # The clock counts each frame (its runs, cuts and resumes are in frames); the
+                # lead caps the batch as it capped the frame-by-frame loop.
+                while pos < end and clock.queued(now) < self.lead_s - 1e-6:
+                    clock.sent(now, turn.number, pos)
+                    pos += 1
+                turn.cursor = pos
                 if turn.first_audio_at is None:
                     self.on_first_audio(turn, now)
-                await line.send_media(turn.frames[pos])
+                await line.send_frames(turn.frames[first:pos])
                 await self._send_marks(turn)
                 now = time.now()
+
+    @staticmethod
+    def _batch_end(turn: BotTurn) -> int:
+        """Where the next batch must stop: the end of the piece whose mark is due next, so that
+        the mark goes right after that piece's last frame and no frame of the next piece comes
+        before it. A piece still being made owns every frame there is so far."""
+        pieces = turn.ledger.pieces
+        if turn.next_mark < len(pieces):
+            piece = pieces[turn.next_mark]
+            if piece.complete and piece.end_frame > turn.cursor:
+                return piece.end_frame
+        return len(turn.frames)
 
     async def _send_marks(self, turn: BotTurn) -> None:
         """A mark after each complete piece whose last frame has been sent."""

@@ -177,6 +177,8 @@ class AsteriskWsWriter:
 
     __slots__ = ("json_control",)
     capabilities = CAPABILITIES
+    #: One 160-byte frame a binary message, the `optimal_frame_size` Asterisk announces.
+    max_frames_per_message = 1
 
     def __init__(self, json_control: bool = False) -> None:
         self.json_control = json_control

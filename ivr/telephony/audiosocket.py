@@ -215,6 +215,8 @@ class AudioSocketWriter:
 
     __slots__ = ()
     capabilities = CAPABILITIES
+    #: Asterisk plays each audio message as it arrives: one 20 ms frame each, paced.
+    max_frames_per_message = 1
 
     @staticmethod
     def media(ulaw: bytes) -> bytes:

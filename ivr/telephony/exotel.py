@@ -58,6 +58,8 @@ class ExotelWriter:
 
     __slots__ = ("stream_sid", "_sid", "_pending")
     capabilities = CAPABILITIES
+    #: Frames come one at a time: the writer gathers its own 100 ms chunks (see `flush`).
+    max_frames_per_message = 1
 
     def __init__(self, stream_sid: str) -> None:
         self.stream_sid = stream_sid

@@ -69,6 +69,8 @@ DIALECT = Dialect(
 class PlivoWriter:
     __slots__ = ("stream_id", "_sid")
     capabilities = CAPABILITIES
+    #: Plivo's docs give no size for `playAudio`: one 20 ms frame a message, as checked.
+    max_frames_per_message = 1
 
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id

@@ -18,7 +18,7 @@ from typing import Any, Mapping, NamedTuple, Union
 
 import orjson
 
-from ivr.audio.framing import SAMPLE_RATE
+from ivr.audio.framing import FRAME_BYTES, SAMPLE_RATE
 
 #: Largest inbound message accepted, in bytes of text. A media frame of 20 ms is ~300 bytes and
 #: a `start` with custom parameters a few kilobytes; Twilio documents no limit of its own.
@@ -351,6 +351,10 @@ class StreamWriter:
     stream's `StreamParser.expect_marks` so that echoes of names never sent are caught."""
 
     __slots__ = ("stream_sid", "pending_marks", "_media_prefix", "_sid_json")
+    #: Outbound `media` may be any size and plays in order, so frames sent together go as one
+    #: message (one JSON build, one base64, one write instead of one per 20 ms). A second at
+    #: most: no bigger than what we accept from Twilio (MAX_PAYLOAD_BYTES).
+    max_frames_per_message = MAX_PAYLOAD_BYTES // FRAME_BYTES
 
     def __init__(self, stream_sid: str) -> None:
         self.stream_sid = stream_sid

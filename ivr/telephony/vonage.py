@@ -166,6 +166,8 @@ class VonageWriter:
 
     __slots__ = ("rate", "_resampler")
     capabilities = CAPABILITIES
+    #: Vonage plays binary messages as whole 20 ms frames.
+    max_frames_per_message = 1
 
     def __init__(self, rate: int = SAMPLE_RATE) -> None:
         if rate not in RATES:

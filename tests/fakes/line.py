@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from types import MappingProxyType
 
 from ivr.logs import CallLog
-from ivr.telephony.twilio import MediaFormat, Start, StreamWriter
+from ivr.session import Line, Transport
+from ivr.telephony.twilio import MediaFormat, OutMark, OutMedia, Start, StreamWriter, parse_outbound
 
 
 def start_event(params=None) -> Start:
@@ -15,7 +17,11 @@ def start_event(params=None) -> Start:
 
 
 class RecordingLine:
-    def __init__(self, params=None) -> None:
+    """`max_frames_per_message`: 1 keeps one ("media", frame) entry per frame; more records each
+    message the Speaker sends as one entry of the frames joined, as Twilio would get it."""
+
+    def __init__(self, params=None, max_frames_per_message: int = 1) -> None:
+        self.max_frames_per_message = max_frames_per_message
         self.start = start_event(params)
         self.log = CallLog(logging.getLogger("ivr.test"))
         self.writer = StreamWriter(self.start.stream_sid)
@@ -33,9 +39,11 @@ class RecordingLine:
         self.sent.append((kind, value))
         self.changed.set()
 
-    async def send_media(self, frame: bytes) -> None:
-        self.writer.media(frame)
-        self._add("media", frame)
+    async def send_frames(self, frames: list[bytes]) -> None:
+        assert 0 < len(frames) <= self.max_frames_per_message, len(frames)
+        payload = b"".join(frames)
+        self.writer.media(payload)
+        self._add("media", payload)
 
     async def send_mark(self, name: str) -> None:
         self._add("mark", name)
@@ -65,5 +73,63 @@ class RecordingLine:
                 try:
                     async with asyncio.timeout(0.005):
                         await self.changed.wait()
+                except TimeoutError:
+                    pass
+
+
+class KeptMessages(Transport):
+    """A transport that keeps each message as it would have gone on the socket."""
+
+    def __init__(self) -> None:
+        self.messages: list[str | bytes] = []
+        self.changed = asyncio.Event()
+        self.closed = False
+
+    async def send(self, message: str | bytes) -> None:
+        self.messages.append(message)
+        self.changed.set()
+
+    async def close(self, reason: str = "") -> None:
+        self.closed = True
+        self.changed.set()
+
+
+class WireLine(Line):
+    """The real `Line` and carrier writer (Twilio's unless given), with a transport that keeps
+    every message: what the carrier would receive, message for message."""
+
+    def __init__(self, params=None, writer=None) -> None:
+        self.transport = KeptMessages()
+        super().__init__(self.transport, start_event(params), CallLog(logging.getLogger("ivr.test")), "",
+                         time.monotonic(), writer=writer)
+
+    @property
+    def messages(self) -> list[str | bytes]:
+        return self.transport.messages
+
+    @property
+    def sent(self) -> list[tuple[str, object]]:
+        """Twilio's messages read as Twilio reads them: ("media", payload) | ("mark", name) | ("clear", None)."""
+        out: list[tuple[str, object]] = []
+        for message in self.messages:
+            event = parse_outbound(message, self.start.stream_sid)
+            if isinstance(event, OutMedia):
+                out.append(("media", event.payload))
+            elif isinstance(event, OutMark):
+                out.append(("mark", event.name))
+            else:
+                out.append(("clear", None))
+        return out
+
+    def kinds(self) -> list[str]:
+        return [k for k, _ in self.sent]
+
+    async def wait_for(self, predicate, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self.transport.changed.clear()
+                try:
+                    async with asyncio.timeout(0.005):
+                        await self.transport.changed.wait()
                 except TimeoutError:
                     pass
