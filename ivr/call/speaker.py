@@ -4,6 +4,8 @@ Two tasks per turn:
 - `_produce` makes the turn's frames as fast as the brain and the TTS go, into `turn.frames`;
 - `_play` sends them no more than the lead ahead of the caller's ear, as the playout clock
   (ivr.call.playout) reckons it, with a mark after each piece when the carrier echoes marks.
+  The frames of one top-up go as one message where the carrier takes audio of any size
+  (`max_frames_per_message`), never past a piece's end, where its mark goes.
 
 Sending only a lead ahead (rather than all at once) keeps the engine's picture of what the caller
 hears true without any echo, keeps a carrier's buffer short so that a pause by not feeding stops

@@ -3,7 +3,8 @@
 Twilio's Media Streams arrive on `/media`; the others on a route of their own beside it, and
 Asterisk's AudioSocket on a TCP port (`--audiosocket-port`). The server reads every one of them
 with the same loop (ivr.server) into the same events, and the conversation engine learns only
-what the carrier can do (`has_clear`, `has_marks`), never which carrier it is.
+what the carrier can do (`has_clear`, `has_marks`, and its writer's `max_frames_per_message`:
+how many 20 ms frames one audio message may carry), never which carrier it is.
 """
 
 from __future__ import annotations
