@@ -34,6 +34,8 @@ except ImportError:  # pragma: no cover
 
 OP_TEXT, OP_BINARY = 0x1, 0x2
 _unpack_q = struct.Struct("!Q").unpack_from
+#: The opcodes RFC 6455 defines: continuation, text, binary, close, ping, pong.
+_OPCODES = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))
 
 #: What `frame_at` says of the bytes at a position.
 INCOMPLETE = None
@@ -42,12 +44,15 @@ INCOMPLETE = None
 def frame_at(data: bytes, pos: int, max_size: int) -> tuple[int, int, int] | None:
     """The client frame starting at `pos`: (first header byte, payload start, frame end), with
     the 4-byte mask just before the payload; None while it has not all arrived. Returns
-    (first byte, -1, -1) for a frame that must not wait to be whole: unmasked (a protocol
-    error) or over `max_size`; `websockets` fails the connection on its header alone."""
+    (first byte, -1, -1) for a frame that must not wait to be whole: an unknown opcode, unmasked
+    (both protocol errors) or over `max_size`; `websockets` fails the connection on its header
+    alone, before the payload arrives."""
     end = len(data)
     if end - pos < 2:
         return INCOMPLETE
     b0, b1 = data[pos], data[pos + 1]
+    if b0 & 0x0F not in _OPCODES or not b1 & 0x80:
+        return b0, -1, -1
     n = b1 & 0x7F
     head = 2
     if n == 126:
@@ -60,7 +65,7 @@ def frame_at(data: bytes, pos: int, max_size: int) -> tuple[int, int, int] | Non
             return INCOMPLETE
         n = _unpack_q(data, pos + 2)[0]
         head = 10
-    if not b1 & 0x80 or n > max_size:
+    if n > max_size:
         return b0, -1, -1
     start = pos + head + 4
     if end - start < n:
