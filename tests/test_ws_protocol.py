@@ -327,7 +327,7 @@ def closing_code(back: bytes) -> int | None:
 
 
 _frames = st.one_of(
-    st.builds(lambda s: text(s), st.text(max_size=300)),
+    st.builds(text, st.text(max_size=300)),
     st.builds(lambda b: frame(b, 2), st.binary(max_size=300)),
     st.builds(lambda b, op, fin, rsv, masked: frame(b, op, fin=fin, rsv=rsv, mask=b"\x5a\x01\xff\x80" if masked else None),
               st.binary(max_size=140), st.sampled_from([0, 1, 2, 3, 8, 9, 10, 11]), st.booleans(),
@@ -371,7 +371,9 @@ def test_any_bytes_fare_the_same_on_ours_as_on_uvicorns(frames, cuts):
     else:
         assert our_bytes == their_bytes
         assert ours[-1] == theirs[-1]
-    # Ours delivers the same messages, and may keep some that uvicorn loses in a failing read.
+    # Ours delivers the same messages, and may keep more only where the connection failed
+    # (uvicorn loses those that came in the read that failed it), never after a clean close.
     their_messages = [m for m in theirs if m["type"] == "websocket.receive"]
     our_messages = [m for m in ours if m["type"] == "websocket.receive"]
     assert our_messages[: len(their_messages)] == their_messages
+    assert len(our_messages) == len(their_messages) or theirs[-1].get("code") not in (1000, 1005)
