@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidHandshake
 
 from ivr.harness.wsclient import connect
 from ivr.harness.wsframe import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader
-from ivr.wsframes import MaskSource, client_frame
+from ivr.wsframes import client_frame, mask_source
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -58,13 +58,16 @@ def read_client_frames(data: bytes) -> list[tuple[int, bool, bytes]]:
 
 
 def test_client_frames_are_masked_and_unmask_to_the_payload():
-    masks = MaskSource()
+    next_mask = mask_source()
     for size in (0, 125, 126, 300, 65535, 65536):
         payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
-        frame = client_frame(payload, masks.next(), OP_BINARY)
+        frame = client_frame(payload, next_mask(), OP_BINARY)
         [(opcode, fin, got)] = read_client_frames(frame)
         assert (opcode, fin, got) == (OP_BINARY, True, payload)
-    assert masks.next() != masks.next()
+    assert next_mask() != next_mask()
+    # Keys keep coming, fresh, past each batch drawn from the OS.
+    keys = [next_mask() for _ in range(3000)]
+    assert all(len(k) == 4 for k in keys) and len(set(keys)) > 2900
 
 
 def test_a_frame_split_at_every_byte_is_read_whole_once():

@@ -216,7 +216,7 @@ def _print_row(r: dict, limit: float) -> None:
     fakes = ", ".join(f"{k} {v:.3f}" for k, v in r["fakes"].items())
     steal = "-" if r["steal"] is None else f"{100 * r['steal']:.1f} %"
     print(f"N={r['n']}: server {r['server_cores']:.3f} cores -> {r['calls_per_core']:.0f} calls/core; "
-          f"harness {r['harness_cores']:.2f} cores ({r['harness_cores'] / r['server_cores']:.2f} of the server's); "
+          f"harness {r['harness_cores']:.3f} cores ({r['harness_cores'] / r['server_cores']:.3f} of the server's); "
           f"fakes {fakes}; server RSS {r['rss_end']:.0f} MB at the end of the window "
           f"({r['rss_per_call']:.2f} MB per call over the base, {_f(r['rss_per_added_call'], '{:.2f}')} MB per call "
           f"added since the last level), max {_f(r['rss'], '{:.0f}')} MB; "
@@ -233,13 +233,13 @@ def _print_table(rows: list[dict], limit: float, response_limit: float, base_rss
     print()
     print(f"server RSS once ready: {base_rss:.0f} MB")
     print("| calls | server cores | calls/core | frame lag p50 / p99 ms | server loop lag p50 / p99 ms | response p50 / p95 ms "
-          "| failed | unanswered turns | harness cores | fakes cores | RSS MB (per call / per added call) | load avg | steal |")
+          "| failed | unanswered turns | harness cores (of the server's) | fakes cores | RSS MB (per call / per added call) | load avg | steal |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
         steal = "-" if r["steal"] is None else f"{100 * r['steal']:.1f} %"
         print(f"| {r['n']} | {r['server_cores']:.3f} | {r['calls_per_core']:.0f} | {_f(r['lag']['p50'])} / {_f(r['lag']['p99'])} "
               f"| {_lag(r['loop_lag'])} | {_f(r['resp']['p50'], '{:.0f}')} / {_f(r['resp']['p95'], '{:.0f}')} | {r['failed']} / {r['started']} "
-              f"| {r['unanswered']} | {r['harness_cores']:.2f} | {r['fakes_cores']:.2f} "
+              f"| {r['unanswered']} | {r['harness_cores']:.3f} ({r['harness_cores'] / r['server_cores']:.3f}) | {r['fakes_cores']:.2f} "
               f"| {r['rss_end']:.0f} ({r['rss_per_call']:.2f} / {_f(r['rss_per_added_call'], '{:.2f}')}) "
               f"| {r['loadavg']} | {steal} |")
     # Frames on time are not enough: a server whose answers come seconds late is overloaded too.

@@ -85,6 +85,9 @@ class ReplayOptions:
     #: Hang up after this much call time whatever the plan says.
     max_call_s: float = 600.0
     marks: MarkEchoes = field(default_factory=MarkEchoes)
+    #: Keep the caller's audio as sent (`CallRecord.caller`, for the report's frame count and
+    #: the WAV); a load run, which reads neither, does not.
+    keep_caller_audio: bool = True
     #: Whose side of the call to play (ivr.harness.carriers.CARRIERS); `audiosocket` takes a
     #: tcp://host:port URL.
     carrier: str = "twilio"
@@ -159,7 +162,13 @@ class TwilioEmulator:
             self.record.wall_seconds = time.monotonic() - wall0
             return self.record
         self.record.connected = True
-        self.clock.start()
+        # Call time 0 on the pacer's start grid (a few milliseconds at most), so this call's
+        # frames fall due with other calls' and share their wake-ups.
+        start = self._pacer.start_at(time.monotonic())
+        delay = start - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.clock.start(start)
         self.record.monotonic_start = self.clock.monotonic_at(0.0)
         self.record.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         try:
@@ -212,16 +221,21 @@ class TwilioEmulator:
     async def _send_frames(self) -> None:
         """Hand the frames to the pacer; when they stop, end the stream as Twilio does."""
         self._frames_done = done = asyncio.get_running_loop().create_future()
+        if self._ended.is_set() or self._hangup.is_set():
+            done.set_result(True)  # the plan hung up, or the bot, before the first frame
         self._frame_k = 0
         self._max_frames = int(self.options.max_call_s * 1000 / FRAME_MS)
         # Bound once: the pacer calls _send_frame for every call every 20 ms.
         self._write_media = self._ws.frame_writer(self.side.media_text)
         self._media_bytes = self.side.media_bytes
-        self._frame_lags, self._caller_track = self.record.frame_lag_ms, self.record.caller
-        self._frames_t0, self._frames_speed = self.clock.monotonic_at(0.0), self.clock.speed
+        self._frame_lags = self.record.frame_lag_ms
+        self._caller_track = self.record.caller if self.options.keep_caller_audio else None
+        self._frames_t0 = self.clock.monotonic_at(0.0)
+        self._call_ms_per_s, self._frame_s = 1000.0 * self.clock.speed, self.clock.wall_seconds(FRAME_MS)
         overridden = type(self)._notify_tick is not TwilioEmulator._notify_tick
         self._tick = self._notify_tick if overridden else None
-        self._pacer.add(self.clock.monotonic_at(0.0), self._send_frame)
+        if not done.done():
+            self._pacer.add(self._frames_t0, self._send_frame)
         if not await done or self._ended.is_set():
             return  # the connection went first: the receive task records how
         # On the call clock: the plan's hang-up time when it set one (the stream holds exactly
@@ -238,7 +252,10 @@ class TwilioEmulator:
 
     def _send_frame(self, now: float) -> float | None:
         """The pacer's callback: send frame k (due now), return when frame k + 1 is due, or None
-        once the frames stop (hang-up, the call's end, the length limit)."""
+        once the frames stop (hang-up, the call's end, the length limit).
+
+        The call's end and the caller's hang-up resolve `_frames_done` as they happen
+        (`_stop_frames`), so one check of it here covers both."""
         done = self._frames_done
         if done.done():
             return None
@@ -246,7 +263,7 @@ class TwilioEmulator:
         due = k * FRAME_MS
         try:
             hangup_at = self._hangup_at
-            if self._ended.is_set() or self._hangup.is_set() or (hangup_at is not None and due >= hangup_at):
+            if hangup_at is not None and due >= hangup_at:
                 done.set_result(True)
                 return None
             frame = self.voice.next_frame(k * FRAME_BYTES)
@@ -254,12 +271,12 @@ class TwilioEmulator:
                 done.set_result(False)  # the connection is closing
                 return None
             # The clock read after the write: the lag is when the frame went out, not when its
-            # turn came. CallClock.now_ms() and monotonic_at(), inline: this runs for every frame.
-            t0, speed = self._frames_t0, self._frames_speed
-            lag = (_monotonic() - t0) * 1000.0 * speed - due
+            # turn came. CallClock.now_ms(), inline: this runs for every frame of every call.
+            lag = (_monotonic() - self._frames_t0) * self._call_ms_per_s - due
             # Early by less than the timer resolution counts as on time.
             self._frame_lags.append(lag if lag > 0.0 else 0.0)
-            self._caller_track += frame
+            if self._caller_track is not None:
+                self._caller_track += frame
             self._frame_k = k = k + 1
             if self._tick is not None:
                 self._tick()
@@ -267,7 +284,7 @@ class TwilioEmulator:
                 self.record.error(self.clock.now_ms(), "max_duration", f"hung up after {self.options.max_call_s:g} s")
                 done.set_result(True)
                 return None
-            return t0 + k * FRAME_MS / 1000.0 / speed
+            return self._frames_t0 + k * self._frame_s
         except Exception as exc:  # a harness bug: surfaces in run() as a harness_error
             done.set_exception(exc)
             return None

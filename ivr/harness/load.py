@@ -122,7 +122,7 @@ async def run_load(
             replay = ReplayOptions(
                 url=options.url, speed=options.speed, params=options.params,
                 auth_token=options.auth_token, sign_url=options.sign_url, max_call_s=remaining_call_s,
-                marks=options.marks,
+                marks=options.marks, keep_caller_audio=False,
             )
             figures.started += 1
             figures.active += 1

@@ -25,7 +25,7 @@ from websockets.uri import parse_uri
 
 from ivr.harness.wsframe import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader, parse_close
 from ivr.wsframes import client_frame
-from ivr.wsframes import masks as _masks
+from ivr.wsframes import next_mask
 
 _HEAD_END = b"\r\n\r\n"
 _MAX_HEAD = 1 << 16
@@ -67,15 +67,15 @@ class WebSocketClient(asyncio.Protocol):
         if self.state != "open":
             return False
         if isinstance(message, str):
-            self.transport.write(client_frame(message.encode(), _masks.next(), OP_TEXT))
+            self.transport.write(client_frame(message.encode(), next_mask(), OP_TEXT))
         else:
-            self.transport.write(client_frame(message, _masks.next(), OP_BINARY))
+            self.transport.write(client_frame(message, next_mask(), OP_BINARY))
         return True
 
     def frame_writer(self, text: bool) -> Callable[[bytes], bool]:
         """A writer of one kind of frame (text: UTF-8 bytes, or binary), for a message sent every
         20 ms: the lookups are done once, not per frame. It returns False once not open."""
-        opcode, write, mask = (OP_TEXT if text else OP_BINARY), self.transport.write, _masks.next
+        opcode, write, mask = (OP_TEXT if text else OP_BINARY), self.transport.write, next_mask
 
         def send(payload: bytes) -> bool:
             if self.state != "open":
@@ -129,14 +129,14 @@ class WebSocketClient(asyncio.Protocol):
         self.close_sent = close
         self.state = "closing"
         payload = b"" if close.code == _NO_STATUS else close.serialize()
-        self.transport.write(client_frame(payload, _masks.next(), OP_CLOSE))
+        self.transport.write(client_frame(payload, next_mask(), OP_CLOSE))
         self._abort_timer = asyncio.get_running_loop().call_later(self._close_timeout, self.transport.abort)
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455, 7.1.7): say why if still open, then drop it."""
         if self.state == "open":
             self.close_sent = Close(code, reason)
-            self.transport.write(client_frame(self.close_sent.serialize(), _masks.next(), OP_CLOSE))
+            self.transport.write(client_frame(self.close_sent.serialize(), next_mask(), OP_CLOSE))
         self.state = "closing"
         self.transport.close()
 
@@ -186,7 +186,7 @@ class WebSocketClient(asyncio.Protocol):
                     return
             elif opcode == OP_PING:
                 if self.state == "open":
-                    self.transport.write(client_frame(payload, _masks.next(), OP_PONG))
+                    self.transport.write(client_frame(payload, next_mask(), OP_PONG))
             elif opcode == OP_CLOSE:
                 self._on_close_frame(payload)
             # a pong answers no ping of ours: nothing to do

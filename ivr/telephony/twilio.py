@@ -13,6 +13,7 @@ Protocol reference: Twilio's "Media Streams - WebSocket Messages" page. Numbers 
 from __future__ import annotations
 
 import binascii
+import itertools
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple, Union
 
@@ -386,15 +387,12 @@ class TwilioSender:
         self.stream_sid = stream_sid
         self.call_sid = call_sid
         self.account_sid = account_sid
-        self._sequence = 0
-        self._chunk = 0
+        # C counters: media_utf8 runs every 20 ms of every call of a load run.
+        self._next = itertools.count(1).__next__
+        self._next_chunk = itertools.count(1).__next__
         self._sid_json = orjson.dumps(stream_sid).decode()
         self._media_format = (b'{"event":"media","sequenceNumber":"%d","media":{"track":"inbound","chunk":"%d",'
                               b'"timestamp":"%d","payload":"%s"},"streamSid":' + orjson.dumps(stream_sid) + b"}")
-
-    def _next(self) -> int:
-        self._sequence += 1
-        return self._sequence
 
     @staticmethod
     def connected() -> str:
@@ -423,8 +421,7 @@ class TwilioSender:
     def media_utf8(self, ulaw: bytes, timestamp_ms: int) -> bytes:
         """`media()` as the UTF-8 bytes a text frame carries: a load run sends one per call every
         20 ms, built in one step with no str between."""
-        self._chunk += 1
-        return self._media_format % (self._next(), self._chunk, timestamp_ms,
+        return self._media_format % (self._next(), self._next_chunk(), timestamp_ms,
                                      binascii.b2a_base64(ulaw, newline=False))
 
     def dtmf(self, digit: str) -> str:
