@@ -64,8 +64,7 @@ class FramePacer:
     timer, a future and a task switch per frame and call cost more than the frame itself under
     `ivr load`; here one timer serves every call whose frame is due. Calls whose clocks start on
     the same point of the start grid have their frames due at the same instants: they wait in
-    one bucket and share one wake-up, which under load saved the generator a twentieth of its
-    CPU (wake-ups and the heap) against start times spread over every millisecond.
+    one bucket and share one wake-up, with no heap operation per frame.
 
     A late call sends one frame per pass and the next pass comes after whatever else is ready
     to run, so the plan and the mark echoes still run between catch-up frames.
