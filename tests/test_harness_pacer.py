@@ -22,6 +22,7 @@ async def test_calls_started_on_one_grid_point_share_each_wake_up_in_the_order_t
     pacer = FramePacer()
     t0 = pacer.start_at(time.monotonic() + 0.01)
     passes: dict[float, list[str]] = {}
+    dues: set[float] = set()
     finished = asyncio.Event()
 
     def call(name: str, frames: int):
@@ -35,15 +36,18 @@ async def test_calls_started_on_one_grid_point_share_each_wake_up_in_the_order_t
                 if name == "c":
                     finished.set()
                 return None
-            # Each call's own arithmetic, as each call's clock gives it: equal instants may
-            # differ in their last bits, and still share a pass.
-            return t0 + sent * (FRAME_S / (1.0 + 1e-15 * len(name)))
+            # The same instant from each call's own clock arithmetic may differ in its last
+            # bits (here by a few nanoseconds a call), and still shares a pass.
+            due = t0 + sent * FRAME_S + "abc".index(name) * 3e-9
+            dues.add(due)
+            return due
 
         return send
 
     for name in ("a", "b", "c"):
         pacer.add(t0, call(name, 5))
     await asyncio.wait_for(finished.wait(), 2)
+    assert len(dues) == 3 * 4  # the calls' due times really differ
     assert list(passes.values()) == [["a", "b", "c"]] * 5
 
 
