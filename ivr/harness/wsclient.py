@@ -24,8 +24,7 @@ from websockets.frames import OK_CLOSE_CODES, Close
 from websockets.uri import parse_uri
 
 from ivr.harness.wsframe import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader, parse_close
-from ivr.wsframes import client_frame
-from ivr.wsframes import next_mask
+from ivr.wsframes import client_frame, next_mask
 
 _HEAD_END = b"\r\n\r\n"
 _MAX_HEAD = 1 << 16
