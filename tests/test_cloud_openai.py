@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 
 import pytest
 
@@ -161,6 +163,57 @@ async def test_answers_reuse_one_connection_and_a_reply_left_early_closes_it(fak
     assert fake.streams_left == 1  # the server saw the connection go: it can stop generating
     await answer(b)
     assert fake.client_ports[3] != fake.client_ports[0]
+
+
+class ResettingRelay:
+    """A TCP relay in front of the fake that, once armed, resets the next pooled connection as a
+    new request arrives on it: what a server whose keep-alive ran out at that instant does."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port, self.armed, self.connections, self.resets = target_port, False, 0, 0
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    async def _relay(self, reader, writer) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        answered = False
+
+        async def down() -> None:
+            nonlocal answered
+            while data := await up_reader.read(65536):
+                answered = True
+                writer.write(data)
+        pump = asyncio.create_task(down())
+        try:
+            while data := await reader.read(65536):
+                if answered and self.armed:
+                    self.armed, self.resets = False, self.resets + 1
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort()  # RST, the request unread
+                    return
+                up_writer.write(data)
+        finally:
+            pump.cancel()
+            up_writer.close()
+            writer.close()
+
+
+async def test_a_pooled_connection_reset_as_the_request_goes_is_sent_again_on_a_new_one(fake):
+    relay = ResettingRelay(int(fake.url.rsplit(":", 1)[1].split("/")[0]))
+    b = OpenAIBrain(KEY, await relay.start(), "gpt-4o-mini",
+                    llm_config(parse_flow(FLOW).extra, parse_flow(FLOW).greeting, parse_flow(FLOW).variables))
+    fake.responder = lambda body: Reply("We open at seven tomorrow.")
+    assert "".join(o.text for o in await answer(b)) == "We open at seven tomorrow."
+    relay.armed = True
+    assert "".join(o.text for o in await answer(b)) == "We open at seven tomorrow."
+    assert relay.resets == 1 and relay.connections == 2 and len(fake.requests) == 2
+    assert b.health.up  # one reset is not an outage
+    relay.server.close()
+    await relay.server.wait_closed()
 
 
 async def test_organization_and_project_headers_come_from_the_environment(fake, monkeypatch):

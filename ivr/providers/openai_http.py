@@ -103,10 +103,22 @@ class OpenAIHttp:
         """
         import aiohttp
 
-        try:
-            resp = await self._client().post(f"{self.base_url}/chat/completions", data=orjson.dumps(body), proxy=self.proxy)
-        except aiohttp.ClientError as exc:
-            raise ApiConnectionError(f"{type(exc).__name__}: {exc}") from None
+        data = orjson.dumps(body)
+        for attempt in (1, 2):
+            try:
+                resp = await self._client().post(f"{self.base_url}/chat/completions", data=data, proxy=self.proxy)
+                break
+            except aiohttp.ClientConnectorError as exc:  # no connection at all: down, not a race
+                raise ApiConnectionError(f"{type(exc).__name__}: {exc}") from None
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                # A pooled connection the server closed as we sent (its keep-alive ran out just
+                # then) breaks before any answer. aiohttp retries this itself only for idempotent
+                # methods; a chat request has no effect to repeat, and the SDK retries it too, so
+                # it goes once more, at once, on a new connection.
+                if attempt == 2:
+                    raise ApiConnectionError(f"{type(exc).__name__}: {exc}") from None
+            except aiohttp.ClientError as exc:
+                raise ApiConnectionError(f"{type(exc).__name__}: {exc}") from None
         finished = False
 
         async def chunks() -> AsyncIterator[dict]:
