@@ -129,9 +129,7 @@ def _ari_channels(stack: Stack, carrier: str, call_id: str) -> None:
         stack.ari.channels[call_id] = AriChannel(name="WebSocket/ivr-00000002")
 
 
-# Each call is a few seconds of real time; one carrier of each API runs by default, the
-# Asterisk ones with -m slow too (they share the ARI fake with the failure test below).
-@pytest.mark.parametrize("carrier", ["telnyx", "plivo", "vonage", pytest.param("audiosocket", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("carrier", ["telnyx", "plivo", "vonage", "audiosocket"])
 def test_a_transfer_goes_through_the_carriers_call_control(stack, tmp_path, carrier):
     stack.reset()
     call_id = _call_id(carrier)
@@ -166,8 +164,7 @@ def test_a_transfer_goes_through_the_carriers_call_control(stack, tmp_path, carr
         assert requests[-1]["query"] == {"context": "ivr-transfer", "extension": "s", "priority": "1"}
 
 
-@pytest.mark.parametrize("carrier", [pytest.param("telnyx", marks=pytest.mark.slow), "plivo",
-                                     pytest.param("vonage", marks=pytest.mark.slow), "asterisk-ws"])
+@pytest.mark.parametrize("carrier", ["telnyx", "plivo", "vonage", "asterisk-ws"])
 def test_a_hang_up_goes_through_the_carriers_call_control(stack, tmp_path, carrier):
     stack.reset()
     call_id = _call_id(carrier)
@@ -201,7 +198,6 @@ def test_a_failing_control_api_leaves_the_call_to_the_streams_end(stack, tmp_pat
     assert stack.factory.recent[-1].line.transfer_to.target == STAFF_LINE
 
 
-@pytest.mark.slow
 def test_ari_refuses_a_transfer_outside_stasis_and_the_dialplan_goes_on(stack, tmp_path, caplog):
     """A plain dialplan's channel is not in Stasis: Asterisk answers 409, and the bot ends the
     socket without HANGUP so the dialplan after Dial() takes the caller."""

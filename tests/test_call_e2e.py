@@ -127,7 +127,7 @@ def test_barge_in_clears_at_once_and_history_keeps_only_heard_words(stack, tmp_p
     assert "market street" in turns[2].text.lower()
 
 
-@pytest.mark.parametrize("murmur", ["Okay.", pytest.param("Uh-huh.", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("murmur", ["Okay.", "Uh-huh."])
 def test_a_backchannel_over_the_bot_neither_takes_the_turn_nor_repeats_a_word(stack, tmp_path, murmur):
     url, factory, _ = stack
     path = script(tmp_path, f"""
@@ -170,7 +170,7 @@ def test_dtmf_zero_asks_the_twilio_api_for_a_transfer(stack, tmp_path):
     assert any("putting you through" in t.text.lower() for t in call._history() if t.role == "bot")
 
 
-@pytest.mark.parametrize("marks", ["late:2500", pytest.param("never", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("marks", ["late:2500", "never"])
 def test_without_timely_marks_questions_are_not_barge_ins_and_a_transfer_follows_the_announcement(stack, tmp_path, marks):
     url, factory, api = stack
     api.updates.clear()

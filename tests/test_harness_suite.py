@@ -195,7 +195,6 @@ def test_a_bad_case_exits_2_before_any_call(tmp_path):
     assert done.returncode == 2 and "unknown sayz" in done.stderr
 
 
-@pytest.mark.slow
 def test_the_example_flows_cases_pass_over_another_carriers_protocol(tmp_path):
     """`ivr test --carrier`: the same cases, the harness playing Telnyx on the bot's /media/telnyx."""
     junit = tmp_path / "junit.xml"
@@ -206,7 +205,6 @@ def test_the_example_flows_cases_pass_over_another_carriers_protocol(tmp_path):
     assert {c.get("name") for c in suite.findall("testcase")} == {"hours", "keys", "person"}
 
 
-@pytest.mark.slow
 def test_the_example_flows_cases_pass_over_audiosocket(tmp_path):
     """No marks and no clear: what was heard is the bot's own reckoning, and a barge-in is judged
     by when the caller heard it go quiet. The bot listens on an AudioSocket port of its own."""
@@ -218,7 +216,6 @@ def test_the_example_flows_cases_pass_over_audiosocket(tmp_path):
     assert {c.get("name") for c in suite.findall("testcase")} == {"hours", "keys", "person"}
 
 
-@pytest.mark.slow
 def test_a_case_the_bot_does_not_meet_fails_over_audiosocket_with_what_was_heard(tmp_path):
     """Against a running bot: its AudioSocket port as --url, its HTTP side for the words."""
     from ivr.harness.suite import BotServer
