@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -39,9 +40,9 @@ def fake():
         yield f
 
 
-def brain(fake, key=KEY) -> OpenAIBrain:
+def brain(fake, key=KEY, url: str | None = None) -> OpenAIBrain:
     flow = parse_flow(FLOW)
-    return OpenAIBrain(key, fake.url, "gpt-4o-mini", llm_config(flow.extra, flow.greeting, flow.variables))
+    return OpenAIBrain(key, url or fake.url, "gpt-4o-mini", llm_config(flow.extra, flow.greeting, flow.variables))
 
 
 async def answer(b: OpenAIBrain, text: str | None = "hi", history=()) -> list:
@@ -203,9 +204,8 @@ class ResettingRelay:
 
 
 async def test_a_pooled_connection_reset_as_the_request_goes_is_sent_again_on_a_new_one(fake):
-    relay = ResettingRelay(int(fake.url.rsplit(":", 1)[1].split("/")[0]))
-    b = OpenAIBrain(KEY, await relay.start(), "gpt-4o-mini",
-                    llm_config(parse_flow(FLOW).extra, parse_flow(FLOW).greeting, parse_flow(FLOW).variables))
+    relay = ResettingRelay(urlsplit(fake.url).port)
+    b = brain(fake, url=await relay.start())
     fake.responder = lambda body: Reply("We open at seven tomorrow.")
     assert "".join(o.text for o in await answer(b)) == "We open at seven tomorrow."
     relay.armed = True

@@ -8,9 +8,10 @@ OpenAI-compatible server (a local model, a proxy).
 A caller is waiting, so there are no hidden retries or long timeouts: the first token must come
 within `first_token_s` (default 3 s); a timeout, a 429 or a 5xx gets one retry, a server that
 cannot be reached none (a pooled connection the server closed just as the request went is not
-that: the client sends it again at once, on a new one). Then the provider is taken for down (`health`, ivr.providers.health:
-one probe per process lists the models until it answers) and the caller hears a short apology
-and the call flow's answer (`FallbackBrain`), or, with no flow to stand in, the fallback line.
+that: the client sends it again at once, on a new one). Then the provider is taken for down
+(`health`, ivr.providers.health: one probe per process lists the models until it answers) and
+the caller hears a short apology and the call flow's answer (`FallbackBrain`), or, with no flow
+to stand in, the fallback line.
 Text deltas are yielded as they stream (the engine cuts them into clauses for the TTS); tool-call
 deltas are assembled by `ToolCallAssembler` and yielded once the stream ends.
 
