@@ -13,7 +13,10 @@ Chromium's "chrome-wide" echo cancellation (which on Linux also hears Web Audio)
 what the server heard, the microphone's level during the greeting before the caller speaks, and
 the echo canceller's echoReturnLoss / echoReturnLossEnhancement.
 
-    pytest -m slow tests/test_webphone_echo.py -s
+    pytest -m slow -n 0 tests/test_webphone_echo.py -s
+
+Run it alone: with the machine's other core busy, Chromium's audio path and its echo canceller
+fall behind and the figures (and assertions) with them (ivr/web/README.md, "Echo").
 """
 
 from __future__ import annotations
@@ -156,7 +159,11 @@ def median_db(values: list[float]) -> float | None:
 
 
 async def place_call(providers, room, *, loop: bool, chrome_wide: bool, init: str = "") -> dict:
-    """The caller says the sentence over the greeting, then again once the bot is quiet."""
+    """The caller says the sentence over the greeting, then again once the bot is quiet.
+
+    Without the loop the bot may hear itself and answer its own voice, turn after turn, and never
+    be quiet: that call is only compared with the loop's, so it then ends without the second
+    sentence and says so (`never_quiet`) rather than failing the test."""
     factory = CallFactory(providers)
     app = create_app(Settings.from_env({}), handler_factory=factory)
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--use-fake-ui-for-media-stream"]
@@ -184,20 +191,28 @@ async def place_call(providers, room, *, loop: bool, chrome_wide: bool, init: st
                 await page.wait_for_function("() => document.querySelectorAll('.line.caller').length > 0", timeout=60_000)
                 caller.wait(30)
                 # The bot answers; once it is quiet, the same sentence again.
-                await page.wait_for_function(BOT_QUIET, timeout=60_000)
-                await asyncio.sleep(1.0)
+                try:
+                    await page.wait_for_function(BOT_QUIET, timeout=60_000)
+                    never_quiet = False
+                    await asyncio.sleep(1.0)
+                except playwright.TimeoutError:
+                    if loop:
+                        raise
+                    never_quiet = True
                 before = len(await page.evaluate(CALLER_LINES))
-                caller = room.play(SENTENCE)
-                await page.wait_for_function(
-                    f"() => document.querySelectorAll('.line.caller').length > {before}", timeout=60_000
-                )
-                caller.wait(30)
-                await asyncio.sleep(2.0)
+                if not never_quiet:
+                    caller = room.play(SENTENCE)
+                    await page.wait_for_function(
+                        f"() => document.querySelectorAll('.line.caller').length > {before}", timeout=60_000
+                    )
+                    caller.wait(30)
+                    await asyncio.sleep(2.0)
                 lines = await page.evaluate(CALLER_LINES)
                 watch = await page.evaluate(
                     "() => ({ playback: window.ivrPhone.call.playback, frames: window.__watch.frames, stats: window.__watch.stats })"
                 )
-                await page.click("#hangup")
+                if await page.is_enabled("#hangup"):  # the bot may have hung up (on its own voice, without the loop)
+                    await page.click("#hangup")
             finally:
                 if caller is not None and caller.poll() is None:
                     caller.kill()
@@ -221,6 +236,7 @@ async def place_call(providers, room, *, loop: bool, chrome_wide: bool, init: st
         "wer_later": wer(later),
         "playback": watch["playback"],
         "barge_ins": call.stats.barge_ins,
+        "never_quiet": never_quiet,
         "mic_db_greeting": median_db(quiet),
         "erle_max": round(max(erle), 1) if erle else None,
         "erl_max": round(max(erl), 1) if erl else None,
@@ -232,7 +248,7 @@ def show(name: str, r: dict) -> None:
     print(
         f"\n{name}: over the greeting {r['over']!r} (WER {r['wer_over']}), later {r['later']!r} (WER {r['wer_later']}); "
         f"microphone over the greeting {r['mic_db_greeting']} dBFS; ERL max {r['erl_max']} dB, ERLE max {r['erle_max']} dB; "
-        f"barge-ins {r['barge_ins']}"
+        f"barge-ins {r['barge_ins']}" + ("; the bot was never quiet for a minute (it answered its own voice)" if r["never_quiet"] else "")
     )
 
 
