@@ -50,6 +50,15 @@ class CallClock:
 #: (uvloop's, libuv's) and may fire that much before their time.
 TIMER_RESOLUTION_S = 0.001
 
+def timer_delay(seconds: float) -> float:
+    """A wait of `seconds` as a timer of the event loop should be given it: at least the
+    timers' resolution. A timer may fire up to that much early (the loop's clock is whole
+    milliseconds, read once per pass); one set again for the fraction of a millisecond left
+    would fire at once, and again, for as long as that fraction lasts. A wait is at most that
+    much late instead."""
+    return seconds if seconds >= TIMER_RESOLUTION_S else TIMER_RESOLUTION_S
+
+
 #: Call clocks start on this grid of the monotonic clock (`FramePacer.start_at`): it is what
 #: lets calls share a wake-up. A call's own frames stay exactly 20 ms apart on its own clock;
 #: only where call time 0 falls moves, by less than this.

@@ -23,12 +23,13 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 
 from ivr.audio import FRAME_BYTES, FRAME_MS
 from ivr.harness.carriers import SIDES, CarrierSide, Hangup as BotHangup
-from ivr.harness.clock import CallClock, FramePacer
+from ivr.harness.clock import CallClock, FramePacer, timer_delay
 from ivr.harness.playback import to_sample
 from ivr.harness.plan import After, CallPlan, Dtmf, Hangup, Say, Wait
 from ivr.harness.record import CallRecord
 from ivr.harness.voice import CallerVoice, Utterance
 from ivr.harness.wsclient import WebSocketClient, connect
+from ivr.loopbound import Event, wait_event
 from ivr.telephony.twilio import CLOCK_RATE_PARAMETER, OutClear, OutMark, OutMedia, ProtocolError
 
 
@@ -37,6 +38,11 @@ CUT_WITHIN_MS = 200.0
 
 
 _monotonic = time.monotonic
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _sid(prefix: str) -> str:
@@ -140,11 +146,15 @@ class TwilioEmulator:
         #: Resolved when the bot's audio changes (media or clear), for steps waiting on the bot;
         #: made only while one waits, so a frame of bot audio costs nothing more otherwise.
         self._bot_changed: asyncio.Future[None] | None = None
-        self._marks_changed = asyncio.Event()
-        self._hangup = asyncio.Event()
+        #: The timer that echoes the first pending mark, and when that mark is due.
+        self._mark_timer: asyncio.TimerHandle | None = None
+        self._mark_timer_due: float | None = None
+        # Bound to the loop once (ivr.loopbound): a load run waits on these several times a
+        # second per call.
+        self._hangup = Event()
         #: Call time of the caller's hang-up, once known: no frame due at or after it is sent.
         self._hangup_at: float | None = None
-        self._ended = asyncio.Event()
+        self._ended = Event()
         self._late_echoes: set[asyncio.Task] = set()
         self._stop_sent = False
         #: Bot conditions count what the bot said after this: the caller's last speech or DTMF.
@@ -154,6 +164,7 @@ class TwilioEmulator:
 
     async def run(self) -> CallRecord:
         wall0 = time.monotonic()
+        self._loop = asyncio.get_running_loop()
         try:
             await self._connect()
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
@@ -179,9 +190,7 @@ class TwilioEmulator:
                 drive = tg.create_task(self._drive())
                 tg.create_task(self._receive())
                 tg.create_task(self._send_frames())
-                echo = tg.create_task(self._echo_marks())
                 await self._ended.wait()
-                echo.cancel()
                 drive.cancel()
         except ConnectionClosed:
             pass  # the receive task records how it closed
@@ -190,6 +199,8 @@ class TwilioEmulator:
                 self.record.error(self.clock.now_ms(), "harness_error", f"{type(inner).__name__}: {inner}")
             self.record.ended_by = "error"
         finally:
+            if self._mark_timer is not None:
+                self._mark_timer.cancel()
             for task in list(self._late_echoes):
                 task.cancel()
             if self._ws is not None:
@@ -299,16 +310,20 @@ class TwilioEmulator:
         if done is not None and not done.done():
             done.set_result(True)
 
-    def _counts_now(self, end_before: int) -> bool:
-        """Did the bot's last stretch of voice just grow past the point where it counts as speech
-        since the caller's (not speech the caller cut, see `_fire_time`)?
+    def _answers_sooner(self, changes_before: int, end_before: int) -> bool:
+        """Could the bot audio just queued make a waiting step's answer come sooner than the
+        step's own timer? Only speech that newly counts as said since the caller's (not speech
+        the caller cut, see `_fire_time`): a new stretch while none since the caller's counts
+        yet, or the last stretch growing past the point where it counts.
 
-        Otherwise a stretch that only grew longer moves every answer of a waiting step later, not
-        earlier (the end of speech, the next edge), so the step's own timer, which re-reads the
-        playback when it fires, is soon enough: it is not woken by every frame of the bot's voice."""
+        Once a stretch counts, more audio moves every answer later, not earlier (the end of
+        speech, the next edge), so the step's timer, which re-reads the playback when it fires,
+        is soon enough: the step is not woken by every word or frame of the bot's voice."""
         voiced = self.playback.voiced
         threshold = to_sample(self._reference_ms + CUT_WITHIN_MS)
-        return bool(voiced) and end_before < threshold <= voiced[-1][1]
+        if not voiced or end_before >= threshold:
+            return False  # nothing played, or a stretch that counts had already ended past it
+        return self.playback.voice_changes != changes_before or threshold <= voiced[-1][1]
 
     def _notify_bot_changed(self) -> None:
         changed, self._bot_changed = self._bot_changed, None
@@ -321,13 +336,17 @@ class TwilioEmulator:
             raise CallEnded
         delay = self.clock.wall_seconds(call_ms - self.clock.now_ms())
         if delay > 0:
-            self._bot_changed = changed = asyncio.get_running_loop().create_future()
+            # The timer resolves the same future a change would: no task cancellation, which
+            # asyncio.timeout() uses and which costs more than the wait, several times a second
+            # per call under `ivr load`.
+            loop = self._loop
+            self._bot_changed = changed = loop.create_future()
+            timer = None if delay == float("inf") else loop.call_later(timer_delay(delay), _resolve, changed)
             try:
-                async with asyncio.timeout(None if delay == float("inf") else delay):
-                    await changed
-            except TimeoutError:
-                pass
+                await changed
             finally:
+                if timer is not None:
+                    timer.cancel()
                 if self._bot_changed is changed:
                     self._bot_changed = None
         if self._ended.is_set():
@@ -370,7 +389,7 @@ class TwilioEmulator:
                     continue
                 changes, end = playback.voice_changes, playback.voiced[-1][1] if playback.voiced else 0
                 playback.on_media(now, event.payload)
-                if playback.voice_changes != changes or self._counts_now(end):
+                if self._answers_sooner(changes, end):
                     self._notify_bot_changed()
                 continue
             if isinstance(event, BotHangup):
@@ -378,7 +397,7 @@ class TwilioEmulator:
                 return
             if isinstance(event, OutMark):
                 echoes = self.playback.on_mark(now, event.name)
-                self._marks_changed.set()
+                self._arm_marks()
             else:
                 assert isinstance(event, OutClear)
                 echoes = self.playback.on_clear(now)
@@ -407,25 +426,26 @@ class TwilioEmulator:
         except (CallEnded, ConnectionClosed):
             pass
 
-    async def _echo_marks(self) -> None:
-        try:
-            while True:
-                self._marks_changed.clear()
-                for mark in self.playback.due_marks(self.clock.now_ms()):
-                    self._echo(mark.name)
-                due = self.playback.next_due_ms()
-                if due is None:
-                    await self._marks_changed.wait()
-                    continue
-                delay = self.clock.wall_seconds(due - self.clock.now_ms())
-                if delay > 0:
-                    try:
-                        async with asyncio.timeout(delay):
-                            await self._marks_changed.wait()
-                    except TimeoutError:
-                        pass
-        except ConnectionClosed:
-            pass
+    def _arm_marks(self) -> None:
+        """Have the first pending mark echoed when its audio has played: one timer for the
+        call, moved only when the first pending mark changes (a mark queued when none was, or
+        after a clear), not a task woken for every mark."""
+        due = self.playback.next_due_ms()
+        if due == self._mark_timer_due:
+            return
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+        self._mark_timer_due = due
+        self._mark_timer = None if due is None else self._loop.call_later(
+            timer_delay(self.clock.wall_seconds(due - self.clock.now_ms())), self._echo_due_marks)
+
+    def _echo_due_marks(self) -> None:
+        self._mark_timer = self._mark_timer_due = None
+        if self._ended.is_set():
+            return
+        for mark in self.playback.due_marks(self.clock.now_ms()):
+            self._echo(mark.name)
+        self._arm_marks()  # the next mark, or this one again if the timer fired a moment early
 
     # --- the caller's plan ------------------------------------------------------------------------
 
@@ -504,11 +524,7 @@ class TwilioEmulator:
         """Wait on the clock itself (not frame ticks), for timed steps such as captured DTMF."""
         delay = self.clock.wall_seconds(call_ms - self.clock.now_ms())
         if delay > 0:
-            try:
-                async with asyncio.timeout(delay):
-                    await self._ended.wait()
-            except TimeoutError:
-                pass
+            await wait_event(self._ended, timer_delay(delay))
         if self._ended.is_set():
             raise CallEnded
 
