@@ -74,7 +74,7 @@ def main() -> int:
               f"range {ratios[0]:.3f}-{ratios[-1]:.3f}")
         return 0
 
-    return run_processes("load generator A/B", body)
+    return run_processes("load generator before and after", body)
 
 
 if __name__ == "__main__":
