@@ -50,6 +50,7 @@ class CallClock:
 #: (uvloop's, libuv's) and may fire that much before their time.
 TIMER_RESOLUTION_S = 0.001
 
+
 def timer_delay(seconds: float) -> float:
     """A wait of `seconds` as a timer of the event loop should be given it: at least the
     timers' resolution. A timer may fire up to that much early (the loop's clock is whole

@@ -143,6 +143,7 @@ class TwilioEmulator:
         self.record.utterances = self.voice.utterances
         self.playback = self.record.playback
         self._ws: WebSocketClient | TcpConnection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the call runs on, from run()
         #: Resolved when the bot's audio changes (media or clear), for steps waiting on the bot;
         #: made only while one waits, so a frame of bot audio costs nothing more otherwise.
         self._bot_changed: asyncio.Future[None] | None = None
