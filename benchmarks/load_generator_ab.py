@@ -52,7 +52,9 @@ def main() -> int:
             order = list(trees.items()) if rep % 2 == 0 else list(reversed(trees.items()))
             loads = {}
             for name, tree in order:
-                argv = [sys.executable, "-m", "ivr", "load", str(SAMPLES / "hours.yaml"),
+                # -P: the tree comes from PYTHONPATH, not from the directory this is run in
+                # (`-m` would put that first on the path).
+                argv = [sys.executable, "-P", "-m", "ivr", "load", str(SAMPLES / "hours.yaml"),
                         "--url", f"ws://127.0.0.1:{port}/media", "--calls", str(args.calls), "--ramp", "5",
                         "--duration", str(args.duration), "--out", str(tmp / f"{name}-{rep}.json"), "--no-progress"]
                 loads[name] = procs.start(f"load-{name}-{rep}", argv, env=dict(os.environ, PYTHONPATH=str(tree)))

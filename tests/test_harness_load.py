@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 from fakebot import FakeBot, tone_ulaw
 from ivr.audio import FRAME_BYTES
+from ivr.harness.emulator import TwilioEmulator
 from ivr.harness.load import LoadFigures, LoadOptions, run_load_with_monitor
+from ivr.harness.readbatch import ReadBatch
 from ivr.harness.record import CallRecord
 from ivr.harness.report import build_report, ms, percentiles
 from ivr.harness.samples import sample_calls
@@ -20,7 +23,17 @@ from ivr.harness.voice import Utterance
 from test_harness_report import conversational_bot, replay_against, script
 
 
-async def test_concurrent_calls_and_their_figures():
+async def test_concurrent_calls_and_their_figures(monkeypatch):
+    # How long each bot message waited to be read: None when read as it arrived.
+    waited = []
+    handle = TwilioEmulator._on_bot_message
+
+    def spy(self, message):
+        at = self._ws.received_at
+        waited.append(None if at is None else time.monotonic() - at)
+        handle(self, message)
+
+    monkeypatch.setattr(TwilioEmulator, "_on_bot_message", spy)
     options = LoadOptions(url="", calls=4, ramp_s=0.4, duration_s=3.0, speed=4)
     async with FakeBot(conversational_bot(), strict=False) as bot:
         options.url = bot.url
@@ -36,6 +49,14 @@ async def test_concurrent_calls_and_their_figures():
     assert summary["server"]["pid"] == os.getpid() and summary["server"]["samples"] >= 1
     assert 2.5 < summary["wall_seconds"] < 10
     assert updates and max(f.active for f in updates) <= 4
+    # The bot's messages were read in the frame pacer's passes, each with the kernel's time of
+    # its arrival, a little before it was read (those after the frames stop, as they arrive).
+    batched = [w for w in waited if w is not None]
+    if ReadBatch.supported():
+        assert len(batched) > len(waited) / 2
+        assert all(-0.001 <= w < 1.0 for w in batched)
+    else:
+        assert batched == []
 
 
 def assert_load_counts_what_the_report_says(record: CallRecord) -> None:

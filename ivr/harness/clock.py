@@ -11,7 +11,10 @@ import asyncio
 import heapq
 import math
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from ivr.harness.readbatch import ReadBatch
 
 
 class CallClock:
@@ -33,6 +36,12 @@ class CallClock:
         if self._t0 is None:
             return 0.0
         return (time.monotonic() - self._t0) * 1000.0 * self.speed
+
+    def call_ms(self, monotonic: float) -> float:
+        """The call clock's reading at time.monotonic() reading `monotonic`."""
+        if self._t0 is None:
+            return 0.0
+        return (monotonic - self._t0) * 1000.0 * self.speed
 
     def monotonic_at(self, call_ms: float) -> float:
         """The time.monotonic() reading at which the call clock reads `call_ms`."""
@@ -80,7 +89,9 @@ class FramePacer:
     to run, so the plan and the mark echoes still run between catch-up frames.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reads: ReadBatch | None = None) -> None:
+        #: Read after each pass (`ivr load`): the bot's messages wait for the pacer's wake-ups.
+        self.reads = reads
         #: Callbacks by due time in whole microseconds (exact keys: the same instant computed
         #: from two calls' clocks may differ in its last float bits), and a heap of those keys.
         self._buckets: dict[int, list[Callable[[float], float | None]]] = {}
@@ -135,3 +146,5 @@ class FramePacer:
                     put(following, send)
         if keys:
             self._arm(keys[0] / 1e6)
+        if self.reads is not None:
+            self.reads.read_ready()

@@ -248,6 +248,11 @@ class TwilioEmulator:
         self._tick = self._notify_tick if overridden else None
         if not done.done():
             self._pacer.add(self._frames_t0, self._send_frame)
+            reads = self._pacer.reads
+            if reads is not None and isinstance(self._ws, WebSocketClient) and reads.add(self._ws):
+                # Read with the frames while they go; the closing handshake, by the transport.
+                ws = self._ws
+                done.add_done_callback(lambda _: reads.remove(ws))
         if not await done or self._ended.is_set():
             return  # the connection went first: the receive task records how
         # On the call clock: the plan's hang-up time when it set one (the stream holds exactly
@@ -376,7 +381,9 @@ class TwilioEmulator:
         echoes that are due at once."""
         if self._stop_sent:
             return  # Twilio has stopped listening
-        now = self.clock.now_ms()
+        # When it arrived: a load run's read batch reads it a little later, with the kernel's time.
+        at = self._ws.received_at
+        now = self.clock.now_ms() if at is None else self.clock.call_ms(at)
         try:
             events = self.side.parse(message)
         except ProtocolError as exc:
@@ -551,6 +558,9 @@ class TwilioEmulator:
 class TcpConnection:
     """Asterisk's AudioSocket end of a call: a TCP connection with the few methods the emulator
     uses of a WebSocket client (send, send_now, serve, close)."""
+
+    #: Read as it arrives, always (a load run's read batch takes WebSocket connections only).
+    received_at = None
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader

@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 from ivr.harness.clock import FramePacer
 from ivr.harness.emulator import MarkEchoes, ReplayOptions, TwilioEmulator
 from ivr.harness.plan import CallPlan
+from ivr.harness.readbatch import ReadBatch
 from ivr.harness.record import CallRecord
 from ivr.harness.report import all_turns, barge_in_clear, bot_pacing, bot_voiced_ms, error_entry, percentiles, turn_timings
 
@@ -109,7 +110,8 @@ async def run_load(
     t0 = loop.time()
     deadline = t0 + options.duration_s
     notify = on_change or (lambda f: None)
-    pacer = FramePacer()  # one timer for every call's caller frames
+    # One timer for every call's caller frames, and the bot's messages read when it wakes.
+    pacer = FramePacer(ReadBatch() if ReadBatch.supported() else None)
 
     async def slot(index: int) -> None:
         start_at = t0 + (options.ramp_s * index / options.calls if options.calls > 1 else 0.0)

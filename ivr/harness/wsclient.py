@@ -53,6 +53,10 @@ class WebSocketClient(asyncio.Protocol):
         self.close_rcvd: Close | None = None
         self.close_sent: Close | None = None
         self._rcvd_then_sent = False
+        #: The ReadBatch reading this connection in a load run, else None (the transport reads).
+        self.read_batch = None
+        #: While a read batch delivers bytes: when they arrived (monotonic seconds), else None.
+        self.received_at: float | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
         self._writable: asyncio.Future[None] | None = None
 
@@ -246,6 +250,8 @@ class WebSocketClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = "closed"
+        if self.read_batch is not None:
+            self.read_batch.remove(self)
         if self._abort_timer is not None:
             self._abort_timer.cancel()
         if not self._opened.done():
