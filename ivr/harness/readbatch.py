@@ -125,6 +125,9 @@ class ReadBatch:
             if not data:
                 self.remove(client)  # the end of the stream, or an error: the transport reports it
                 continue
+            # No time until the kernel has turned its receive times on: when the first socket
+            # asks, it does so a moment later (a deferred work item). Such a message counts from
+            # its read, as it would unbatched.
             at = None
             for level, kind, value in ancillary:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
