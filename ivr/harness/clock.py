@@ -33,9 +33,7 @@ class CallClock:
         return self._t0 is not None
 
     def now_ms(self) -> float:
-        if self._t0 is None:
-            return 0.0
-        return (time.monotonic() - self._t0) * 1000.0 * self.speed
+        return self.call_ms(time.monotonic())
 
     def call_ms(self, monotonic: float) -> float:
         """The call clock's reading at time.monotonic() reading `monotonic`."""
