@@ -83,24 +83,44 @@ async def test_admission_counts_a_call_whose_stream_reaches_another_pod_once(pod
     assert await on_a.reserve("CA3")
 
 
+class Bracketed:
+    """A pod's shared state whose `pace` notes, for each turn it took, the local times just
+    before its request went and just after its answer came: the turn was taken, on Redis's
+    clock, somewhere in between."""
+
+    def __init__(self, state, taken: list[tuple[float, float]]):
+        self.state, self.taken = state, taken
+
+    async def pace(self, key, rate):
+        before = time.monotonic()
+        wait = await self.state.pace(key, rate)
+        if wait <= 0:
+            self.taken.append((before, time.monotonic()))
+        return wait
+
+
 async def test_calls_are_placed_at_the_rate_of_all_pods_together(pods):
     a, b, _ = pods
     rate, per_pod = 50.0, 15
-    taken: list[float] = []
+    taken: list[tuple[float, float]] = []
 
     async def pod(state):
         for _ in range(per_pod):
-            assert await take_turn(state, "campaign:test", rate)
-            taken.append(time.monotonic())
+            assert await take_turn(Bracketed(state, taken), "campaign:test", rate)
 
     await asyncio.gather(pod(a), pod(b))
+    assert len(taken) == 2 * per_pod
     taken.sort()
-    gaps = [y - x for x, y in zip(taken, taken[1:])]
-    overall = (len(taken) - 1) / (taken[-1] - taken[0])
-    print(f"two pods: {len(taken)} turns at {overall:.1f}/s (limit {rate:g}), smallest gap {min(gaps) * 1000:.1f} ms")
-    assert overall <= rate * 1.05
-    # Turns are taken on Redis's clock and noted here a round trip later: allow that jitter.
-    assert min(gaps) >= 1 / rate * 0.5
+    overall = (len(taken) - 1) / (taken[-1][1] - taken[0][0])
+    print(f"two pods: {len(taken)} turns at about {overall:.1f}/s (limit {rate:g})")
+    # A round trip answered late on a loaded machine makes a turn look later than it was, so
+    # gaps between the times the answers came say nothing exact. Brackets do: of two turns, the
+    # later one was taken before its answer came and the earlier one after its request went, so
+    # that span is at least their true gap, and the true gap is at least 1/rate.
+    # (Redis's clock is the wall clock, this is the monotonic one: allow 1 % for slewing.)
+    for i, (sent_i, answered_i) in enumerate(taken):
+        for sent_j, answered_j in taken[i + 1:]:
+            assert max(answered_j - sent_i, answered_i - sent_j) >= 1 / rate * 0.99
     assert not await take_turn(a, "campaign:test", rate, max_wait_s=0)  # the next turn is not due yet
 
 
