@@ -15,6 +15,7 @@ from fakebot import FakeBot, tone_ulaw
 from ivr.audio import FRAME_BYTES
 from ivr.harness.emulator import TwilioEmulator
 from ivr.harness.load import LoadFigures, LoadOptions, run_load_with_monitor
+from ivr.harness.playback import TwilioPlayback
 from ivr.harness.readbatch import ReadBatch
 from ivr.harness.record import CallRecord
 from ivr.harness.report import build_report, ms, percentiles
@@ -34,6 +35,22 @@ async def test_concurrent_calls_and_their_figures(monkeypatch):
         handle(self, message)
 
     monkeypatch.setattr(TwilioEmulator, "_on_bot_message", spy)
+    # Which marks were echoed by a pass of the frame pacer, and every mark echoed as played.
+    in_pass, played = [], []
+    echo_in_pass, due_marks = TwilioEmulator._echo_in_pass, TwilioPlayback.due_marks
+
+    def spy_pass(self, due):
+        before = len(played)
+        echo_in_pass(self, due)
+        in_pass.extend(played[before:])
+
+    def spy_due(self, now_ms):
+        marks = due_marks(self, now_ms)
+        played.extend(marks)
+        return marks
+
+    monkeypatch.setattr(TwilioEmulator, "_echo_in_pass", spy_pass)
+    monkeypatch.setattr(TwilioPlayback, "due_marks", spy_due)
     options = LoadOptions(url="", calls=4, ramp_s=0.4, duration_s=3.0, speed=4)
     async with FakeBot(conversational_bot(), strict=False) as bot:
         options.url = bot.url
@@ -55,8 +72,13 @@ async def test_concurrent_calls_and_their_figures(monkeypatch):
     if ReadBatch.supported():
         assert len(batched) > len(waited) / 2
         assert all(-0.001 <= w < 1.0 for w in batched)
+        # So were the echoes of marks whose audio played out: in the pass at or after each
+        # one's time (early by at most the timer resolution, 1 ms of wall time), not by a
+        # timer each. The call clock runs at 4x here.
+        assert len(played) >= 4 and len(in_pass) > len(played) / 2
+        assert all(m.echoed_ms >= m.due_ms - 4 * 1.0 for m in in_pass)
     else:
-        assert batched == []
+        assert batched == [] and in_pass == []
 
 
 def assert_load_counts_what_the_report_says(record: CallRecord) -> None:

@@ -24,6 +24,8 @@ QUIET = b"\xff" * 160  # mu-law 0xff: silence
 class RecordingSocket:
     """The emulator's connection, keeping what it sends."""
 
+    read_batch = None  # read as messages arrive (a load run's batch would take it)
+
     def __init__(self) -> None:
         self.sent: list[tuple[float, str]] = []
 
