@@ -9,7 +9,8 @@ installed (as `ivr load` runs). Three levels, each printed as this process's CPU
 is not counted) and per frame:
 
 - wake: the pacer's passes alone, every callback returning its next due time and writing nothing;
-- write: plus one write of 330 bytes per frame, the size of a Twilio media message;
+- write: plus one write per frame of a Twilio media message's size, framed (the same bytes each
+  time);
 - media: plus the message itself, built as the load generator builds it (`TwilioSender`'s media
   message, framed and masked as a WebSocket client frame).
 
@@ -25,6 +26,7 @@ import asyncio
 import multiprocessing
 import resource
 import socket
+import sys
 import time
 
 from ivr.harness.clock import START_GRID_S, FramePacer
@@ -35,12 +37,18 @@ FRAME_S = 0.020
 LEVELS = ("wake", "write", "media")
 
 
-def _loop_runner():
+def _loop_factory():
+    """uvloop's loop where it is installed, as `ivr load` runs (None: asyncio's own)."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run
-    return uvloop.run
+        return None
+    return uvloop.new_event_loop
+
+
+def _run(coro):
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(coro)
 
 
 def _reader(listener: socket.socket) -> None:
@@ -54,7 +62,7 @@ def _reader(listener: socket.socket) -> None:
         server = await asyncio.get_running_loop().create_server(Discard, sock=listener)
         await server.serve_forever()
 
-    _loop_runner()(serve())
+    _run(serve())
 
 
 async def _measure(port: int, calls: int, duration: float, level: str) -> float:
@@ -68,10 +76,10 @@ async def _measure(port: int, calls: int, duration: float, level: str) -> float:
     start = FramePacer.start_at(time.monotonic() + 0.1)
     end = start + duration
     payload = bytes(range(160))
-    filler = b"x" * 330
+    filler = bytes(len(client_frame(_twilio().media_utf8(payload, 0), next_mask(), OP_TEXT)))
 
     def sender(transport, t0: float):
-        write, twilio, k = transport.write, TwilioSender("MZ" + "0" * 32, "CA" + "0" * 32, "AC" + "0" * 32), 0
+        write, twilio, k = transport.write, _twilio(), 0
 
         def send(now: float) -> float | None:
             nonlocal k
@@ -97,6 +105,10 @@ async def _measure(port: int, calls: int, duration: float, level: str) -> float:
     return (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / (w1 - w0)
 
 
+def _twilio() -> TwilioSender:
+    return TwilioSender("MZ" + "0" * 32, "CA" + "0" * 32, "AC" + "0" * 32)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=100, help="connections, one frame each every 20 ms (default 100)")
@@ -107,12 +119,18 @@ def main() -> int:
     reader = multiprocessing.get_context("fork").Process(target=_reader, args=(listener,), daemon=True)
     reader.start()
     port = listener.getsockname()[1]
-    run = _loop_runner()
+    listener.close()  # the reader's now: were it to die, connecting fails here instead of queueing
     frames = args.calls / FRAME_S
-    print(f"{args.calls} connections, {frames:.0f} frames a second, {args.duration:g} s a level")
+    loop = "uvloop" if _loop_factory() is not None else "asyncio's loop"
+    print(f"{args.calls} connections, {frames:.0f} frames a second, {args.duration:g} s a level, on {loop}")
     try:
         for rep in range(args.reps):
-            cores = {level: run(_measure(port, args.calls, args.duration, level)) for level in LEVELS}
+            cores = {}
+            for level in LEVELS:
+                cores[level] = _run(_measure(port, args.calls, args.duration, level))
+                if not reader.is_alive():
+                    print(f"the reader died (exit {reader.exitcode}): no figures", file=sys.stderr)
+                    return 1
             print(f"rep {rep}: " + "; ".join(f"{level} {c:.4f} cores ({c / frames * 1e6:.1f} us a frame)"
                                            for level, c in cores.items()), flush=True)
     finally:

@@ -121,7 +121,8 @@ async def test_calls_are_placed_at_the_rate_of_all_pods_together(pods):
     for i, (sent_i, answered_i) in enumerate(taken):
         for sent_j, answered_j in taken[i + 1:]:
             assert max(answered_j - sent_i, answered_i - sent_j) >= 1 / rate * 0.99
-    assert not await take_turn(a, "campaign:test", rate, max_wait_s=0)  # the next turn is not due yet
+    # A turn taken makes the next wait: at 0.1 a second it is 10 s away, however slow the machine.
+    assert await take_turn(a, "campaign:slow", 0.1) and not await take_turn(b, "campaign:slow", 0.1, max_wait_s=0)
 
 
 async def test_each_number_of_a_campaign_is_claimed_by_one_runner(pods):

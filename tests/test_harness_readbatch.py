@@ -154,3 +154,35 @@ def test_the_end_of_a_batched_connection_goes_back_to_its_transport(loop_name, e
     else:
         with pytest.raises(ConnectionClosedError):
             serving.result()
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_one_connection_is_read_before_the_pass_when_asked(loop_name):
+    """What a mark echo due in a pass must see first: its own call's unread messages (a clear),
+    read on their own, with their kernel times; the other calls' wait for the pass."""
+
+    async def main():
+        batch = ReadBatch()
+        async with Server() as server_a, Server() as server_b:
+            a, b = await connect(server_a.url), await connect(server_b.url)
+            got = {"a": [], "b": []}
+            tasks = [asyncio.create_task(c.serve(lambda m, k=k, c=c: got[k].append((m, c.received_at))))
+                     for k, c in (("a", a), ("b", b))]
+            assert batch.add(a) and batch.add(b)
+            await server_a.commands.put(("say", "clear"))
+            await server_b.commands.put(("say", "media"))
+            await until(lambda: server_a.sent_at and server_b.sent_at)
+            await asyncio.sleep(0.05)
+            batch.read_now(a)
+            after_read_now = {k: list(v) for k, v in got.items()}
+            batch.read_ready()
+            after_pass = {k: list(v) for k, v in got.items()}
+            for c, server in ((a, server_a), (b, server_b)):
+                batch.remove(c)
+                await server.commands.put(("close", None))
+            await asyncio.wait_for(asyncio.gather(*tasks), 5)
+            return after_read_now, after_pass
+
+    after_read_now, after_pass = run_on(loop_name, main)
+    assert [m for m, _ in after_read_now["a"]] == ["clear"] and after_read_now["b"] == []
+    assert [m for m, _ in after_pass["b"]] == ["media"] and len(after_pass["a"]) == 1

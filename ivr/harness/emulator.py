@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 
 from ivr.audio import FRAME_BYTES, FRAME_MS
 from ivr.harness.carriers import SIDES, CarrierSide, Hangup as BotHangup
-from ivr.harness.clock import CallClock, FramePacer, timer_delay
+from ivr.harness.clock import TIMER_RESOLUTION_S, CallClock, FramePacer, timer_delay
 from ivr.harness.playback import to_sample
 from ivr.harness.plan import After, CallPlan, Dtmf, Hangup, Say, Wait
 from ivr.harness.record import CallRecord
@@ -410,6 +410,7 @@ class TwilioEmulator:
             else:
                 assert isinstance(event, OutClear)
                 echoes = self.playback.on_clear(now)
+                self._arm_marks()  # the clear took every pending mark: their timer goes too
                 self._notify_bot_changed()
                 if not self.side.echoes_on_clear:
                     continue  # this carrier drops the pending marks with the audio
@@ -441,9 +442,12 @@ class TwilioEmulator:
         after a clear), not a task woken for every mark.
 
         In a load run whose bot messages are read in the pacer's passes, the echo goes in the
-        first pass at or after the time its audio has played (the next point of the start grid,
-        at most 4 ms on): a wake-up of its own for each mark was a fifth of the generator's
-        wake-ups at 100 calls. Twilio's own echoes come back on its 20 ms playout ticks."""
+        pass at the first point of the start grid at or after the time its audio has played
+        (at most 4 ms on, and up to the timer resolution early, as a frame may go): a wake-up
+        of its own for each mark was a fifth of the generator's wake-ups at 100 calls. That
+        pass is a wake-up of its own only when no call's frames fall on that point (a few
+        calls, or a call clock not at real speed). Twilio's own echoes come back on its 20 ms
+        playout ticks."""
         due = self.playback.next_due_ms()
         if due == self._mark_timer_due:
             return
@@ -462,17 +466,31 @@ class TwilioEmulator:
 
     def _echo_in_pass(self, due: float) -> None:
         """The pacer's one-off callback for a mark due at `due`: nothing if the first pending
-        mark has changed since (a clear echoed it, the call ended). A pass runs what falls due
-        within the timer resolution, so it may come a moment before `due`: on time, as a frame
-        sent that early is (not a second wake-up a moment later)."""
-        if self._mark_timer_due == due:
-            self._echo_due_marks(due)
+        mark has changed since (a clear, the call's end)."""
+        if self._mark_timer_due != due:
+            return
+        try:
+            batch = self._ws.read_batch
+            if batch is not None:
+                # The pass reads the bot's messages after its callbacks: a clear that came
+                # before `due` and waits unread must cut the mark's audio before the echo.
+                batch.read_now(self._ws)
+            if self._mark_timer_due == due:
+                self._echo_due_marks(TIMER_RESOLUTION_S * self._call_ms_per_s)
+        except Exception as exc:  # a harness bug: this call's, not every call's pass
+            done = self._frames_done
+            if done is not None and not done.done():
+                done.set_exception(exc)  # run() records it as a harness_error
+            else:
+                self.record.error(self.clock.now_ms(), "harness_error", f"{type(exc).__name__}: {exc}")
 
-    def _echo_due_marks(self, on_time_at: float = 0.0) -> None:
+    def _echo_due_marks(self, early_ms: float = 0.0) -> None:
+        """Echo the marks whose audio has played, or will within `early_ms` (a pass running a
+        moment early, as a timer may: on time, not a second wake-up a moment later)."""
         self._mark_timer = self._mark_timer_due = None
         if self._ended.is_set():
             return
-        for mark in self.playback.due_marks(max(self.clock.now_ms(), on_time_at)):
+        for mark in self.playback.due_marks(self.clock.now_ms(), early_ms):
             self._echo(mark.name)
         self._arm_marks()  # the next mark, or this one again if the timer fired a moment early
 

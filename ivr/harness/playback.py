@@ -120,11 +120,12 @@ class TwilioPlayback:
 
     # --- the clock moving on ------------------------------------------------------------------
 
-    def due_marks(self, now_ms: float) -> list[MarkRecord]:
-        """Marks whose audio has finished playing by `now_ms`, to echo now."""
-        now = to_sample(now_ms)
+    def due_marks(self, now_ms: float, early_ms: float = 0.0) -> list[MarkRecord]:
+        """Marks whose audio has finished playing by `now_ms` (or will within `early_ms`), to
+        echo now."""
+        by = to_sample(now_ms + early_ms)
         due = []
-        while self._pending and to_sample(self._pending[0].due_ms) <= now:
+        while self._pending and to_sample(self._pending[0].due_ms) <= by:
             due.append(self._pending.popleft())
         return self._echo(due, now_ms, "played")
 

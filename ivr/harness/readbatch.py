@@ -110,31 +110,41 @@ class ReadBatch:
         offset = time.time() - time.monotonic()
         for fd, _ in ready:
             entry = clients.get(fd)
-            if entry is None:
-                continue
-            client, sock = entry
-            if client.state != "open":
-                self.remove(client)  # closing: the transport reads the rest
-                continue
-            try:
-                data, ancillary, _, _ = sock.recvmsg(READ_SIZE, _ANCILLARY_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                self.remove(client)  # the end of the stream, or an error: the transport reports it
-                continue
-            # No time until the kernel has turned its receive times on: when the first socket
-            # asks, it does so a moment later (a deferred work item). Such a message counts from
-            # its read, as it would unbatched.
-            at = None
-            for level, kind, value in ancillary:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
-                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
-                    at = seconds + nanoseconds * 1e-9 - offset
-            client.received_at = at
-            try:
-                client.data_received(data)
-            finally:
-                client.received_at = None
+            if entry is not None:
+                self._read(entry, offset)
+
+    def read_now(self, client) -> None:
+        """Read what has come for `client` alone, before the pass's own reading: what the
+        emulator is about to do on the call clock must first see what the bot sent before it."""
+        for entry in self._clients.values():
+            if entry[0] is client:
+                self._read(entry, time.time() - time.monotonic())
+                return
+
+    def _read(self, entry: tuple, offset: float) -> None:
+        client, sock = entry
+        if client.state != "open":
+            self.remove(client)  # closing: the transport reads the rest
+            return
+        try:
+            data, ancillary, _, _ = sock.recvmsg(READ_SIZE, _ANCILLARY_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.remove(client)  # the end of the stream, or an error: the transport reports it
+            return
+        # No time until the kernel has turned its receive times on: when the first socket
+        # asks, it does so a moment later (a deferred work item). Such a message counts from
+        # its read, as it would unbatched.
+        at = None
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                at = seconds + nanoseconds * 1e-9 - offset
+        client.received_at = at
+        try:
+            client.data_received(data)
+        finally:
+            client.received_at = None
