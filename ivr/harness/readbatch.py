@@ -46,6 +46,8 @@ class ReadBatch:
         self._epoll = select.epoll()
         #: fd -> (client, a socket object over that fd, never closing it: see `_forget`).
         self._clients: dict[int, tuple[object, socket.socket]] = {}
+        #: client -> its fd: a call's own reads and removal find it without a scan.
+        self._fd_of: dict[object, int] = {}
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -71,6 +73,7 @@ class ReadBatch:
         transport.pause_reading()
         self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
         self._clients[fd] = (client, sock)
+        self._fd_of[client] = fd
         client.read_batch = self
         return True
 
@@ -79,16 +82,16 @@ class ReadBatch:
         if client.read_batch is not self:
             return
         client.read_batch = None
-        for fd, entry in self._clients.items():
-            if entry[0] is client:
-                self._forget(fd, entry)
-                break
+        fd = self._fd_of.get(client)
+        if fd is not None:
+            self._forget(fd, self._clients[fd])
         transport = client.transport
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
 
     def _forget(self, fd: int, entry: tuple[object, socket.socket]) -> None:
         del self._clients[fd]
+        self._fd_of.pop(entry[0], None)
         try:
             self._epoll.unregister(fd)
         except OSError:
@@ -116,10 +119,9 @@ class ReadBatch:
     def read_now(self, client) -> None:
         """Read what has come for `client` alone, before the pass's own reading: what the
         emulator is about to do on the call clock must first see what the bot sent before it."""
-        for entry in self._clients.values():
-            if entry[0] is client:
-                self._read(entry, time.time() - time.monotonic())
-                return
+        fd = self._fd_of.get(client)
+        if fd is not None:
+            self._read(self._clients[fd], time.time() - time.monotonic())
 
     def _read(self, entry: tuple, offset: float) -> None:
         client, sock = entry
