@@ -2,7 +2,7 @@
 
 import pytest
 
-from ivr.call.interruption import Interruption, InterruptionRules, Verdict, is_backchannel
+from ivr.call.interruption import DEFAULT_BACKCHANNELS, Interruption, InterruptionRules, Verdict, is_backchannel
 from ivr.call.playout import FRAME_S, PlayoutClock
 from ivr.call.turns import TABLE, Action, CallState, Event, TurnTaking
 
@@ -94,6 +94,12 @@ BC = frozenset({"okay", "uh-huh", "yeah", "right", "mm"})
                                            ("okay but what about Sunday", False), ("Sunday", False)])
 def test_backchannels_ignore_punctuation(text, expected):
     assert is_backchannel(text, BC) is expected
+
+
+@pytest.mark.parametrize("text,expected", [("I, ah,", True), ("Mm-hm.", True), ("I see.", True),
+                                           ("I need to change my order.", False), ("I'm calling about Sunday", False)])
+def test_the_default_backchannels_take_a_misheard_murmur_but_not_a_sentence(text, expected):
+    assert is_backchannel(text, frozenset(DEFAULT_BACKCHANNELS)) is expected
 
 
 def test_a_backchannel_resumes_as_soon_as_its_word_is_in_and_the_caller_is_quiet():

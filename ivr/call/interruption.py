@@ -42,10 +42,11 @@ import re
 from dataclasses import dataclass
 
 #: Not "yes" or "sure": cutting in with those usually answers the bot's question.
-#: Recognisers spell murmurs many ways ("Uh-huh." often comes out "Ah." or "Mm-hm."): alone,
-#: "ah", "oh", "uh" and "um" are no answer either.
+#: Recognisers spell murmurs many ways ("Uh-huh." often comes out "Ah." or "Mm-hm.", and under
+#: load the embedded Whisper once heard it as "I, ah,"): alone, "ah", "oh", "uh" and "um" are no
+#: answer either, nor is a bare "I" among them (a false start; "I need..." has other words).
 DEFAULT_BACKCHANNELS = (
-    "uh-huh", "uh huh", "mm-hmm", "mm-hm", "mhm", "mm", "hmm", "hm", "aha", "ah", "oh", "uh", "um",
+    "uh-huh", "uh huh", "mm-hmm", "mm-hm", "mhm", "mm", "hmm", "hm", "aha", "ah", "oh", "uh", "um", "i",
     "okay", "ok", "yeah", "yep", "right", "i see", "got it", "alright", "all right",
 )  # fmt: skip
 
